@@ -1,0 +1,510 @@
+// The application server for LiveKit and OpenVidu apps: it mints access tokens for clients and
+// receives the webhooks a LiveKit server posts. Runs with `bun run index.ts`, or under Deno 2.
+import { Elysia, t, getSchemaValidator, type ValidationError } from 'elysia'
+import { cors } from '@elysiajs/cors'
+import {
+  AccessToken,
+  RoomConfiguration,
+  WebhookReceiver,
+  type WebhookEvent,
+  type WebhookEventNames,
+} from 'livekit-server-sdk'
+
+// Only the parts of Deno's API this file uses; declared so one file type-checks for both runtimes.
+declare const Deno: {
+  serve(
+    options: { port: number; onListen?: (address: { port: number }) => void },
+    handler: (request: Request) => Response | Promise<Response>,
+  ): { shutdown(): Promise<void> }
+  addSignalListener(signal: 'SIGTERM' | 'SIGINT', handler: () => void): void
+}
+
+// Configuration
+
+export interface Config {
+  port: number
+  apiKey: string
+  apiSecret: string
+  livekitUrl: string
+  tokenTtlSeconds: number
+  maxBodyBytes: number
+  usesDevCredentials: boolean
+}
+
+export class ConfigError extends Error {}
+
+type Env = Record<string, string | undefined>
+
+/** Reads and validates the configuration once; throws a ConfigError naming the bad variable. */
+export function loadConfig(env: Env): Config {
+  const apiKey = env.LIVEKIT_API_KEY || undefined
+  const apiSecret = env.LIVEKIT_API_SECRET || undefined
+  if (apiKey && !apiSecret) {
+    throw new ConfigError('LIVEKIT_API_SECRET is required when LIVEKIT_API_KEY is set')
+  }
+  if (apiSecret && !apiKey) {
+    throw new ConfigError('LIVEKIT_API_KEY is required when LIVEKIT_API_SECRET is set')
+  }
+  return {
+    port: parseInteger(env, 'SERVER_PORT', 6080, 0, 65535),
+    // LiveKit's and OpenVidu's development servers run with these credentials.
+    apiKey: apiKey ?? 'devkey',
+    apiSecret: apiSecret ?? 'secret',
+    livekitUrl: parseWebSocketUrl(env, 'LIVEKIT_URL', 'ws://localhost:7880'),
+    tokenTtlSeconds: parseDuration(env, 'TOKEN_TTL', '6h'),
+    maxBodyBytes: parseInteger(env, 'MAX_BODY_BYTES', 1024 * 1024, 1, 64 * 1024 * 1024),
+    usesDevCredentials: !apiKey,
+  }
+}
+
+function parseInteger(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const text = env[name]?.trim()
+  if (!text) return fallback
+  const value = Number(text)
+  if (!/^\d+$/.test(text) || value < min || value > max) {
+    throw new ConfigError(`${name} must be an integer from ${min} to ${max}, got "${text}"`)
+  }
+  return value
+}
+
+const secondsPerUnit: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
+
+/** A lifetime in seconds ("600") or with a unit ("10m", "6h", "1d"). */
+function parseDuration(env: Env, name: string, fallback: string): number {
+  const text = env[name]?.trim() || fallback
+  const match = /^(\d+)([smhd]?)$/.exec(text)
+  const seconds = match ? Number(match[1]) * secondsPerUnit[match[2] || 's']! : NaN
+  if (!(seconds > 0 && seconds <= 366 * 86400)) {
+    throw new ConfigError(`${name} must be a positive duration such as 600, 10m or 6h (at most 366d), got "${text}"`)
+  }
+  return seconds
+}
+
+function parseWebSocketUrl(env: Env, name: string, fallback: string): string {
+  const text = env[name]?.trim() || fallback
+  if (!URL.canParse(text) || !/^(wss?|https?):$/.test(new URL(text).protocol)) {
+    throw new ConfigError(`${name} must be a ws://, wss://, http:// or https:// URL, got "${text}"`)
+  }
+  return text
+}
+
+// Logging: one JSON object per line, so logs stay greppable and machine-readable.
+
+type Level = 'info' | 'warn' | 'error'
+
+export function log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
+  const line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields })
+  if (level === 'info') console.log(line)
+  else console.error(line)
+}
+
+// Errors every route answers in the OpenVidu clients' shape: { "errorMessage": … }
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+const errorBody = (errorMessage: string) => ({ errorMessage })
+
+/** Reads a request body up to maxBytes without buffering more than that. */
+async function readBody(request: Request, maxBytes: number): Promise<Uint8Array> {
+  const tooLarge = () => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
+  if (Number(request.headers.get('content-length') ?? 0) > maxBytes) throw tooLarge()
+  if (!request.body) return new Uint8Array(0)
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for await (const chunk of request.body) {
+    size += chunk.byteLength
+    if (size > maxBytes) throw tooLarge() // leaving the loop cancels the stream
+    chunks.push(chunk)
+  }
+  const body = new Uint8Array(size)
+  let offset = 0
+  for (const chunk of chunks) {
+    body.set(chunk, offset)
+    offset += chunk.byteLength
+  }
+  return body
+}
+
+async function readJsonObject(request: Request, maxBytes: number): Promise<Record<string, unknown>> {
+  const contentType = request.headers.get('content-type') ?? ''
+  if (!/^application\/([\w.+-]+\+)?json\s*(;|$)/i.test(contentType)) {
+    throw new HttpError(400, 'Content-Type must be application/json')
+  }
+  let value: unknown
+  try {
+    value = JSON.parse(new TextDecoder().decode(await readBody(request, maxBytes)))
+  } catch (error) {
+    if (error instanceof HttpError) throw error
+    throw new HttpError(400, 'Request body must be valid JSON')
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new HttpError(400, 'Request body must be a JSON object')
+  }
+  return value as Record<string, unknown>
+}
+
+// Token requests: two contracts on one route.
+
+const maxNameLength = 256
+const maxMetadataBytes = 64 * 1024
+const maxAttributes = 64
+const maxAttributesBytes = 64 * 1024
+
+const name = (field: string) =>
+  t.String({ maxLength: maxNameLength, error: `${field} must be a string of at most ${maxNameLength} characters` })
+
+/** OpenVidu's tutorial clients: {"roomName", "participantName"} → {"token"}. */
+const OpenViduTokenRequest = t.Object({
+  roomName: t.String({ minLength: 1, maxLength: maxNameLength }),
+  participantName: t.String({ minLength: 1, maxLength: maxNameLength }),
+})
+
+/** LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint): every field optional. */
+const StandardTokenRequest = t.Object(
+  {
+    // Their absence tells this contract from OpenVidu's.
+    roomName: t.Optional(t.Never()),
+    participantName: t.Optional(t.Never()),
+    room_name: t.Optional(name('room_name')),
+    participant_identity: t.Optional(name('participant_identity')),
+    participant_name: t.Optional(name('participant_name')),
+    participant_metadata: t.Optional(t.String({ error: 'participant_metadata must be a string' })),
+    participant_attributes: t.Optional(
+      t.Record(t.String(), t.String({ error: 'participant_attributes values must be strings' }), {
+        maxProperties: maxAttributes,
+        error: `participant_attributes must be an object of at most ${maxAttributes} string values`,
+      }),
+    ),
+    room_config: t.Optional(
+      t.Record(t.String(), t.Unknown(), { error: 'room_config must be a RoomConfiguration object' }),
+    ),
+  },
+  { additionalProperties: true },
+)
+
+type OpenViduTokenRequest = typeof OpenViduTokenRequest.static
+type StandardTokenRequest = typeof StandardTokenRequest.static
+
+const openViduRequestError = 'roomName and participantName are required'
+const standardRequestValidator = getSchemaValidator(StandardTokenRequest)
+
+const isOpenViduRequest = (body: object): body is OpenViduTokenRequest =>
+  'roomName' in body || 'participantName' in body
+
+/** The union's own error says only "Expected union value"; name the field that is wrong instead. */
+function describeTokenRequestError(body: unknown): string {
+  if (typeof body !== 'object' || body === null || isOpenViduRequest(body)) {
+    const tooLong = [body as Record<string, unknown>].some(
+      (fields) => fields && [fields.roomName, fields.participantName].some((v) => typeof v === 'string' && v.length > maxNameLength),
+    )
+    return tooLong ? `roomName and participantName must be at most ${maxNameLength} characters` : openViduRequestError
+  }
+  const first = standardRequestValidator.Errors(body).First()
+  if (!first) return 'Invalid token request'
+  const custom = (first.schema as { error?: unknown }).error
+  return typeof custom === 'string' ? custom : `${first.path.slice(1).replaceAll('/', '.')}: ${first.message}`
+}
+
+interface Participant {
+  identity: string
+  name?: string
+  metadata?: string
+  attributes?: Record<string, string>
+  room: string
+  roomConfig?: RoomConfiguration
+}
+
+const byteLength = (text: string) => new TextEncoder().encode(text).byteLength
+
+const randomSuffix = () => crypto.randomUUID().slice(0, 13).replace('-', '')
+
+/** Turns a standard request into the participant it asks for, refusing what a client may not set. */
+function standardParticipant(body: StandardTokenRequest): Participant {
+  const metadata = body.participant_metadata
+  if (metadata !== undefined && byteLength(metadata) > maxMetadataBytes) {
+    throw new HttpError(400, `participant_metadata must be at most ${maxMetadataBytes} bytes`)
+  }
+  const attributes = body.participant_attributes
+  if (attributes) {
+    const size = Object.entries(attributes).reduce((sum, [key, value]) => sum + byteLength(key) + byteLength(value), 0)
+    if (size > maxAttributesBytes) {
+      throw new HttpError(400, `participant_attributes must be at most ${maxAttributesBytes} bytes in all`)
+    }
+  }
+  return {
+    identity: body.participant_identity || `participant-${randomSuffix()}`,
+    name: body.participant_name || undefined,
+    metadata: metadata || undefined,
+    attributes: attributes && Object.keys(attributes).length > 0 ? attributes : undefined,
+    room: body.room_name || `room-${randomSuffix()}`,
+    roomConfig: body.room_config && parseRoomConfig(body.room_config),
+  }
+}
+
+/** A client may ask for agents to be dispatched; recording, limits and timeouts stay the server's call. */
+function parseRoomConfig(json: Record<string, unknown>): RoomConfiguration {
+  let roomConfig: RoomConfiguration
+  try {
+    roomConfig = RoomConfiguration.fromJson(json as never)
+  } catch (error) {
+    throw new HttpError(400, `room_config is not a valid RoomConfiguration: ${(error as Error).message}`)
+  }
+  const requested = Object.keys(roomConfig.toJson() as object).filter((field) => field !== 'agents')
+  if (requested.length > 0) {
+    throw new HttpError(403, `room_config may only request agents, not ${requested.join(', ')}`)
+  }
+  return roomConfig
+}
+
+// Tokens
+
+export function createTokenMinter(config: Config) {
+  return async function mintToken(participant: Participant): Promise<string> {
+    const token = new AccessToken(config.apiKey, config.apiSecret, {
+      identity: participant.identity,
+      name: participant.name,
+      metadata: participant.metadata,
+      attributes: participant.attributes,
+      ttl: config.tokenTtlSeconds,
+    })
+    // The same grant whatever the request says: join this one room, publish, subscribe, send data.
+    token.addGrant({
+      roomJoin: true,
+      room: participant.room,
+      canPublish: true,
+      canSubscribe: true,
+      canPublishData: true,
+    })
+    if (participant.roomConfig) token.roomConfig = participant.roomConfig
+    return token.toJwt()
+  }
+}
+
+// Webhooks
+
+type WebhookEventName = Exclude<WebhookEventNames, ''>
+export type WebhookHandler = (event: WebhookEvent) => void | Promise<void>
+
+/** What the log line of an event names: the room, and whoever or whatever it is about. */
+function describeEvent(event: WebhookEvent): Record<string, string | undefined> {
+  return {
+    event: event.event || undefined,
+    id: event.id || undefined,
+    room: event.room?.name || event.egressInfo?.roomName || event.ingressInfo?.roomName || undefined,
+    participant: event.participant?.identity || undefined,
+    track: event.track?.sid || undefined,
+    egress: event.egressInfo?.egressId || undefined,
+    ingress: event.ingressInfo?.ingressId || undefined,
+  }
+}
+
+const logEvent: WebhookHandler = (event) => log('info', 'webhook', describeEvent(event))
+
+/** What to do for each event LiveKit sends. Replace an entry to add behaviour; the rest stay logged. */
+export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
+  room_started: logEvent,
+  room_finished: logEvent,
+  participant_joined: logEvent,
+  participant_left: logEvent,
+  participant_connection_aborted: logEvent,
+  track_published: logEvent,
+  track_unpublished: logEvent,
+  egress_started: logEvent,
+  egress_updated: logEvent,
+  egress_ended: logEvent,
+  ingress_started: logEvent,
+  ingress_ended: logEvent,
+}
+
+/**
+ * Event ids already handled. LiveKit redelivers after a 5xx or a broken connection, and its queues
+ * can repeat an event, so an id may come back; remembering the newest ones for a while is enough.
+ */
+export class RecentIds {
+  private readonly seenAt = new Map<string, number>()
+
+  constructor(
+    private readonly capacity = 10_000,
+    private readonly ttlMs = 10 * 60_000,
+  ) {}
+
+  /** Remembers the id; false when it was already remembered (and not yet forgotten). */
+  add(id: string, now = Date.now()): boolean {
+    const seen = this.seenAt.get(id)
+    if (seen !== undefined && now - seen < this.ttlMs) return false
+    this.seenAt.delete(id)
+    this.seenAt.set(id, now)
+    // A Map iterates in insertion order, so the oldest ids come first.
+    for (const [oldId, at] of this.seenAt) {
+      if (this.seenAt.size <= this.capacity && now - at < this.ttlMs) break
+      this.seenAt.delete(oldId)
+    }
+    return true
+  }
+
+  forget(id: string): void {
+    this.seenAt.delete(id)
+  }
+}
+
+// The app
+
+export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers) {
+  const mintToken = createTokenMinter(config)
+  const webhookReceiver = new WebhookReceiver(config.apiKey, config.apiSecret)
+  const handledIds = new RecentIds()
+
+  return (
+    new Elysia()
+      .use(
+        cors({
+          origin: '*',
+          credentials: false,
+          methods: ['GET', 'POST', 'OPTIONS'],
+          allowedHeaders: true, // echo what the browser asks for; "*" would not cover Authorization
+          exposeHeaders: ['Retry-After'],
+          maxAge: 600,
+        }),
+      )
+      .onError(({ code, error, set, path, request }) => {
+        // Elysia wraps what a body parser throws in a ParseError; the HttpError is its cause.
+        const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
+        if (httpError instanceof HttpError) {
+          set.status = httpError.status
+          return errorBody(httpError.message)
+        }
+        if (code === 'VALIDATION' && path === '/token') {
+          set.status = 400
+          return errorBody(describeTokenRequestError((error as ValidationError).value))
+        }
+        if (code === 'NOT_FOUND') {
+          set.status = 404
+          return errorBody(`No route for ${request.method} ${path}`)
+        }
+        if (code === 'VALIDATION' || code === 'PARSE') {
+          set.status = 400
+          return errorBody('Invalid request')
+        }
+        // Anything else is a bug here: say so generically, keep details (not the stack) in the log.
+        log('error', 'request failed', { method: request.method, path, error: String(error) })
+        set.status = 500
+        return errorBody('Internal server error')
+      })
+      .get('/health', () => ({ status: 'ok' }))
+      .post(
+        '/token',
+        async ({ body }) => {
+          if (isOpenViduRequest(body)) {
+            const { roomName, participantName } = body
+            const token = await mintToken({ identity: participantName, name: participantName, room: roomName })
+            return { token }
+          }
+          const participantToken = await mintToken(standardParticipant(body))
+          return { server_url: config.livekitUrl, participant_token: participantToken }
+        },
+        {
+          parse: ({ request }) => readJsonObject(request, config.maxBodyBytes),
+          body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
+        },
+      )
+      .post(
+        '/livekit/webhook',
+        async ({ request, set }) => {
+          // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
+          const body = new TextDecoder().decode(await readBody(request, config.maxBodyBytes))
+          let event: WebhookEvent
+          try {
+            event = await webhookReceiver.receive(body, request.headers.get('authorization') ?? undefined)
+          } catch (error) {
+            log('warn', 'webhook refused', { reason: (error as Error).message })
+            set.status = 401
+            return errorBody('Webhook signature is missing or invalid')
+          }
+          if (event.id && !handledIds.add(event.id)) {
+            log('info', 'webhook duplicate', describeEvent(event))
+            return { received: 'duplicate' }
+          }
+          try {
+            await (handlers[event.event] ?? logUnknownEvent)(event)
+          } catch (error) {
+            // Forget the id so LiveKit's redelivery of this event is handled.
+            if (event.id) handledIds.forget(event.id)
+            log('error', 'webhook handler failed', { ...describeEvent(event), error: String(error) })
+            set.status = 500
+            return errorBody('Webhook handler failed')
+          }
+          return { received: true }
+        },
+        { parse: 'none' },
+      )
+  )
+}
+
+const logUnknownEvent: WebhookHandler = (event) => log('info', 'webhook with unknown event name', describeEvent(event))
+
+// Starting and stopping
+
+export interface RunningServer {
+  port: number
+  stop(): Promise<void>
+}
+
+/** Serves the app on Bun or Deno; resolves once it listens. */
+export async function startServer(app: ReturnType<typeof createApp>, port: number): Promise<RunningServer> {
+  if ('Bun' in globalThis) {
+    app.listen({ port })
+    const server = app.server!
+    return { port: server.port!, stop: () => server.stop() }
+  }
+  return new Promise((resolve) => {
+    const server = Deno.serve({ port, onListen: (address) => resolve({ port: address.port, stop: () => server.shutdown() }) }, app.fetch)
+  })
+}
+
+/** Stops taking connections on SIGTERM/SIGINT, lets requests in flight finish, then exits. */
+function stopOnSignals(server: RunningServer): void {
+  let stopping = false
+  const stop = (signal: string) => {
+    if (stopping) return
+    stopping = true
+    log('info', `${signal} received, finishing requests in flight`)
+    setTimeout(() => {
+      log('warn', 'requests still in flight after 10 s, exiting anyway')
+      process.exit(1)
+    }, 10_000).unref?.()
+    server.stop().then(() => {
+      log('info', 'stopped')
+      process.exit(0)
+    })
+  }
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    if ('Bun' in globalThis) process.on(signal, () => stop(signal))
+    else Deno.addSignalListener(signal, () => stop(signal))
+  }
+}
+
+async function main(): Promise<void> {
+  let config: Config
+  try {
+    config = loadConfig(process.env)
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error
+    console.error(`Configuration error: ${error.message}`)
+    process.exit(1)
+  }
+  if (config.usesDevCredentials) {
+    log('warn', 'LIVEKIT_API_KEY and LIVEKIT_API_SECRET are not set: using the development credentials (key "devkey")')
+  }
+  const server = await startServer(createApp(config), config.port)
+  log('info', `listening on http://localhost:${server.port}`, { port: server.port })
+  stopOnSignals(server)
+}
+
+if (import.meta.main) await main()

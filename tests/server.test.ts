@@ -1,0 +1,223 @@
+// The HTTP contract of index.ts, checked over real HTTP against `bun run index.ts` and the Deno command.
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { httpClient, runtimeNames, runUntilExit, startServer, testCredentials, waitForLog, type ServerProcess } from './server'
+import { signJwt, signWebhook, verifyAccessToken, webhookEvent } from './livekit'
+
+const credentials = testCredentials()
+const browserOrigin = 'http://localhost:5080'
+
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: the server`, () => {
+    let server: ServerProcess
+    let http: ReturnType<typeof httpClient>
+
+    beforeAll(async () => {
+      server = await startServer(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
+      http = httpClient(server.url)
+    })
+
+    afterAll(async () => {
+      await server?.stop()
+    })
+
+    describe('POST /token (OpenVidu contract)', () => {
+      test('answers a token that joins the named room as the named participant', async () => {
+        const answer = await http.postJson('/token', { roomName: 'room1', participantName: 'alice' })
+        expect(answer.status).toBe(200)
+        expect(answer.headers.get('content-type')).toStartWith('application/json')
+        const claims = verifyAccessToken(answer.json().token, credentials)
+        expect(claims.sub).toBe('alice')
+        expect(claims.name).toBe('alice')
+        expect(claims.video).toMatchObject({ roomJoin: true, room: 'room1' })
+        expect(claims.exp - claims.nbf).toBe(6 * 3600)
+        expect(Math.abs(claims.nbf - Date.now() / 1000)).toBeLessThan(60)
+      })
+
+      test('keeps unicode room and participant names intact', async () => {
+        const roomName = 'Sala de reunión 会議室 🎥'
+        const participantName = 'Zoë Ångström 山田 👩🏽‍💻'
+        const answer = await http.postJson('/token', { roomName, participantName })
+        const claims = verifyAccessToken(answer.json().token, credentials)
+        expect([claims.sub, claims.name, claims.video?.room]).toEqual([participantName, participantName, roomName])
+      })
+
+      const badBodies: [string, string][] = [
+        ['roomName is missing', JSON.stringify({ participantName: 'alice' })],
+        ['participantName is missing', JSON.stringify({ roomName: 'room1' })],
+        ['participantName is empty', JSON.stringify({ roomName: 'room1', participantName: '' })],
+        ['roomName is empty', JSON.stringify({ roomName: '', participantName: 'alice' })],
+        ['roomName is a number', JSON.stringify({ roomName: 42, participantName: 'alice' })],
+        ['participantName is null', JSON.stringify({ roomName: 'room1', participantName: null })],
+        ['participantName is an object', JSON.stringify({ roomName: 'room1', participantName: { name: 'alice' } })],
+        ['roomName is too long', JSON.stringify({ roomName: 'r'.repeat(257), participantName: 'alice' })],
+      ]
+      for (const [what, body] of badBodies) {
+        test(`refuses a request whose ${what} with 400 and an errorMessage`, async () => {
+          const answer = await http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body })
+          expect(answer.status).toBe(400)
+          expect(answer.json().errorMessage).toMatch(/roomName and participantName/)
+        })
+      }
+
+      const badRequests: [string, RequestInit, RegExp][] = [
+        ['a null body', { body: 'null' }, /JSON object/],
+        ['an array body', { body: '[]' }, /JSON object/],
+        ['a string body', { body: '"room1"' }, /JSON object/],
+        ['malformed JSON', { body: '{"roomName": "room1",' }, /valid JSON/],
+        ['an empty body', { body: '' }, /valid JSON/],
+        ['no body at all', {}, /valid JSON/],
+        ['a form-encoded body', { body: 'roomName=room1&participantName=alice', headers: { 'content-type': 'application/x-www-form-urlencoded' } }, /Content-Type/],
+        ['a JSON body sent as text/plain', { body: '{"roomName":"room1","participantName":"alice"}', headers: { 'content-type': 'text/plain' } }, /Content-Type/],
+      ]
+      for (const [what, init, message] of badRequests) {
+        test(`refuses ${what} with 400 and a clear errorMessage`, async () => {
+          const answer = await http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, ...init })
+          expect(answer.status).toBe(400)
+          expect(answer.json().errorMessage).toMatch(message)
+        })
+      }
+
+      test('passes a browser preflight from another origin', async () => {
+        const answer = await http.request('/token', {
+          method: 'OPTIONS',
+          headers: { origin: browserOrigin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type, authorization' },
+        })
+        expect(answer.status).toBeLessThan(300)
+        expect(answer.headers.get('access-control-allow-origin')).toBe('*')
+        expect(answer.headers.get('access-control-allow-methods')).toContain('POST')
+        expect(answer.headers.get('access-control-allow-headers')).toContain('content-type')
+        expect(answer.headers.get('access-control-allow-headers')).toContain('authorization')
+        expect(answer.headers.get('access-control-allow-credentials')).toBeNull()
+      })
+
+      test('lets a page on another origin read the token and the errors', async () => {
+        const ok = await http.postJson('/token', { roomName: 'room1', participantName: 'alice' }, { origin: browserOrigin })
+        const refused = await http.postJson('/token', { roomName: 'room1' }, { origin: browserOrigin })
+        expect(ok.headers.get('access-control-allow-origin')).toBe('*')
+        expect(refused.headers.get('access-control-allow-origin')).toBe('*')
+      })
+    })
+
+    describe('POST /livekit/webhook', () => {
+      const post = (body: string, authorization?: string, contentType = 'application/webhook+json') =>
+        http.request('/livekit/webhook', {
+          method: 'POST',
+          headers: { 'content-type': contentType, 'user-agent': 'LiveKit', ...(authorization === undefined ? {} : { authorization }) },
+          body,
+        })
+
+      test('accepts a signed event and logs it in one line', async () => {
+        const event = webhookEvent('participant_joined', { participant: { sid: 'PA_1', identity: 'alice', name: 'Alice' } })
+        const body = JSON.stringify(event)
+        const answer = await post(body, signWebhook(body, credentials))
+        expect(answer.status).toBe(200)
+        const [line] = await waitForLog(server, (entry) => entry.id === event.id)
+        expect(line).toMatchObject({ level: 'info', event: 'participant_joined', room: 'room1', participant: 'alice', id: event.id })
+      })
+
+      test('accepts a pretty-printed body, hashed over its exact bytes', async () => {
+        const event = webhookEvent('room_started')
+        const body = JSON.stringify(event, null, 2) + '\n'
+        expect((await post(body, signWebhook(body, credentials))).status).toBe(200)
+      })
+
+      test('accepts an event whose Content-Type a proxy rewrote to application/json', async () => {
+        const body = JSON.stringify(webhookEvent('room_finished'))
+        expect((await post(body, signWebhook(body, credentials), 'application/json')).status).toBe(200)
+      })
+
+      const now = Math.floor(Date.now() / 1000)
+      const refusals: [string, () => [string, string | undefined]][] = [
+        ['has no Authorization header', () => [JSON.stringify(webhookEvent('room_started')), undefined]],
+        ['has an empty Authorization header', () => [JSON.stringify(webhookEvent('room_started')), '']],
+        ['has a garbage Authorization header', () => [JSON.stringify(webhookEvent('room_started')), 'not.a.jwt']],
+        ['was altered after signing', () => {
+          const body = JSON.stringify(webhookEvent('room_started'))
+          return [body.replace('room1', 'room2'), signWebhook(body, credentials)]
+        }],
+        ['was signed with another secret', () => {
+          const body = JSON.stringify(webhookEvent('room_started'))
+          return [body, signWebhook(body, { ...credentials, apiSecret: 'another-secret' })]
+        }],
+        ['was signed for another API key', () => {
+          const body = JSON.stringify(webhookEvent('room_started'))
+          return [body, signWebhook(body, { ...credentials, apiKey: 'another-key' })]
+        }],
+        ['carries an expired token', () => {
+          const body = JSON.stringify(webhookEvent('room_started'))
+          return [body, signWebhook(body, credentials, now - 3600)]
+        }],
+        ['carries a token without the body hash', () => {
+          const body = JSON.stringify(webhookEvent('room_started'))
+          return [body, signJwt({ iss: credentials.apiKey, nbf: now, exp: now + 300 }, credentials.apiSecret)]
+        }],
+        ['is signed but not JSON', () => {
+          const body = 'this is not json'
+          return [body, signWebhook(body, credentials)]
+        }],
+      ]
+      for (const [what, make] of refusals) {
+        test(`refuses with 401 an event that ${what}`, async () => {
+          const before = server.logs().filter((entry) => entry.msg === 'webhook refused').length
+          const [body, authorization] = make()
+          const answer = await post(body, authorization)
+          expect(answer.status).toBe(401)
+          expect(answer.json()).toEqual({ errorMessage: expect.any(String) })
+          const refusedLines = await waitForLog(server, (entry) => entry.msg === 'webhook refused')
+          expect(refusedLines.length).toBe(before + 1)
+          expect(refusedLines.at(-1)!.level).toBe('warn')
+        })
+      }
+    })
+
+    describe('GET /health', () => {
+      test('answers 200 with a small JSON body', async () => {
+        const answer = await http.request('/health')
+        expect(answer.status).toBe(200)
+        expect(answer.json()).toEqual({ status: 'ok' })
+      })
+    })
+
+    describe('what the server says', () => {
+      test('prints one line with its URL when it starts', () => {
+        expect(server.lines.filter((line) => line.includes('listening on'))).toEqual([expect.stringContaining(server.url)])
+      })
+
+      test('never shows the API secret, a stack trace or a token in a log line or a response', async () => {
+        const everything = [...server.lines, ...http.transcript].join('\n')
+        expect(everything).not.toContain(credentials.apiSecret)
+        expect(server.lines.join('\n')).not.toMatch(/\n\s+at |eyJhbGci/)
+        expect(http.transcript.join('\n')).not.toMatch(/\n\s+at /)
+      })
+    })
+  })
+
+  describe(`${runtime}: starting up`, () => {
+    const failures: [string, Record<string, string>, RegExp][] = [
+      ['a port that is not a number', { SERVER_PORT: 'eighty' }, /SERVER_PORT/],
+      ['a port out of range', { SERVER_PORT: '70000' }, /SERVER_PORT/],
+      ['an API key without its secret', { LIVEKIT_API_KEY: 'key-only' }, /LIVEKIT_API_SECRET/],
+      ['an API secret without its key', { LIVEKIT_API_SECRET: 'secret-only-value' }, /LIVEKIT_API_KEY/],
+    ]
+    for (const [what, env, message] of failures) {
+      test(`stops at once with a one-line message on ${what}`, async () => {
+        const { code, output } = await runUntilExit(runtime, env)
+        expect(code).toBe(1)
+        expect(output.trim().split('\n')).toEqual([expect.stringMatching(message)])
+        expect(output).not.toContain('secret-only-value')
+      })
+    }
+
+    test('warns once when it falls back to the development credentials', async () => {
+      const server = await startServer(runtime)
+      try {
+        const warnings = server.logs().filter((entry) => entry.level === 'warn')
+        expect(warnings).toEqual([expect.objectContaining({ msg: expect.stringContaining('development credentials') })])
+        const answer = await httpClient(server.url).postJson('/token', { roomName: 'r', participantName: 'p' })
+        verifyAccessToken(answer.json().token, { apiKey: 'devkey', apiSecret: 'secret' })
+      } finally {
+        await server.stop()
+      }
+    })
+  })
+}

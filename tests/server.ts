@@ -1,0 +1,139 @@
+// Starts index.ts the way a user does, as a child process, and keeps everything it prints.
+import { Subprocess } from 'bun'
+
+const root = new URL('..', import.meta.url).pathname
+
+/** The commands the README gives, per runtime. */
+export const runtimes = {
+  bun: ['bun', 'run', 'index.ts'],
+  deno: ['deno', 'run', '--allow-net', '--allow-env', 'index.ts'],
+} as const
+
+export type Runtime = keyof typeof runtimes
+export const runtimeNames = Object.keys(runtimes) as Runtime[]
+
+export interface ServerProcess {
+  url: string
+  child: Subprocess
+  /** Every line the server printed so far, stdout and stderr. */
+  lines: string[]
+  /** The lines that are JSON log entries, parsed. */
+  logs(): Record<string, unknown>[]
+  exited: Promise<number>
+  stop(signal?: NodeJS.Signals): Promise<number>
+}
+
+function spawnServer(runtime: Runtime, env: Record<string, string>) {
+  const child = Bun.spawn([...runtimes[runtime]], {
+    cwd: root,
+    // A clean environment: only what the test sets, plus what the runtimes need to run.
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', NO_COLOR: '1', ...env },
+    stdout: 'pipe',
+    stderr: 'pipe',
+    stdin: 'ignore',
+  })
+  const lines: string[] = []
+  const listeners = new Set<(line: string) => void>()
+  // Drain both pipes for the child's whole life, so a chatty server never blocks on a full pipe.
+  const drain = async (stream: ReadableStream<Uint8Array>) => {
+    let pending = ''
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      pending += chunk
+      const parts = pending.split('\n')
+      pending = parts.pop()!
+      for (const line of parts) {
+        lines.push(line)
+        for (const listener of listeners) listener(line)
+      }
+    }
+    if (pending) lines.push(pending)
+  }
+  const drained = Promise.all([drain(child.stdout), drain(child.stderr)])
+  const exited = child.exited.then(async (code) => (await drained, code))
+  return { child, lines, listeners, exited }
+}
+
+const parseLogs = (lines: string[]) =>
+  lines.flatMap((line) => {
+    try {
+      const entry = JSON.parse(line)
+      return typeof entry === 'object' && entry !== null ? [entry as Record<string, unknown>] : []
+    } catch {
+      return []
+    }
+  })
+
+/** Starts the server on a free port (SERVER_PORT=0) and resolves once it says where it listens. */
+export async function startServer(runtime: Runtime, env: Record<string, string> = {}): Promise<ServerProcess> {
+  const { child, lines, listeners, exited } = spawnServer(runtime, { SERVER_PORT: '0', ...env })
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${runtime} server did not start:\n${lines.join('\n')}`)), 20_000)
+    const onLine = (line: string) => {
+      const match = /listening on (http:\/\/\S+?)"/.exec(line)
+      if (match) {
+        clearTimeout(timer)
+        resolve(match[1]!)
+      }
+    }
+    lines.forEach(onLine)
+    listeners.add(onLine)
+    exited.then((code) => reject(new Error(`${runtime} server exited with ${code}:\n${lines.join('\n')}`)))
+  })
+  return {
+    url,
+    child,
+    lines,
+    logs: () => parseLogs(lines),
+    exited,
+    stop: async (signal = 'SIGTERM') => {
+      child.kill(signal)
+      return exited
+    },
+  }
+}
+
+/** Runs the server expecting it to exit on its own (a configuration error); returns code and output. */
+export async function runUntilExit(runtime: Runtime, env: Record<string, string>): Promise<{ code: number; output: string }> {
+  const { child, lines, exited } = spawnServer(runtime, env)
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
+  const code = await exited
+  clearTimeout(timer)
+  return { code, output: lines.join('\n') }
+}
+
+/** Waits until the server has logged a line matching the predicate (logs are written asynchronously). */
+export async function waitForLog(server: ServerProcess, predicate: (entry: Record<string, unknown>) => boolean, timeoutMs = 5000) {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    const found = server.logs().filter(predicate)
+    if (found.length > 0) return found
+    await Bun.sleep(20)
+  }
+  throw new Error(`no log line matched within ${timeoutMs} ms:\n${server.lines.join('\n')}`)
+}
+
+/** Test credentials: never the dev defaults, and a secret long and random enough to search for. */
+export function testCredentials() {
+  return { apiKey: 'test-api-key', apiSecret: `test-secret-${crypto.randomUUID()}` }
+}
+
+export interface Answer {
+  status: number
+  headers: Headers
+  text: string
+  json(): any
+}
+
+/** fetch() against one server, keeping every answer (status, headers, body) for later checks. */
+export function httpClient(baseUrl: string) {
+  const transcript: string[] = []
+  async function request(path: string, init: RequestInit = {}): Promise<Answer> {
+    const response = await fetch(new URL(path, baseUrl), init)
+    const text = await response.text()
+    transcript.push(`${response.status} ${JSON.stringify([...response.headers])} ${text}`)
+    return { status: response.status, headers: response.headers, text, json: () => JSON.parse(text) }
+  }
+  const postJson = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+    request(path, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
+  return { request, postJson, transcript }
+}

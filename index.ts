@@ -161,10 +161,13 @@ const name = (field: string) =>
   t.String({ maxLength: maxNameLength, error: `${field} must be a string of at most ${maxNameLength} characters` })
 
 /** OpenVidu's tutorial clients: {"roomName", "participantName"} → {"token"}. */
-const OpenViduTokenRequest = t.Object({
-  roomName: t.String({ minLength: 1, maxLength: maxNameLength }),
-  participantName: t.String({ minLength: 1, maxLength: maxNameLength }),
-})
+const OpenViduTokenRequest = t.Object(
+  {
+    roomName: t.String({ minLength: 1, maxLength: maxNameLength }),
+    participantName: t.String({ minLength: 1, maxLength: maxNameLength }),
+  },
+  { additionalProperties: true },
+)
 
 /** LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint): every field optional. */
 const StandardTokenRequest = t.Object(
@@ -362,7 +365,8 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   const handledIds = new RecentIds()
 
   return (
-    new Elysia()
+    // Validate what the client sent: normalising first would reshape it (an array into an object).
+    new Elysia({ normalize: false })
       .use(
         cors({
           origin: '*',

@@ -198,6 +198,10 @@ for (const runtime of runtimeNames) {
       ['a port out of range', { SERVER_PORT: '70000' }, /SERVER_PORT/],
       ['an API key without its secret', { LIVEKIT_API_KEY: 'key-only' }, /LIVEKIT_API_SECRET/],
       ['an API secret without its key', { LIVEKIT_API_SECRET: 'secret-only-value' }, /LIVEKIT_API_KEY/],
+      ['a token lifetime that is not a duration', { TOKEN_TTL: 'forever' }, /TOKEN_TTL/],
+      ['a zero token lifetime', { TOKEN_TTL: '0' }, /TOKEN_TTL/],
+      ['a LiveKit URL that is not a URL', { LIVEKIT_URL: 'localhost:7880' }, /LIVEKIT_URL/],
+      ['a body limit that is not a number', { MAX_BODY_BYTES: '1MB' }, /MAX_BODY_BYTES/],
     ]
     for (const [what, env, message] of failures) {
       test(`stops at once with a one-line message on ${what}`, async () => {

@@ -1,5 +1,5 @@
 // Starts index.ts the way a user does, as a child process, and keeps everything it prints.
-import { Subprocess } from 'bun'
+import type { Subprocess } from 'bun'
 
 const root = new URL('..', import.meta.url).pathname
 
@@ -36,9 +36,10 @@ function spawnServer(runtime: Runtime, env: Record<string, string>) {
   const listeners = new Set<(line: string) => void>()
   // Drain both pipes for the child's whole life, so a chatty server never blocks on a full pipe.
   const drain = async (stream: ReadableStream<Uint8Array>) => {
+    const decoder = new TextDecoder()
     let pending = ''
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      pending += chunk
+    for await (const chunk of stream) {
+      pending += decoder.decode(chunk, { stream: true })
       const parts = pending.split('\n')
       pending = parts.pop()!
       for (const line of parts) {

@@ -1,0 +1,150 @@
+// POST /token with LiveKit's standard token-endpoint contract, driven by the real livekit-client.
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { TokenSource } from 'livekit-client'
+import { httpClient, runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
+import { verifyAccessToken } from './livekit'
+
+const credentials = testCredentials()
+const livekitUrl = 'wss://livekit.example.test'
+const fullGrant = { roomJoin: true, canPublish: true, canSubscribe: true, canPublishData: true }
+
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: POST /token (LiveKit standard contract)`, () => {
+    let server: ServerProcess
+    let http: ReturnType<typeof httpClient>
+    let endpoint: string
+
+    beforeAll(async () => {
+      server = await startServer(runtime, {
+        LIVEKIT_API_KEY: credentials.apiKey,
+        LIVEKIT_API_SECRET: credentials.apiSecret,
+        LIVEKIT_URL: livekitUrl,
+        TOKEN_TTL: '10m',
+      })
+      http = httpClient(server.url)
+      endpoint = new URL('/token', server.url).href
+    })
+
+    afterAll(async () => {
+      await server?.stop()
+    })
+
+    test('gives livekit-client a token carrying every option it asks for', async () => {
+      const response = await TokenSource.endpoint(endpoint).fetch({
+        roomName: 'standup',
+        participantIdentity: 'user-42',
+        participantName: 'Zoë 山田',
+        participantMetadata: '{"role":"host"}',
+        participantAttributes: { team: 'blue', 'émoji': '🎥' },
+        agentName: 'transcriber',
+        agentMetadata: '{"language":"fr"}',
+      })
+      expect(response.serverUrl).toBe(livekitUrl)
+      const claims = verifyAccessToken(response.participantToken, credentials)
+      expect(claims.sub).toBe('user-42')
+      expect(claims.name).toBe('Zoë 山田')
+      expect(claims.metadata).toBe('{"role":"host"}')
+      expect(claims.attributes).toEqual({ team: 'blue', 'émoji': '🎥' })
+      expect(claims.video).toEqual({ ...fullGrant, room: 'standup' })
+      expect(claims.roomConfig?.agents).toEqual([expect.objectContaining({ agentName: 'transcriber', metadata: '{"language":"fr"}' })])
+      expect(claims.exp - claims.nbf).toBe(600)
+    })
+
+    test('gives livekit-client a fresh identity and room each time it asks for nothing', async () => {
+      const first = await TokenSource.endpoint(endpoint).fetch({})
+      const second = await TokenSource.endpoint(endpoint).fetch({})
+      const [a, b] = [first, second].map((response) => verifyAccessToken(response.participantToken, credentials))
+      expect(a!.sub).toBeString()
+      expect(b!.sub).toBeString()
+      expect(a!.sub).not.toBe(b!.sub)
+      expect(a!.video?.room).toBeString()
+      expect(a!.video).toMatchObject(fullGrant)
+      expect(a!.name).toBeUndefined()
+    })
+
+    test('surfaces a refusal to livekit-client as its error, with the status and message', async () => {
+      const refused = TokenSource.endpoint(endpoint).fetch({ participantIdentity: 'x'.repeat(300) })
+      expect(refused).rejects.toThrow(/400/)
+      expect(refused).rejects.toThrow(/participant_identity/)
+    })
+
+    test('answers an empty object with a token and the server URL', async () => {
+      const answer = await http.postJson('/token', {})
+      expect(answer.status).toBe(200)
+      expect(Object.keys(answer.json()).sort()).toEqual(['participant_token', 'server_url'])
+      expect(answer.json().server_url).toBe(livekitUrl)
+      verifyAccessToken(answer.json().participant_token, credentials)
+    })
+
+    test('accepts room_config with camelCase field names too', async () => {
+      const answer = await http.postJson('/token', { room_config: { agents: [{ agentName: 'a1', metadata: 'm' }] } })
+      const claims = verifyAccessToken(answer.json().participant_token, credentials)
+      expect(claims.roomConfig?.agents).toEqual([expect.objectContaining({ agentName: 'a1', metadata: 'm' })])
+    })
+
+    test('never widens the grant, whatever the request adds', async () => {
+      const answer = await http.postJson('/token', {
+        room_name: 'r1',
+        video: { roomAdmin: true, roomRecord: true, hidden: true, room: 'other' },
+        grants: { roomAdmin: true },
+        roomAdmin: true,
+        hidden: true,
+        can_publish_sources: ['camera'],
+        kind: 'egress',
+      })
+      expect(answer.status).toBe(200)
+      const claims = verifyAccessToken(answer.json().participant_token, credentials)
+      expect(claims.video).toEqual({ ...fullGrant, room: 'r1' })
+      expect(claims.kind).toBeUndefined()
+    })
+
+    test('still serves the OpenVidu contract when roomName or participantName is present', async () => {
+      const openVidu = await http.postJson('/token', { roomName: 'r1', participantName: 'alice', room_name: 'ignored' })
+      expect(Object.keys(openVidu.json())).toEqual(['token'])
+      expect(verifyAccessToken(openVidu.json().token, credentials).video?.room).toBe('r1')
+      const incomplete = await http.postJson('/token', { roomName: 'r1', participant_identity: 'bob' })
+      expect(incomplete.status).toBe(400)
+      expect(incomplete.json().errorMessage).toBe('roomName and participantName are required')
+    })
+
+    const multiByte = '€' // 3 bytes in UTF-8
+    const refusals: [string, unknown, number, RegExp][] = [
+      ['a room_name over 256 characters', { room_name: 'r'.repeat(257) }, 400, /room_name/],
+      ['a participant_identity over 256 characters', { participant_identity: 'i'.repeat(257) }, 400, /participant_identity/],
+      ['a participant_name over 256 characters', { participant_name: 'n'.repeat(257) }, 400, /participant_name/],
+      ['participant_metadata over 64 KiB', { participant_metadata: multiByte.repeat(22_000) }, 400, /participant_metadata/],
+      ['more than 64 attributes', { participant_attributes: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`k${i}`, 'v'])) }, 400, /participant_attributes/],
+      ['attributes over 64 KiB in all', { participant_attributes: { a: 'x'.repeat(40_000), b: 'y'.repeat(30_000) } }, 400, /participant_attributes/],
+      ['an attribute value that is not a string', { participant_attributes: { a: 1 } }, 400, /participant_attributes/],
+      ['participant_attributes that is an array', { participant_attributes: ['a'] }, 400, /participant_attributes/],
+      ['a room_name that is a number', { room_name: 7 }, 400, /room_name/],
+      ['participant_metadata that is an object', { participant_metadata: { role: 'host' } }, 400, /participant_metadata/],
+      ['room_config that is a string', { room_config: 'agents' }, 400, /room_config/],
+      ['room_config with an unknown field', { room_config: { bogus: true } }, 400, /room_config/],
+      ['room_config whose agents is not a list', { room_config: { agents: 'a' } }, 400, /room_config/],
+      ['room_config asking for recording', { room_config: { egress: { room: { room_name: 'r' } } } }, 403, /room_config may only request agents/],
+      ['room_config changing room limits', { room_config: { max_participants: 1000 } }, 403, /room_config may only request agents/],
+    ]
+    for (const [what, body, status, message] of refusals) {
+      test(`refuses ${what} with ${status} and an errorMessage`, async () => {
+        const answer = await http.postJson('/token', body)
+        expect(answer.status).toBe(status)
+        expect(answer.json().errorMessage).toMatch(message)
+      })
+    }
+
+    test('accepts every bound at its limit', async () => {
+      const answer = await http.postJson('/token', {
+        room_name: 'r'.repeat(256),
+        participant_identity: 'i'.repeat(256),
+        participant_name: 'n'.repeat(256),
+        participant_metadata: 'm'.repeat(64 * 1024),
+        participant_attributes: Object.fromEntries(Array.from({ length: 64 }, (_, i) => [`k${String(i).padStart(2, '0')}`, 'v'.repeat(1000)])),
+      })
+      expect(answer.status).toBe(200)
+      const claims = verifyAccessToken(answer.json().participant_token, credentials)
+      expect(claims.metadata).toHaveLength(64 * 1024)
+      expect(Object.keys(claims.attributes!)).toHaveLength(64)
+    })
+  })
+}

@@ -1,0 +1,131 @@
+// How /livekit/webhook handles delivery: dispatch by event name, redeliveries, failing handlers.
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { createApp, loadConfig, startServer as serveApp, webhookHandlers, type RunningServer, type WebhookHandler } from '../index'
+import { httpClient, runtimeNames, startServer, testCredentials, waitForLog, type ServerProcess } from './server'
+import { signWebhook, webhookEvent } from './livekit'
+
+const credentials = testCredentials()
+
+const postSigned = (http: ReturnType<typeof httpClient>, event: Record<string, unknown>) => {
+  const body = JSON.stringify(event)
+  return http.request('/livekit/webhook', {
+    method: 'POST',
+    headers: { 'content-type': 'application/webhook+json', authorization: signWebhook(body, credentials) },
+    body,
+  })
+}
+
+const eventsByName: Record<string, Record<string, unknown>> = {
+  room_started: {},
+  room_finished: {},
+  participant_joined: { participant: { sid: 'PA_1', identity: 'alice' } },
+  participant_left: { participant: { sid: 'PA_1', identity: 'alice' } },
+  participant_connection_aborted: { participant: { sid: 'PA_1', identity: 'alice' } },
+  track_published: { participant: { sid: 'PA_1', identity: 'alice' }, track: { sid: 'TR_1', type: 'VIDEO' } },
+  track_unpublished: { participant: { sid: 'PA_1', identity: 'alice' }, track: { sid: 'TR_1', type: 'VIDEO' } },
+  egress_started: { egressInfo: { egressId: 'EG_1', roomName: 'room1' } },
+  egress_updated: { egressInfo: { egressId: 'EG_1', roomName: 'room1' } },
+  egress_ended: { egressInfo: { egressId: 'EG_1', roomName: 'room1' } },
+  ingress_started: { ingressInfo: { ingressId: 'IN_1', roomName: 'room1' } },
+  ingress_ended: { ingressInfo: { ingressId: 'IN_1', roomName: 'room1' } },
+}
+
+test('the dispatch table has a handler for each of the twelve LiveKit event names', () => {
+  expect(Object.keys(webhookHandlers).sort()).toEqual(Object.keys(eventsByName).sort())
+})
+
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: POST /livekit/webhook delivery`, () => {
+    let server: ServerProcess
+    let http: ReturnType<typeof httpClient>
+
+    beforeAll(async () => {
+      server = await startServer(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
+      http = httpClient(server.url)
+    })
+
+    afterAll(async () => {
+      await server?.stop()
+    })
+
+    const handledLines = (id: unknown) => server.logs().filter((entry) => entry.id === id && entry.msg === 'webhook')
+
+    for (const [name, fields] of Object.entries(eventsByName)) {
+      test(`handles ${name} and logs one JSON line naming what it is about`, async () => {
+        const event = webhookEvent(name, fields)
+        expect((await postSigned(http, event)).status).toBe(200)
+        const [line] = await waitForLog(server, (entry) => entry.id === event.id)
+        expect(line).toMatchObject({ level: 'info', msg: 'webhook', event: name, room: 'room1', id: event.id })
+        const subject = { participant: 'alice', track: 'TR_1', egress: 'EG_1', ingress: 'IN_1' }
+        if (fields.participant) expect(line!.participant).toBe(subject.participant)
+        if (fields.track) expect(line!.track).toBe(subject.track)
+        if (fields.egressInfo) expect(line!.egress).toBe(subject.egress)
+        if (fields.ingressInfo) expect(line!.ingress).toBe(subject.ingress)
+      })
+    }
+
+    test('acknowledges an event name it does not know, and logs it', async () => {
+      const event = webhookEvent('agent_job_started')
+      expect((await postSigned(http, event)).status).toBe(200)
+      const [line] = await waitForLog(server, (entry) => entry.id === event.id)
+      expect(line).toMatchObject({ event: 'agent_job_started', msg: expect.stringContaining('unknown') })
+    })
+
+    test('acknowledges a redelivered event without handling it again, and logs it as a duplicate', async () => {
+      const event = webhookEvent('participant_joined', { participant: { sid: 'PA_2', identity: 'bob' } })
+      expect((await postSigned(http, event)).status).toBe(200)
+      expect((await postSigned(http, event)).status).toBe(200)
+      const [duplicate] = await waitForLog(server, (entry) => entry.id === event.id && entry.msg === 'webhook duplicate')
+      expect(duplicate).toMatchObject({ event: 'participant_joined', id: event.id })
+      expect(handledLines(event.id)).toHaveLength(1)
+    })
+
+    test('handles every delivery of an event that has no id', async () => {
+      const event = webhookEvent('room_started', { room: { sid: 'RM_noid', name: 'no-id-room' } })
+      delete event.id
+      expect((await postSigned(http, event)).status).toBe(200)
+      expect((await postSigned(http, event)).status).toBe(200)
+      const lines = await waitForLog(server, (entry) => entry.room === 'no-id-room' && entry.msg === 'webhook')
+      await Bun.sleep(100)
+      expect(server.logs().filter((entry) => entry.room === 'no-id-room' && entry.msg === 'webhook')).toHaveLength(2)
+      expect(lines[0]!.id).toBeUndefined()
+    })
+  })
+}
+
+describe('POST /livekit/webhook with a handler that throws', () => {
+  let running: RunningServer
+  let http: ReturnType<typeof httpClient>
+  const handled: string[] = []
+  let failuresLeft = 1
+
+  // Served by index.ts's own createApp and startServer, with one handler replaced as a developer would.
+  const flakyHandler: WebhookHandler = (event) => {
+    if (failuresLeft-- > 0) throw new Error(`database down at postgres://user:hunter2@db`)
+    handled.push(event.id)
+  }
+
+  beforeAll(async () => {
+    const config = loadConfig({ LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
+    running = await serveApp(createApp(config, { ...webhookHandlers, room_started: flakyHandler }), 0)
+    http = httpClient(`http://localhost:${running.port}`)
+  })
+
+  afterAll(async () => {
+    await running?.stop()
+  })
+
+  test('answers 500 with a generic message so that LiveKit redelivers, and handles the redelivery', async () => {
+    const event = webhookEvent('room_started')
+    const first = await postSigned(http, event)
+    expect(first.status).toBe(500)
+    expect(first.json()).toEqual({ errorMessage: 'Webhook handler failed' })
+    expect(first.text).not.toContain('hunter2')
+    const redelivery = await postSigned(http, event)
+    expect(redelivery.status).toBe(200)
+    expect(handled).toEqual([event.id as string])
+    const again = await postSigned(http, event)
+    expect(again.status).toBe(200)
+    expect(handled).toEqual([event.id as string])
+  })
+})

@@ -3,6 +3,7 @@
 import { Elysia, t, getSchemaValidator, type ValidationError } from 'elysia'
 import { cors } from '@elysiajs/cors'
 import { createSigner, createVerifier } from 'fast-jwt'
+import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import {
   claimsToJwtPayload,
@@ -16,7 +17,7 @@ import {
 declare const Deno: {
   serve(
     options: { port: number; onListen?: (address: { port: number }) => void },
-    handler: (request: Request) => Response | Promise<Response>,
+    handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>,
   ): { shutdown(): Promise<void> }
   addSignalListener(signal: 'SIGTERM' | 'SIGINT', handler: () => void): void
 }
@@ -31,6 +32,19 @@ export interface Config {
   tokenTtlSeconds: number
   maxBodyBytes: number
   usesDevCredentials: boolean
+  /** Set when /token requires a bearer token from the application's identity provider. */
+  auth?: AuthConfig
+  /** Token requests each caller may make per minute; no limit when unset. */
+  tokenRateLimit?: number
+  /** Whether the first X-Forwarded-For hop is the client (behind a reverse proxy). */
+  trustProxy: boolean
+}
+
+export interface AuthConfig {
+  jwksUrl: URL
+  issuer?: string
+  audience?: string
+  identityClaim: string
 }
 
 export class ConfigError extends Error {}
@@ -56,7 +70,35 @@ export function loadConfig(env: Env): Config {
     tokenTtlSeconds: parseDuration(env, 'TOKEN_TTL', '6h'),
     maxBodyBytes: parseInteger(env, 'MAX_BODY_BYTES', 1024 * 1024, 1, 64 * 1024 * 1024),
     usesDevCredentials: !apiKey,
+    auth: parseAuth(env),
+    tokenRateLimit: env.TOKEN_RATE_LIMIT?.trim() ? parseInteger(env, 'TOKEN_RATE_LIMIT', 0, 1, 1_000_000) : undefined,
+    trustProxy: parseBoolean(env, 'TRUST_PROXY'),
   }
+}
+
+function parseAuth(env: Env): AuthConfig | undefined {
+  const jwksUrl = env.AUTH_JWKS_URL?.trim()
+  const dependents = ['AUTH_ISSUER', 'AUTH_AUDIENCE', 'AUTH_IDENTITY_CLAIM'].filter((name) => env[name]?.trim())
+  if (!jwksUrl) {
+    if (dependents.length > 0) throw new ConfigError(`${dependents[0]} has no effect without AUTH_JWKS_URL`)
+    return undefined
+  }
+  if (!URL.canParse(jwksUrl) || !/^https?:$/.test(new URL(jwksUrl).protocol)) {
+    throw new ConfigError(`AUTH_JWKS_URL must be an http:// or https:// URL, got "${jwksUrl}"`)
+  }
+  return {
+    jwksUrl: new URL(jwksUrl),
+    issuer: env.AUTH_ISSUER?.trim() || undefined,
+    audience: env.AUTH_AUDIENCE?.trim() || undefined,
+    identityClaim: env.AUTH_IDENTITY_CLAIM?.trim() || 'sub',
+  }
+}
+
+function parseBoolean(env: Env, name: string): boolean {
+  const text = env[name]?.trim().toLowerCase() ?? ''
+  if (['', '0', 'false', 'no'].includes(text)) return false
+  if (['1', 'true', 'yes'].includes(text)) return true
+  throw new ConfigError(`${name} must be 1 or 0, got "${env[name]}"`)
 }
 
 function parseInteger(env: Env, name: string, fallback: number, min: number, max: number): number {
@@ -106,6 +148,7 @@ class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    readonly headers: Record<string, string> = {},
   ) {
     super(message)
   }
@@ -298,6 +341,102 @@ export function createTokenMinter(config: Config) {
   }
 }
 
+// Callers: who may ask for a token, and how often
+
+export interface Caller {
+  identity: string
+  name?: string
+}
+
+// Identity providers sign ID tokens with public-key algorithms; an HMAC "alg" here would be an attack.
+const asymmetricAlgorithms = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519']
+
+/** Checks the caller's bearer token against the identity provider's published keys (JWKS). */
+export function createCallerAuthenticator(auth: AuthConfig) {
+  // jose caches the key set, refetches it when an unknown key id shows up (key rotation; at most
+  // every 5 s), and gives up on a slow provider after 3 s instead of hanging the request.
+  const keySet = createRemoteJWKSet(auth.jwksUrl, { timeoutDuration: 3000, cooldownDuration: 5000 })
+  const refused = (reason: string) => {
+    log('warn', 'token request refused', { reason })
+    return new HttpError(401, 'A valid bearer token is required', { 'www-authenticate': 'Bearer' })
+  }
+
+  return async function authenticate(request: Request): Promise<Caller> {
+    const bearer = /^Bearer +([\w-]+\.[\w-]+\.[\w-]+) *$/i.exec(request.headers.get('authorization') ?? '')
+    if (!bearer) throw refused('no bearer token')
+    let payload: JWTPayload
+    try {
+      ;({ payload } = await jwtVerify(bearer[1]!, keySet, {
+        algorithms: asymmetricAlgorithms,
+        issuer: auth.issuer,
+        audience: auth.audience,
+        clockTolerance: 30,
+      }))
+    } catch (error) {
+      if (isProviderFailure(error)) {
+        log('error', 'identity provider unavailable', { reason: String(error) })
+        throw new HttpError(503, 'The identity provider is unavailable, try again shortly', { 'retry-after': '5' })
+      }
+      throw refused(String(error))
+    }
+    const identity = payload[auth.identityClaim]
+    if (typeof identity !== 'string' || identity.length === 0 || identity.length > maxNameLength) {
+      throw refused(`claim ${auth.identityClaim} is not an identity`)
+    }
+    const name = typeof payload.name === 'string' && payload.name.length > 0 ? payload.name.slice(0, maxNameLength) : undefined
+    return { identity, name }
+  }
+}
+
+/** The key set could not be fetched (down, slow, not a JWKS), as opposed to a bad token. */
+function isProviderFailure(error: unknown): boolean {
+  if (!(error instanceof joseErrors.JOSEError)) return true // fetch's own network errors
+  return error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid || error.code === 'ERR_JOSE_GENERIC'
+}
+
+/**
+ * Allows each caller `perMinute` requests, refilled continuously (a token bucket). Callers idle
+ * for a minute are forgotten, and at most `maxCallers` are remembered, so memory stays bounded.
+ */
+export class RateLimiter {
+  private readonly buckets = new Map<string, { allowance: number; at: number }>()
+
+  constructor(
+    private readonly perMinute: number,
+    private readonly maxCallers = 100_000,
+  ) {}
+
+  get callerCount(): number {
+    return this.buckets.size
+  }
+
+  /** Takes one request from the caller's allowance; returns 0, or the seconds to wait for one. */
+  take(caller: string, now = Date.now()): number {
+    const refillPerMs = this.perMinute / 60_000
+    const bucket = this.buckets.get(caller)
+    const allowance = bucket ? Math.min(this.perMinute, bucket.allowance + (now - bucket.at) * refillPerMs) : this.perMinute
+    if (allowance < 1) return Math.ceil((1 - allowance) / refillPerMs / 1000)
+    // Re-inserting keeps the Map ordered from least to most recently seen.
+    this.buckets.delete(caller)
+    this.buckets.set(caller, { allowance: allowance - 1, at: now })
+    for (const [oldest, { at }] of this.buckets) {
+      if (this.buckets.size <= this.maxCallers && now - at < 60_000) break
+      this.buckets.delete(oldest)
+    }
+    return 0
+  }
+}
+
+// The connecting address, which Deno hands to its serve handler rather than to Elysia.
+const remoteAddresses = new WeakMap<Request, string>()
+
+type BunServer = { requestIP(request: Request): { address: string } | null } | null
+
+function clientAddress(request: Request, server: BunServer, trustProxy: boolean): string {
+  const forwardedFor = trustProxy ? request.headers.get('x-forwarded-for')?.split(',')[0]?.trim() : undefined
+  return forwardedFor || remoteAddresses.get(request) || server?.requestIP(request)?.address || 'unknown'
+}
+
 // Webhooks
 
 /**
@@ -396,6 +535,30 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   const mintToken = createTokenMinter(config)
   const verifyWebhook = createWebhookVerifier(config)
   const handledIds = new RecentIds()
+  const authenticate = config.auth && createCallerAuthenticator(config.auth)
+  const rateLimiter = config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined
+  // Who asked for each token request, once admitted; read by the /token handler.
+  const callers = new WeakMap<Request, Caller>()
+
+  /** Authenticates and rate-limits a token request before its body is read. */
+  async function admitTokenRequest(request: Request, server: BunServer): Promise<void> {
+    const caller = authenticate && (await authenticate(request))
+    if (caller) callers.set(request, caller)
+    const waitSeconds = rateLimiter?.take(caller?.identity ?? `address:${clientAddress(request, server, config.trustProxy)}`)
+    if (waitSeconds) {
+      throw new HttpError(429, `Too many token requests, retry in ${waitSeconds} s`, { 'retry-after': String(waitSeconds) })
+    }
+  }
+
+  /** The identity and name a token gets: the authenticated caller's when there is one. */
+  function participantFor(request: Request, asked: { identity?: string; name?: string }): { identity?: string; name?: string } {
+    const caller = callers.get(request)
+    if (!caller) return asked
+    if (asked.identity && asked.identity !== caller.identity) {
+      throw new HttpError(403, 'participant_identity must be the authenticated caller')
+    }
+    return { identity: caller.identity, name: caller.name ?? asked.name }
+  }
 
   return (
     // Validate what the client sent: normalising first would reshape it (an array into an object).
@@ -415,6 +578,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
         const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
         if (httpError instanceof HttpError) {
           set.status = httpError.status
+          Object.assign(set.headers, httpError.headers)
           return errorBody(httpError.message)
         }
         if (code === 'VALIDATION' && path === '/token') {
@@ -434,15 +598,23 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
         set.status = 500
         return errorBody('Internal server error')
       })
+      .onRequest(async ({ request, server }) => {
+        if (authenticate || rateLimiter) {
+          if (request.method === 'POST' && new URL(request.url).pathname === '/token') await admitTokenRequest(request, server)
+        }
+      })
       .get('/health', () => ({ status: 'ok' }))
       .post(
         '/token',
-        ({ body }) => {
+        ({ body, request }) => {
           if (isOpenViduRequest(body)) {
             const { roomName, participantName } = body
-            return { token: mintToken({ identity: participantName, name: participantName, room: roomName }) }
+            const { identity, name } = participantFor(request, { name: participantName })
+            return { token: mintToken({ identity: identity ?? participantName, name, room: roomName }) }
           }
-          const participantToken = mintToken(standardParticipant(body))
+          const participant = standardParticipant(body)
+          const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: participant.name })
+          const participantToken = mintToken({ ...participant, identity: identity ?? participant.identity, name })
           return { server_url: config.livekitUrl, participant_token: participantToken }
         },
         {
@@ -499,8 +671,12 @@ export async function startServer(app: ReturnType<typeof createApp>, port: numbe
     const server = app.server!
     return { port: server.port!, stop: () => server.stop() }
   }
+  const handler = (request: Request, info: { remoteAddr: { hostname: string } }) => {
+    remoteAddresses.set(request, info.remoteAddr.hostname)
+    return app.fetch(request)
+  }
   return new Promise((resolve) => {
-    const server = Deno.serve({ port, onListen: (address) => resolve({ port: address.port, stop: () => server.shutdown() }) }, app.fetch)
+    const server = Deno.serve({ port, onListen: (address) => resolve({ port: address.port, stop: () => server.shutdown() }) }, handler)
   })
 }
 

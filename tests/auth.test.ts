@@ -1,0 +1,201 @@
+// POST /token behind caller authentication (AUTH_JWKS_URL): only the app's signed-in users get tokens.
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { TokenSource } from 'livekit-client'
+import { SignJWT } from 'jose'
+import { httpClient, runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
+import { signWebhook, verifyAccessToken, webhookEvent } from './livekit'
+import { audience, idToken, issuer, makeKey, startIdentityProvider, type SigningKey } from './identity-provider'
+
+const credentials = testCredentials()
+const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
+
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: POST /token with caller authentication`, () => {
+    const provider = startIdentityProvider()
+    let rsaKey: SigningKey
+    let ecKey: SigningKey
+    let strangerKey: SigningKey
+    let server: ServerProcess
+    let http: ReturnType<typeof httpClient>
+
+    beforeAll(async () => {
+      ;[rsaKey, ecKey, strangerKey] = await Promise.all([makeKey('rsa-1', 'RS256'), makeKey('ec-1', 'ES256'), makeKey('rsa-1', 'RS256')])
+      provider.state.published = [rsaKey, ecKey]
+      server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl, AUTH_ISSUER: issuer, AUTH_AUDIENCE: audience })
+      http = httpClient(server.url)
+    })
+
+    afterAll(async () => {
+      await server?.stop()
+      provider.server.stop(true)
+    })
+
+    const openVidu = { roomName: 'room1', participantName: 'typed-name' }
+
+    test('gives a signed-in caller a token under the identity and name of their ID token (RS256)', async () => {
+      const answer = await http.postJson('/token', openVidu, bearer(await idToken(rsaKey)))
+      expect(answer.status).toBe(200)
+      const claims = verifyAccessToken(answer.json().token, credentials)
+      expect([claims.sub, claims.name, claims.video?.room]).toEqual(['user-1', 'Ada Lovelace', 'room1'])
+    })
+
+    test('accepts an ES256 ID token too', async () => {
+      const answer = await http.postJson('/token', openVidu, bearer(await idToken(ecKey, { sub: 'user-ec' })))
+      expect(verifyAccessToken(answer.json().token, credentials).sub).toBe('user-ec')
+    })
+
+    test('takes the display name from the request when the ID token has none', async () => {
+      const answer = await http.postJson('/token', openVidu, bearer(await idToken(rsaKey, { name: undefined })))
+      const claims = verifyAccessToken(answer.json().token, credentials)
+      expect([claims.sub, claims.name]).toEqual(['user-1', 'typed-name'])
+    })
+
+    test('serves the standard contract with the caller as identity', async () => {
+      const answer = await http.postJson('/token', { room_name: 'r2', participant_name: 'ignored' }, bearer(await idToken(rsaKey)))
+      const claims = verifyAccessToken(answer.json().participant_token, credentials)
+      expect([claims.sub, claims.name, claims.video?.room]).toEqual(['user-1', 'Ada Lovelace', 'r2'])
+    })
+
+    test('refuses with 403 a participant_identity other than the caller', async () => {
+      const answer = await http.postJson('/token', { participant_identity: 'someone-else' }, bearer(await idToken(rsaKey)))
+      expect(answer.status).toBe(403)
+      expect(answer.json().errorMessage).toMatch(/participant_identity/)
+      const same = await http.postJson('/token', { participant_identity: 'user-1' }, bearer(await idToken(rsaKey)))
+      expect(same.status).toBe(200)
+    })
+
+    test('lets livekit-client pass the bearer token through its headers option', async () => {
+      const source = TokenSource.endpoint(new URL('/token', server.url).href, { headers: bearer(await idToken(ecKey, { sub: 'client-user' })) })
+      const response = await source.fetch({ roomName: 'r3' })
+      expect(verifyAccessToken(response.participantToken, credentials).sub).toBe('client-user')
+      const anonymous = TokenSource.endpoint(new URL('/token', server.url).href)
+      expect(anonymous.fetch({ roomName: 'r3' })).rejects.toThrow(/401/)
+    })
+
+    const refusals: [string, () => Promise<Record<string, string>>][] = [
+      ['no Authorization header', async () => ({})],
+      ['a Basic Authorization header', async () => ({ authorization: 'Basic dXNlcjpwYXNz' })],
+      ['a malformed bearer token', async () => bearer('not-a-jwt')],
+      ['an expired ID token', async () => bearer(await idToken(rsaKey, {}, { expiresIn: '-5m' }))],
+      ['an ID token from another issuer', async () => bearer(await idToken(rsaKey, {}, { issuedBy: 'https://evil.example.test/' }))],
+      ['an ID token for another audience', async () => bearer(await idToken(rsaKey, {}, { forAudience: 'another-app' }))],
+      ['an ID token signed with a key the provider never published', async () => bearer(await idToken(strangerKey))],
+      ['an ID token signed with an unknown key id', async () => bearer(await idToken({ ...strangerKey, kid: 'who-knows' }))],
+      ['an HS256 token signed with the LiveKit secret', async () => {
+        const token = await new SignJWT({ sub: 'user-1' }).setProtectedHeader({ alg: 'HS256', kid: 'rsa-1' }).setIssuer(issuer).setAudience(audience).setExpirationTime('5m').sign(new TextEncoder().encode(credentials.apiSecret))
+        return bearer(token)
+      }],
+      ['an ID token without a subject', async () => bearer(await idToken(rsaKey, { sub: undefined }))],
+    ]
+    for (const [what, headers] of refusals) {
+      test(`refuses with 401 and WWW-Authenticate: Bearer ${what}`, async () => {
+        const answer = await http.postJson('/token', openVidu, await headers())
+        expect(answer.status).toBe(401)
+        expect(answer.headers.get('www-authenticate')).toBe('Bearer')
+        expect(answer.json()).toEqual({ errorMessage: 'A valid bearer token is required' })
+      })
+    }
+
+    test('logs why it refused a caller, and says nothing of it to the caller', async () => {
+      const answer = await http.postJson('/token', openVidu, bearer(await idToken(rsaKey, {}, { forAudience: 'another-app' })))
+      expect(answer.text).not.toMatch(/aud/)
+      const reasons = server.logs().filter((entry) => entry.msg === 'token request refused').map((entry) => String(entry.reason))
+      expect(reasons.some((reason) => /aud/.test(reason))).toBe(true)
+    })
+
+    test('accepts a key the provider starts publishing later (key rotation)', async () => {
+      const rotated = await makeKey('rsa-2', 'RS256')
+      provider.state.published = [rsaKey, ecKey, rotated]
+      // jose refetches the key set for an unknown key id at most every 5 s.
+      await Bun.sleep(5200)
+      const answer = await http.postJson('/token', openVidu, bearer(await idToken(rotated, { sub: 'rotated-user' })))
+      expect(answer.status).toBe(200)
+      expect(verifyAccessToken(answer.json().token, credentials).sub).toBe('rotated-user')
+    }, 15_000)
+
+    test('leaves /livekit/webhook and /health open', async () => {
+      const body = JSON.stringify(webhookEvent('room_started'))
+      const webhook = await http.request('/livekit/webhook', { method: 'POST', headers: { authorization: signWebhook(body, credentials) }, body })
+      expect(webhook.status).toBe(200)
+      expect((await http.request('/health')).status).toBe(200)
+    })
+
+    test('passes the browser preflight for the Authorization header', async () => {
+      const answer = await http.request('/token', {
+        method: 'OPTIONS',
+        headers: { origin: 'http://localhost:5080', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization,content-type' },
+      })
+      expect(answer.status).toBe(204)
+      expect(answer.headers.get('access-control-allow-headers')).toContain('authorization')
+    })
+  })
+
+  describe(`${runtime}: POST /token when the identity provider fails`, () => {
+    test('answers 503 while the provider is down, then recovers by itself', async () => {
+      const provider = startIdentityProvider()
+      const key = await makeKey('k1', 'ES256')
+      provider.state.published = [key]
+      provider.state.down = true
+      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl })
+      try {
+        const http = httpClient(server.url)
+        const down = await http.postJson('/token', { roomName: 'r', participantName: 'p' }, bearer(await idToken(key)))
+        expect(down.status).toBe(503)
+        expect(down.json().errorMessage).toMatch(/identity provider/)
+        provider.state.down = false
+        const up = await http.postJson('/token', { roomName: 'r', participantName: 'p' }, bearer(await idToken(key)))
+        expect(up.status).toBe(200)
+      } finally {
+        await server.stop()
+        provider.server.stop(true)
+      }
+    })
+
+    test('answers 503 within a few seconds when the provider does not answer, instead of hanging', async () => {
+      const provider = startIdentityProvider()
+      const key = await makeKey('k1', 'ES256')
+      provider.state.published = [key]
+      provider.state.delayMs = 20_000
+      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl })
+      try {
+        const started = Date.now()
+        const answer = await httpClient(server.url).postJson('/token', { roomName: 'r', participantName: 'p' }, bearer(await idToken(key)))
+        expect(answer.status).toBe(503)
+        expect(Date.now() - started).toBeLessThan(10_000)
+      } finally {
+        await server.stop()
+        provider.server.stop(true)
+      }
+    }, 20_000)
+
+    test('answers 503 when nothing listens at the JWKS address', async () => {
+      const provider = startIdentityProvider()
+      const key = await makeKey('k1', 'RS256')
+      provider.server.stop(true)
+      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl })
+      try {
+        const answer = await httpClient(server.url).postJson('/token', { roomName: 'r', participantName: 'p' }, bearer(await idToken(key)))
+        expect(answer.status).toBe(503)
+      } finally {
+        await server.stop()
+      }
+    })
+  })
+
+  describe(`${runtime}: caller authentication settings`, () => {
+    test('takes the identity from the claim AUTH_IDENTITY_CLAIM names', async () => {
+      const provider = startIdentityProvider()
+      const key = await makeKey('k1', 'RS256')
+      provider.state.published = [key]
+      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl, AUTH_IDENTITY_CLAIM: 'email' })
+      try {
+        const answer = await httpClient(server.url).postJson('/token', {}, bearer(await idToken(key, { email: 'ada@example.test' })))
+        expect(verifyAccessToken(answer.json().participant_token, credentials).sub).toBe('ada@example.test')
+      } finally {
+        await server.stop()
+        provider.server.stop(true)
+      }
+    })
+  })
+}

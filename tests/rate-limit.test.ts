@@ -1,0 +1,89 @@
+// POST /token with TOKEN_RATE_LIMIT: each caller gets so many tokens a minute.
+import { describe, expect, test } from 'bun:test'
+import { RateLimiter } from '../index'
+import { httpClient, runtimeNames, startServer, testCredentials } from './server'
+import { idToken, makeKey, startIdentityProvider } from './identity-provider'
+
+const credentials = testCredentials()
+const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }
+const request = { roomName: 'room1', participantName: 'alice' }
+
+/** Starts a server, runs the checks against it, and always stops it. */
+async function withServer(runtime: (typeof runtimeNames)[number], env: Record<string, string>, checks: (http: ReturnType<typeof httpClient>) => Promise<void>) {
+  const server = await startServer(runtime, { ...livekitEnv, ...env })
+  try {
+    await checks(httpClient(server.url))
+  } finally {
+    await server.stop()
+  }
+}
+
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: POST /token with a rate limit`, () => {
+    test('answers 429 with Retry-After and an errorMessage once a caller has used its allowance', () =>
+      withServer(runtime, { TOKEN_RATE_LIMIT: '3' }, async (http) => {
+        for (let i = 0; i < 3; i++) expect((await http.postJson('/token', request)).status).toBe(200)
+        const refused = await http.postJson('/token', request, { origin: 'http://localhost:5080' })
+        expect(refused.status).toBe(429)
+        expect(Number(refused.headers.get('retry-after'))).toBeWithin(1, 21)
+        expect(refused.json().errorMessage).toMatch(/Too many token requests/)
+        // A browser page must be able to read it, and the Retry-After header.
+        expect(refused.headers.get('access-control-allow-origin')).toBe('*')
+        expect(refused.headers.get('access-control-expose-headers')).toContain('Retry-After')
+        expect((await http.request('/health')).status).toBe(200)
+      }))
+
+    test('ignores X-Forwarded-For unless TRUST_PROXY is set', () =>
+      withServer(runtime, { TOKEN_RATE_LIMIT: '2' }, async (http) => {
+        const statuses = []
+        for (let i = 0; i < 4; i++) statuses.push((await http.postJson('/token', request, { 'x-forwarded-for': `203.0.113.${i}` })).status)
+        expect(statuses).toEqual([200, 200, 429, 429])
+      }))
+
+    test('counts each client behind a trusted proxy by its first X-Forwarded-For hop', () =>
+      withServer(runtime, { TOKEN_RATE_LIMIT: '2', TRUST_PROXY: '1' }, async (http) => {
+        const from = (client: string) => http.postJson('/token', request, { 'x-forwarded-for': `${client}, 10.0.0.1` })
+        const statuses = []
+        for (const client of ['203.0.113.1', '203.0.113.1', '203.0.113.1', '203.0.113.2', '203.0.113.2']) statuses.push((await from(client)).status)
+        expect(statuses).toEqual([200, 200, 429, 200, 200])
+      }))
+
+    test('counts authenticated callers by their identity, not their address', async () => {
+      const provider = startIdentityProvider()
+      const key = await makeKey('k1', 'ES256')
+      provider.state.published = [key]
+      try {
+        await withServer(runtime, { TOKEN_RATE_LIMIT: '1', AUTH_JWKS_URL: provider.jwksUrl }, async (http) => {
+          const as = async (sub: string) => (await http.postJson('/token', request, { authorization: `Bearer ${await idToken(key, { sub })}` })).status
+          expect([await as('ada'), await as('ada'), await as('grace')]).toEqual([200, 429, 200])
+        })
+      } finally {
+        provider.server.stop(true)
+      }
+    })
+  })
+}
+
+describe('RateLimiter', () => {
+  test('refills a caller allowance over the minute', () => {
+    const limiter = new RateLimiter(60) // one a second
+    const start = 1_000_000
+    for (let i = 0; i < 60; i++) expect(limiter.take('ada', start)).toBe(0)
+    expect(limiter.take('ada', start)).toBe(1)
+    expect(limiter.take('ada', start + 1000)).toBe(0)
+    expect(limiter.take('grace', start)).toBe(0)
+  })
+
+  test('remembers a bounded number of callers however many come', () => {
+    const limiter = new RateLimiter(10, 1000)
+    for (let i = 0; i < 50_000; i++) limiter.take(`caller-${i}`, 1_000_000 + i)
+    expect(limiter.callerCount).toBeLessThanOrEqual(1000)
+  })
+
+  test('forgets callers idle for a minute', () => {
+    const limiter = new RateLimiter(10)
+    for (let i = 0; i < 100; i++) limiter.take(`caller-${i}`, 0)
+    limiter.take('late', 61_000)
+    expect(limiter.callerCount).toBe(1)
+  })
+})

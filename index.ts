@@ -132,72 +132,176 @@ function parseWebSocketUrl(env: Env, name: string, fallback: string): string {
   return text
 }
 
-// Logging: one JSON object per line, so logs stay greppable and machine-readable.
+// Webhook events: what to do when LiveKit reports something
 
-type Level = 'info' | 'warn' | 'error'
+export type WebhookEventName = Exclude<WebhookEventNames, ''>
+export type WebhookHandler = (event: WebhookEvent) => void | Promise<void>
 
-export function log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
-  const line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields })
-  if (level === 'info') console.log(line)
-  else console.error(line)
+/**
+ * What to do for each event LiveKit sends. Replace an entry to add behaviour; a handler that
+ * throws makes the answer a 500, so LiveKit delivers the event again.
+ */
+export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
+  room_started: logEvent,
+  room_finished: logEvent,
+  participant_joined: logEvent,
+  participant_left: logEvent,
+  participant_connection_aborted: logEvent,
+  track_published: logEvent,
+  track_unpublished: logEvent,
+  egress_started: logEvent,
+  egress_updated: logEvent,
+  egress_ended: logEvent,
+  ingress_started: logEvent,
+  ingress_ended: logEvent,
 }
 
-// Errors every route answers in the OpenVidu clients' shape: { "errorMessage": … }
+function logEvent(event: WebhookEvent): void {
+  log('info', 'webhook', describeEvent(event))
+}
 
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message)
+function logUnknownEvent(event: WebhookEvent): void {
+  log('info', 'webhook with unknown event name', describeEvent(event))
+}
+
+/** What the log line of an event names: the room, and whoever or whatever it is about. */
+function describeEvent(event: WebhookEvent): Record<string, string | undefined> {
+  return {
+    event: event.event || undefined,
+    id: event.id || undefined,
+    room: event.room?.name || event.egressInfo?.roomName || event.ingressInfo?.roomName || undefined,
+    participant: event.participant?.identity || undefined,
+    track: event.track?.sid || undefined,
+    egress: event.egressInfo?.egressId || undefined,
+    ingress: event.ingressInfo?.ingressId || undefined,
   }
 }
 
-const errorBody = (errorMessage: string) => ({ errorMessage })
+// The app
 
-const utf8 = new TextDecoder()
+export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers) {
+  const mintToken = createTokenMinter(config)
+  const verifyWebhook = createWebhookVerifier(config)
+  const handledIds = new RecentIds()
+  const authenticate = config.auth && createCallerAuthenticator(config.auth)
+  const rateLimiter = config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined
+  // Who asked for each token request, once admitted; read by the /token handler.
+  const callers = new WeakMap<Request, Caller>()
 
-/** Reads a request body up to maxBytes without buffering more than that. */
-async function readBody(request: Request, maxBytes: number): Promise<Uint8Array> {
-  const tooLarge = () => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
-  const contentLength = request.headers.get('content-length')
-  if (Number(contentLength) > maxBytes) throw tooLarge()
-  // A declared length bounds the body (the HTTP server enforces it), so read it in one go.
-  if (contentLength !== null || !request.body) return new Uint8Array(await request.arrayBuffer())
-  // A chunked body has no declared length: count while reading, stop at the limit.
-  const chunks: Uint8Array[] = []
-  let size = 0
-  for await (const chunk of request.body) {
-    size += chunk.byteLength
-    if (size > maxBytes) throw tooLarge() // leaving the loop cancels the stream
-    chunks.push(chunk)
+  /** Authenticates and rate-limits a token request before its body is read. */
+  async function admitTokenRequest(request: Request, server: BunServer): Promise<void> {
+    const caller = authenticate && (await authenticate(request))
+    if (caller) callers.set(request, caller)
+    const waitSeconds = rateLimiter?.take(caller?.identity ?? `address:${clientAddress(request, server, config.trustProxy)}`)
+    if (waitSeconds) {
+      throw new HttpError(429, `Too many token requests, retry in ${waitSeconds} s`, { 'retry-after': String(waitSeconds) })
+    }
   }
-  const body = new Uint8Array(size)
-  let offset = 0
-  for (const chunk of chunks) {
-    body.set(chunk, offset)
-    offset += chunk.byteLength
-  }
-  return body
-}
 
-async function readJsonObject(request: Request, maxBytes: number): Promise<Record<string, unknown>> {
-  const contentType = request.headers.get('content-type') ?? ''
-  if (!/^application\/([\w.+-]+\+)?json\s*(;|$)/i.test(contentType)) {
-    throw new HttpError(400, 'Content-Type must be application/json')
+  /** The identity and name a token gets: the authenticated caller's when there is one. */
+  function participantFor(request: Request, asked: { identity?: string; name?: string }): { identity?: string; name?: string } {
+    const caller = callers.get(request)
+    if (!caller) return asked
+    if (asked.identity && asked.identity !== caller.identity) {
+      throw new HttpError(403, 'participant_identity must be the authenticated caller')
+    }
+    return { identity: caller.identity, name: caller.name ?? asked.name }
   }
-  let value: unknown
-  try {
-    value = JSON.parse(utf8.decode(await readBody(request, maxBytes)))
-  } catch (error) {
-    if (error instanceof HttpError) throw error
-    throw new HttpError(400, 'Request body must be valid JSON')
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new HttpError(400, 'Request body must be a JSON object')
-  }
-  return value as Record<string, unknown>
+
+  return (
+    // Validate what the client sent: normalising first would reshape it (an array into an object).
+    new Elysia({ normalize: false })
+      .use(
+        cors({
+          origin: '*',
+          credentials: false,
+          methods: ['GET', 'POST', 'OPTIONS'],
+          allowedHeaders: true, // echo what the browser asks for; "*" would not cover Authorization
+          exposeHeaders: ['Retry-After'],
+          maxAge: 600,
+        }),
+      )
+      .onError(({ code, error, set, path, request }) => {
+        // Elysia wraps what a body parser throws in a ParseError; the HttpError is its cause.
+        const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
+        if (httpError instanceof HttpError) {
+          set.status = httpError.status
+          Object.assign(set.headers, httpError.headers)
+          return errorBody(httpError.message)
+        }
+        if (code === 'VALIDATION' && path === '/token') {
+          set.status = 400
+          // The parser only lets JSON objects through.
+          return errorBody(describeTokenRequestError((error as ValidationError).value as Record<string, unknown>))
+        }
+        if (code === 'NOT_FOUND') {
+          set.status = 404
+          return errorBody(`No route for ${request.method} ${path}`)
+        }
+        if (code === 'VALIDATION' || code === 'PARSE') {
+          set.status = 400
+          return errorBody('Invalid request')
+        }
+        // Anything else is a bug here: say so generically, keep details (not the stack) in the log.
+        log('error', 'request failed', { method: request.method, path, error: String(error) })
+        set.status = 500
+        return errorBody('Internal server error')
+      })
+      .onRequest(async ({ request, server }) => {
+        if (authenticate || rateLimiter) {
+          if (request.method === 'POST' && new URL(request.url).pathname === '/token') await admitTokenRequest(request, server)
+        }
+      })
+      .get('/health', () => ({ status: 'ok' }))
+      .post(
+        '/token',
+        ({ body, request }) => {
+          if (isOpenViduRequest(body)) {
+            const { roomName, participantName } = body
+            const { identity, name } = participantFor(request, { name: participantName })
+            return { token: mintToken({ identity: identity ?? participantName, name, room: roomName }) }
+          }
+          const participant = standardParticipant(body)
+          const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: participant.name })
+          const participantToken = mintToken({ ...participant, identity: identity ?? participant.identity, name })
+          return { server_url: config.livekitUrl, participant_token: participantToken }
+        },
+        {
+          parse: ({ request }) => readJsonObject(request, config.maxBodyBytes),
+          body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
+        },
+      )
+      .post(
+        '/livekit/webhook',
+        async ({ request, set }) => {
+          // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
+          const body = await readBody(request, config.maxBodyBytes)
+          let event: WebhookEvent
+          try {
+            event = verifyWebhook(body, request.headers.get('authorization'))
+          } catch (error) {
+            log('warn', 'webhook refused', { reason: (error as Error).message })
+            set.status = 401
+            return errorBody('Webhook signature is missing or invalid')
+          }
+          if (event.id && !handledIds.add(event.id)) {
+            log('info', 'webhook duplicate', describeEvent(event))
+            return { received: 'duplicate' }
+          }
+          try {
+            await (handlers[event.event] ?? logUnknownEvent)(event)
+          } catch (error) {
+            // Forget the id so LiveKit's redelivery of this event is handled.
+            if (event.id) handledIds.forget(event.id)
+            log('error', 'webhook handler failed', { ...describeEvent(event), error: String(error) })
+            set.status = 500
+            return errorBody('Webhook handler failed')
+          }
+          return { received: true }
+        },
+        { parse: 'none' },
+      )
+  )
 }
 
 // Token requests: two contracts on one route.
@@ -252,11 +356,9 @@ const isOpenViduRequest = (body: object): body is OpenViduTokenRequest =>
   'roomName' in body || 'participantName' in body
 
 /** The union's own error says only "Expected union value"; name the field that is wrong instead. */
-function describeTokenRequestError(body: unknown): string {
-  if (typeof body !== 'object' || body === null || isOpenViduRequest(body)) {
-    const tooLong = [body as Record<string, unknown>].some(
-      (fields) => fields && [fields.roomName, fields.participantName].some((v) => typeof v === 'string' && v.length > maxNameLength),
-    )
+function describeTokenRequestError(body: Record<string, unknown>): string {
+  if (isOpenViduRequest(body)) {
+    const tooLong = [body.roomName, body.participantName].some((value) => typeof value === 'string' && value.length > maxNameLength)
     return tooLong ? `roomName and participantName must be at most ${maxNameLength} characters` : openViduRequestError
   }
   const first = standardRequestValidator.Errors(body).First()
@@ -437,7 +539,7 @@ function clientAddress(request: Request, server: BunServer, trustProxy: boolean)
   return forwardedFor || remoteAddresses.get(request) || server?.requestIP(request)?.address || 'unknown'
 }
 
-// Webhooks
+// Webhook verification and redeliveries
 
 /**
  * Verifies a webhook as livekit-server-sdk's WebhookReceiver does (`iss` = API key and `exp` required,
@@ -462,40 +564,6 @@ export function createWebhookVerifier(config: Config) {
     }
     return WebhookEvent.fromJson(JSON.parse(utf8.decode(body)), { ignoreUnknownFields: true })
   }
-}
-
-type WebhookEventName = Exclude<WebhookEventNames, ''>
-export type WebhookHandler = (event: WebhookEvent) => void | Promise<void>
-
-/** What the log line of an event names: the room, and whoever or whatever it is about. */
-function describeEvent(event: WebhookEvent): Record<string, string | undefined> {
-  return {
-    event: event.event || undefined,
-    id: event.id || undefined,
-    room: event.room?.name || event.egressInfo?.roomName || event.ingressInfo?.roomName || undefined,
-    participant: event.participant?.identity || undefined,
-    track: event.track?.sid || undefined,
-    egress: event.egressInfo?.egressId || undefined,
-    ingress: event.ingressInfo?.ingressId || undefined,
-  }
-}
-
-const logEvent: WebhookHandler = (event) => log('info', 'webhook', describeEvent(event))
-
-/** What to do for each event LiveKit sends. Replace an entry to add behaviour; the rest stay logged. */
-export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
-  room_started: logEvent,
-  room_finished: logEvent,
-  participant_joined: logEvent,
-  participant_left: logEvent,
-  participant_connection_aborted: logEvent,
-  track_published: logEvent,
-  track_unpublished: logEvent,
-  egress_started: logEvent,
-  egress_updated: logEvent,
-  egress_ended: logEvent,
-  ingress_started: logEvent,
-  ingress_ended: logEvent,
 }
 
 /**
@@ -529,133 +597,73 @@ export class RecentIds {
   }
 }
 
-// The app
+// Request bodies and errors: every error answers the OpenVidu clients' shape, { "errorMessage": … }
 
-export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers) {
-  const mintToken = createTokenMinter(config)
-  const verifyWebhook = createWebhookVerifier(config)
-  const handledIds = new RecentIds()
-  const authenticate = config.auth && createCallerAuthenticator(config.auth)
-  const rateLimiter = config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined
-  // Who asked for each token request, once admitted; read by the /token handler.
-  const callers = new WeakMap<Request, Caller>()
-
-  /** Authenticates and rate-limits a token request before its body is read. */
-  async function admitTokenRequest(request: Request, server: BunServer): Promise<void> {
-    const caller = authenticate && (await authenticate(request))
-    if (caller) callers.set(request, caller)
-    const waitSeconds = rateLimiter?.take(caller?.identity ?? `address:${clientAddress(request, server, config.trustProxy)}`)
-    if (waitSeconds) {
-      throw new HttpError(429, `Too many token requests, retry in ${waitSeconds} s`, { 'retry-after': String(waitSeconds) })
-    }
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message)
   }
-
-  /** The identity and name a token gets: the authenticated caller's when there is one. */
-  function participantFor(request: Request, asked: { identity?: string; name?: string }): { identity?: string; name?: string } {
-    const caller = callers.get(request)
-    if (!caller) return asked
-    if (asked.identity && asked.identity !== caller.identity) {
-      throw new HttpError(403, 'participant_identity must be the authenticated caller')
-    }
-    return { identity: caller.identity, name: caller.name ?? asked.name }
-  }
-
-  return (
-    // Validate what the client sent: normalising first would reshape it (an array into an object).
-    new Elysia({ normalize: false })
-      .use(
-        cors({
-          origin: '*',
-          credentials: false,
-          methods: ['GET', 'POST', 'OPTIONS'],
-          allowedHeaders: true, // echo what the browser asks for; "*" would not cover Authorization
-          exposeHeaders: ['Retry-After'],
-          maxAge: 600,
-        }),
-      )
-      .onError(({ code, error, set, path, request }) => {
-        // Elysia wraps what a body parser throws in a ParseError; the HttpError is its cause.
-        const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
-        if (httpError instanceof HttpError) {
-          set.status = httpError.status
-          Object.assign(set.headers, httpError.headers)
-          return errorBody(httpError.message)
-        }
-        if (code === 'VALIDATION' && path === '/token') {
-          set.status = 400
-          return errorBody(describeTokenRequestError((error as ValidationError).value))
-        }
-        if (code === 'NOT_FOUND') {
-          set.status = 404
-          return errorBody(`No route for ${request.method} ${path}`)
-        }
-        if (code === 'VALIDATION' || code === 'PARSE') {
-          set.status = 400
-          return errorBody('Invalid request')
-        }
-        // Anything else is a bug here: say so generically, keep details (not the stack) in the log.
-        log('error', 'request failed', { method: request.method, path, error: String(error) })
-        set.status = 500
-        return errorBody('Internal server error')
-      })
-      .onRequest(async ({ request, server }) => {
-        if (authenticate || rateLimiter) {
-          if (request.method === 'POST' && new URL(request.url).pathname === '/token') await admitTokenRequest(request, server)
-        }
-      })
-      .get('/health', () => ({ status: 'ok' }))
-      .post(
-        '/token',
-        ({ body, request }) => {
-          if (isOpenViduRequest(body)) {
-            const { roomName, participantName } = body
-            const { identity, name } = participantFor(request, { name: participantName })
-            return { token: mintToken({ identity: identity ?? participantName, name, room: roomName }) }
-          }
-          const participant = standardParticipant(body)
-          const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: participant.name })
-          const participantToken = mintToken({ ...participant, identity: identity ?? participant.identity, name })
-          return { server_url: config.livekitUrl, participant_token: participantToken }
-        },
-        {
-          parse: ({ request }) => readJsonObject(request, config.maxBodyBytes),
-          body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
-        },
-      )
-      .post(
-        '/livekit/webhook',
-        async ({ request, set }) => {
-          // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
-          const body = await readBody(request, config.maxBodyBytes)
-          let event: WebhookEvent
-          try {
-            event = verifyWebhook(body, request.headers.get('authorization'))
-          } catch (error) {
-            log('warn', 'webhook refused', { reason: (error as Error).message })
-            set.status = 401
-            return errorBody('Webhook signature is missing or invalid')
-          }
-          if (event.id && !handledIds.add(event.id)) {
-            log('info', 'webhook duplicate', describeEvent(event))
-            return { received: 'duplicate' }
-          }
-          try {
-            await (handlers[event.event] ?? logUnknownEvent)(event)
-          } catch (error) {
-            // Forget the id so LiveKit's redelivery of this event is handled.
-            if (event.id) handledIds.forget(event.id)
-            log('error', 'webhook handler failed', { ...describeEvent(event), error: String(error) })
-            set.status = 500
-            return errorBody('Webhook handler failed')
-          }
-          return { received: true }
-        },
-        { parse: 'none' },
-      )
-  )
 }
 
-const logUnknownEvent: WebhookHandler = (event) => log('info', 'webhook with unknown event name', describeEvent(event))
+const errorBody = (errorMessage: string) => ({ errorMessage })
+
+const utf8 = new TextDecoder()
+
+/** Reads a request body up to maxBytes without buffering more than that. */
+async function readBody(request: Request, maxBytes: number): Promise<Uint8Array> {
+  const tooLarge = () => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
+  const contentLength = request.headers.get('content-length')
+  if (Number(contentLength) > maxBytes) throw tooLarge()
+  // A declared length bounds the body (the HTTP server enforces it), so read it in one go.
+  if (contentLength !== null || !request.body) return new Uint8Array(await request.arrayBuffer())
+  // A chunked body has no declared length: count while reading, stop at the limit.
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for await (const chunk of request.body) {
+    size += chunk.byteLength
+    if (size > maxBytes) throw tooLarge() // leaving the loop cancels the stream
+    chunks.push(chunk)
+  }
+  const body = new Uint8Array(size)
+  let offset = 0
+  for (const chunk of chunks) {
+    body.set(chunk, offset)
+    offset += chunk.byteLength
+  }
+  return body
+}
+
+async function readJsonObject(request: Request, maxBytes: number): Promise<Record<string, unknown>> {
+  const contentType = request.headers.get('content-type') ?? ''
+  if (!/^application\/([\w.+-]+\+)?json\s*(;|$)/i.test(contentType)) {
+    throw new HttpError(400, 'Content-Type must be application/json')
+  }
+  let value: unknown
+  try {
+    value = JSON.parse(utf8.decode(await readBody(request, maxBytes)))
+  } catch (error) {
+    if (error instanceof HttpError) throw error
+    throw new HttpError(400, 'Request body must be valid JSON')
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new HttpError(400, 'Request body must be a JSON object')
+  }
+  return value as Record<string, unknown>
+}
+
+// Logging: one JSON object per line, so logs stay greppable and machine-readable.
+
+type Level = 'info' | 'warn' | 'error'
+
+export function log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
+  const line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields })
+  if (level === 'info') console.log(line)
+  else console.error(line)
+}
 
 // Starting and stopping
 

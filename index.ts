@@ -674,17 +674,39 @@ export interface RunningServer {
 
 /** Serves the app on Bun or Deno; resolves once it listens. */
 export async function startServer(app: ReturnType<typeof createApp>, port: number): Promise<RunningServer> {
-  if ('Bun' in globalThis) {
-    app.listen({ port })
-    const server = app.server!
-    return { port: server.port!, stop: () => server.stop() }
-  }
-  const handler = (request: Request, info: { remoteAddr: { hostname: string } }) => {
-    remoteAddresses.set(request, info.remoteAddr.hostname)
-    return app.fetch(request)
+  if (!('Bun' in globalThis)) return serveOnDeno(app, port)
+  app.listen({ port })
+  const server = app.server!
+  // Bun's stop() closes the listener and resolves once the requests in flight are answered.
+  return { port: server.port!, stop: () => server.stop() }
+}
+
+function serveOnDeno(app: ReturnType<typeof createApp>, port: number): Promise<RunningServer> {
+  // Deno's shutdown() (2.9, seen here) makes the bodies of requests in flight unreadable, so
+  // stopping first waits for those requests, and answers 503 to any that arrive meanwhile.
+  let inFlight = 0
+  let stopping = false
+  let onIdle = () => {}
+  const handler = async (request: Request, info: { remoteAddr: { hostname: string } }) => {
+    if (stopping) {
+      return Response.json(errorBody('The server is stopping'), { status: 503, headers: { connection: 'close', 'retry-after': '1' } })
+    }
+    inFlight += 1
+    try {
+      remoteAddresses.set(request, info.remoteAddr.hostname)
+      return await app.fetch(request)
+    } finally {
+      inFlight -= 1
+      if (inFlight === 0) onIdle()
+    }
   }
   return new Promise((resolve) => {
-    const server = Deno.serve({ port, onListen: (address) => resolve({ port: address.port, stop: () => server.shutdown() }) }, handler)
+    const server = Deno.serve({ port, onListen: (address) => resolve({ port: address.port, stop }) }, handler)
+    async function stop() {
+      stopping = true
+      if (inFlight > 0) await new Promise<void>((resolve) => (onIdle = resolve))
+      await server.shutdown()
+    }
   })
 }
 
@@ -723,8 +745,9 @@ async function main(): Promise<void> {
     log('warn', 'LIVEKIT_API_KEY and LIVEKIT_API_SECRET are not set: using the development credentials (key "devkey")')
   }
   const server = await startServer(createApp(config), config.port)
-  log('info', `listening on http://localhost:${server.port}`, { port: server.port })
+  // Handle signals before saying so: whoever waits for this line may stop the server at once.
   stopOnSignals(server)
+  log('info', `listening on http://localhost:${server.port}`, { port: server.port })
 }
 
 if (import.meta.main) await main()

@@ -1,0 +1,102 @@
+// SIGTERM and SIGINT: the server takes no new requests, finishes the ones in flight, then exits with 0.
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
+import { signWebhook, webhookEvent } from './livekit'
+import { open, rawRequest, type RawAnswer } from './raw-http'
+
+const credentials = testCredentials()
+const signals = ['SIGTERM', 'SIGINT'] as const
+
+/** The exit code, or 'still running' when the process has not exited within `ms`. */
+const exitWithin = (server: ServerProcess, ms: number) =>
+  Promise.race([server.exited, Bun.sleep(ms).then(() => 'still running' as const)])
+
+const settle = <T>(promise: Promise<T>) => promise.catch((error: Error) => error)
+
+for (const runtime of runtimeNames) {
+  for (const signal of signals) {
+    describe(`${runtime}: on ${signal}`, () => {
+      let server: ServerProcess
+      const event = webhookEvent('room_finished')
+      let inFlight: RawAnswer | Error
+      let newRequest: RawAnswer | Error
+      let exitCode: number | 'still running'
+      let linesBeforeSignal: number
+
+      beforeAll(async () => {
+        server = await startServer(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
+        const body = JSON.stringify(event)
+        const half = Math.floor(body.length / 2)
+        const headers = {
+          'content-type': 'application/webhook+json',
+          'content-length': String(body.length),
+          authorization: signWebhook(body, credentials),
+        }
+        inFlight = await settle(
+          rawRequest(new URL('/livekit/webhook', server.url).href, headers, [
+            body.slice(0, half),
+            async () => {
+              // Give the server time to start on the request: bytes it has not read yet are not in flight.
+              await Bun.sleep(100)
+              linesBeforeSignal = server.lines.length
+              server.child.kill(signal)
+              await Bun.sleep(50)
+              newRequest = await settle(rawRequest(new URL('/health', server.url).href, {}, [], { method: 'GET', timeoutMs: 1000 }))
+              await Bun.sleep(250)
+            },
+            body.slice(half),
+          ]),
+        )
+        exitCode = await exitWithin(server, 5000)
+      })
+
+      afterAll(() => {
+        if (exitCode !== 0) server?.child.kill('SIGKILL')
+      })
+
+      test('finishes the webhook it was receiving with 200, and handles the event', () => {
+        expect(inFlight).not.toBeInstanceOf(Error)
+        expect((inFlight as RawAnswer).status).toBe(200)
+        expect(server.logs().filter((entry) => entry.id === event.id && entry.msg === 'webhook')).toHaveLength(1)
+      })
+
+      test('takes no new request meanwhile: the connection is refused, or answered 503', () => {
+        const outcome = newRequest instanceof Error ? newRequest.message : newRequest.status
+        expect([expect.stringContaining('ECONNREFUSED'), 503]).toContainEqual(outcome)
+      })
+
+      test('exits with code 0 within 5 s', () => {
+        expect(exitCode).toBe(0)
+      })
+
+      test('accepts no connection once it has exited', async () => {
+        const connection = await settle(open(new URL(server.url)))
+        if (!(connection instanceof Error)) connection.destroy()
+        expect(connection).toBeInstanceOf(Error)
+      })
+
+      test('logs the shutdown as JSON lines, with no error and no stack trace', () => {
+        const lines = server.lines.slice(linesBeforeSignal).filter((line) => line.trim())
+        const entries = lines.map((line) => JSON.parse(line))
+        expect(entries).toContainEqual(expect.objectContaining({ msg: expect.stringContaining(signal) }))
+        expect(entries.filter((entry) => entry.level === 'error')).toEqual([])
+        expect(lines.join('\n')).not.toMatch(/\bat .+:\d+:\d+|\n\s+at /)
+      })
+    })
+  }
+
+  describe(`${runtime}: stopping right after start`, () => {
+    test('exits with code 0 on a signal sent as soon as it says it is listening', async () => {
+      // Whoever waits for the "listening" line (a supervisor, a test) may stop the server at once.
+      // An unhandled signal kills it only when it wins a race, so try a few times.
+      const codes: (number | 'still running')[] = []
+      for (const signal of [...signals, ...signals, ...signals]) {
+        const server = await startServer(runtime)
+        server.child.kill(signal)
+        codes.push(await exitWithin(server, 5000))
+        server.child.kill('SIGKILL')
+      }
+      expect(codes).toEqual([0, 0, 0, 0, 0, 0])
+    })
+  })
+}

@@ -64,6 +64,7 @@ for (const runtime of runtimeNames) {
         ['an array body', { body: '[]' }, /JSON object/],
         ['a string body', { body: '"room1"' }, /JSON object/],
         ['malformed JSON', { body: '{"roomName": "room1",' }, /valid JSON/],
+        ['a body nested 20,000 levels deep', { body: `{"roomName":${'['.repeat(20_000)}${']'.repeat(20_000)},"participantName":"alice"}` }, /nested at most 32 levels/],
         ['an empty body', { body: '' }, /valid JSON/],
         ['no body at all', {}, /valid JSON/],
         ['a form-encoded body', { body: 'roomName=room1&participantName=alice', headers: { 'content-type': 'application/x-www-form-urlencoded' } }, /Content-Type/],

@@ -68,7 +68,10 @@ const parseLogs = (lines: string[]) =>
 export async function startServer(runtime: Runtime, env: Record<string, string> = {}): Promise<ServerProcess> {
   const { child, lines, listeners, exited } = spawnServer(runtime, { SERVER_PORT: '0', ...env })
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${runtime} server did not start:\n${lines.join('\n')}`)), 20_000)
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL') // nothing could stop it otherwise
+      reject(new Error(`${runtime} server did not start:\n${lines.join('\n')}`))
+    }, 20_000)
     const onLine = (line: string) => {
       const match = /listening on (http:\/\/\S+?)"/.exec(line)
       if (match) {

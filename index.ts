@@ -384,7 +384,7 @@ interface Participant {
   roomConfig?: RoomConfiguration
 }
 
-const byteLength = (text: string) => new TextEncoder().encode(text).byteLength
+const byteLength = (text: string) => Buffer.byteLength(text)
 
 const randomSuffix = () => crypto.randomUUID().slice(0, 13).replace('-', '')
 
@@ -516,6 +516,7 @@ function isProviderFailure(error: unknown): boolean {
  */
 export class RateLimiter {
   private readonly buckets = new Map<string, { allowance: number; at: number }>()
+  private sweptAt = 0
 
   constructor(
     private readonly perMinute: number,
@@ -532,14 +533,22 @@ export class RateLimiter {
     const bucket = this.buckets.get(caller)
     const allowance = bucket ? Math.min(this.perMinute, bucket.allowance + (now - bucket.at) * refillPerMs) : this.perMinute
     if (allowance < 1) return Math.ceil((1 - allowance) / refillPerMs / 1000)
-    // Re-inserting keeps the Map ordered from least to most recently seen.
-    this.buckets.delete(caller)
     this.buckets.set(caller, { allowance: allowance - 1, at: now })
-    for (const [oldest, { at }] of this.buckets) {
-      if (this.buckets.size <= this.maxCallers && now - at < 60_000) break
-      this.buckets.delete(oldest)
-    }
+    if (this.buckets.size > this.maxCallers || now - this.sweptAt >= 60_000) this.sweep(now)
     return 0
+  }
+
+  /**
+   * Forgets idle callers (their allowance is full again anyway); then, if still too many, the
+   * longest-known ones, down to 90% so that a crowd of callers does not make every request sweep.
+   */
+  private sweep(now: number): void {
+    this.sweptAt = now
+    for (const [caller, { at }] of this.buckets) if (now - at >= 60_000) this.buckets.delete(caller)
+    for (const caller of this.buckets.keys()) {
+      if (this.buckets.size <= this.maxCallers * 0.9) break
+      this.buckets.delete(caller)
+    }
   }
 }
 
@@ -585,29 +594,37 @@ export function createWebhookVerifier(config: Config) {
  * can repeat an event, so an id may come back; remembering the newest ones for a while is enough.
  */
 export class RecentIds {
-  private readonly seenAt = new Map<string, number>()
+  private readonly seen = new Map<string, { at: number; slot: number }>()
+  // The remembered ids in order of arrival, a ring: each new id takes the oldest one's slot.
+  // (Deleting from the front of a Map and iterating it again is slow: its holes are walked over.)
+  private readonly slots: (string | undefined)[]
+  private nextSlot = 0
 
   constructor(
-    private readonly capacity = 10_000,
+    capacity = 10_000,
     private readonly ttlMs = 10 * 60_000,
-  ) {}
+  ) {
+    this.slots = new Array(capacity)
+  }
 
   /** Remembers the id; false when it was already remembered (and not yet forgotten). */
   add(id: string, now = Date.now()): boolean {
-    const seen = this.seenAt.get(id)
-    if (seen !== undefined && now - seen < this.ttlMs) return false
-    this.seenAt.delete(id)
-    this.seenAt.set(id, now)
-    // A Map iterates in insertion order, so the oldest ids come first.
-    for (const [oldId, at] of this.seenAt) {
-      if (this.seenAt.size <= this.capacity && now - at < this.ttlMs) break
-      this.seenAt.delete(oldId)
-    }
+    const seen = this.seen.get(id)
+    if (seen !== undefined && now - seen.at < this.ttlMs) return false
+    const evicted = this.slots[this.nextSlot]
+    if (evicted !== undefined && this.seen.get(evicted)?.slot === this.nextSlot) this.seen.delete(evicted)
+    this.slots[this.nextSlot] = id
+    this.seen.set(id, { at: now, slot: this.nextSlot })
+    this.nextSlot = (this.nextSlot + 1) % this.slots.length
     return true
   }
 
   forget(id: string): void {
-    this.seenAt.delete(id)
+    this.seen.delete(id)
+  }
+
+  get size(): number {
+    return this.seen.size
   }
 }
 

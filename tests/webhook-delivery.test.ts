@@ -1,6 +1,6 @@
 // How /livekit/webhook handles delivery: dispatch by event name, redeliveries, failing handlers.
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { createApp, loadConfig, startServer as serveApp, webhookHandlers, type RunningServer, type WebhookHandler } from '../index'
+import { createApp, loadConfig, RecentIds, startServer as serveApp, webhookHandlers, type RunningServer, type WebhookHandler } from '../index'
 import { httpClient, runtimeNames, startServer, testCredentials, waitForLog, type ServerProcess } from './server'
 import { signWebhook, webhookEvent } from './livekit'
 
@@ -127,5 +127,38 @@ describe('POST /livekit/webhook with a handler that throws', () => {
     const again = await postSigned(http, event)
     expect(again.status).toBe(200)
     expect(handled).toEqual([event.id as string])
+  })
+})
+
+describe('RecentIds', () => {
+  test('knows an id it was given, and forgets it after the time to live', () => {
+    const ids = new RecentIds(100, 60_000)
+    expect(ids.add('EV_1', 0)).toBe(true)
+    expect(ids.add('EV_1', 59_999)).toBe(false)
+    expect(ids.add('EV_1', 60_000)).toBe(true)
+  })
+
+  test('remembers at most its capacity, forgetting the oldest ids first', () => {
+    const ids = new RecentIds(1000)
+    for (let i = 0; i < 50_000; i++) ids.add(`EV_${i}`, i)
+    expect(ids.size).toBe(1000)
+    expect(ids.add('EV_49000', 50_000)).toBe(false)
+    expect(ids.add('EV_48999', 50_000)).toBe(true)
+  })
+
+  test('keeps an id given again after its time to live, when its first slot is reused', () => {
+    const ids = new RecentIds(3, 10)
+    ids.add('a', 0)
+    ids.add('a', 20) // expired, so remembered again, in a second slot
+    ids.add('b', 21)
+    ids.add('c', 22) // takes the first slot of "a"
+    expect(ids.add('a', 23)).toBe(false)
+  })
+
+  test('forgets an id on request, so that its redelivery is handled', () => {
+    const ids = new RecentIds()
+    ids.add('EV_1')
+    ids.forget('EV_1')
+    expect(ids.add('EV_1')).toBe(true)
   })
 })

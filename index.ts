@@ -4,7 +4,7 @@ import { Elysia, t, getSchemaValidator, type ValidationError } from 'elysia'
 import { cors } from '@elysiajs/cors'
 import { createVerifier } from 'fast-jwt'
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose'
-import { createHash, createHmac, createSecretKey, timingSafeEqual } from 'node:crypto'
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import {
   claimsToJwtPayload,
   RoomConfiguration,
@@ -434,7 +434,8 @@ function parseRoomConfig(json: Record<string, unknown>): RoomConfiguration {
 const jwtHeader = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url')
 
 export function createTokenMinter(config: Config) {
-  const signingKey = createSecretKey(Buffer.from(config.apiSecret))
+  // A Buffer key: Deno's node:crypto takes it about twice as fast as a string or a KeyObject.
+  const signingKey = Buffer.from(config.apiSecret)
   return function mintToken(participant: Participant): string {
     const grants: ClaimGrants = {
       name: participant.name,

@@ -91,7 +91,9 @@ export async function startServer(runtime: Runtime, env: Record<string, string> 
     exited,
     stop: async (signal = 'SIGTERM') => {
       child.kill(signal)
-      return exited
+      const code = await exited
+      assertNoLeaks(`${runtime} server log`, lines.join('\n'), { tokensAllowed: false })
+      return code
     },
   }
 }
@@ -102,6 +104,7 @@ export async function runUntilExit(runtime: Runtime, env: Record<string, string>
   const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
   const code = await exited
   clearTimeout(timer)
+  assertNoLeaks(`${runtime} server log`, lines.join('\n'), { tokensAllowed: false })
   return { code, output: lines.join('\n') }
 }
 
@@ -134,10 +137,30 @@ export function httpClient(baseUrl: string) {
   async function request(path: string, init: RequestInit = {}): Promise<Answer> {
     const response = await fetch(new URL(path, baseUrl), init)
     const text = await response.text()
+    assertNoLeaks(`answer to ${init.method ?? 'GET'} ${path}`, text, { tokensAllowed: true })
     transcript.push(`${response.status} ${JSON.stringify([...response.headers])} ${text}`)
     return { status: response.status, headers: response.headers, text, json: () => JSON.parse(text) }
   }
   const postJson = (path: string, body: unknown, headers: Record<string, string> = {}) =>
     request(path, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
   return { request, postJson, transcript }
+}
+
+// Every test's credentials come from testCredentials(), so one pattern finds any test's secret.
+const leakPatterns: [string, RegExp][] = [
+  ['an API secret', /test-secret-[0-9a-f-]{36}/],
+  // A stack frame on a line of its own, or escaped inside a JSON log line ("\\n    at f (file:1:2)").
+  ['a stack trace', /(^|\\n)\s*at \S.*?:\d+:\d+/m],
+]
+const tokenPattern: [string, RegExp] = ['a token', /eyJ[\w-]{10,}\.[\w-]+\.[\w-]+/]
+
+/**
+ * Fails when a log or an answer shows what it must never show: the API secret, a stack trace,
+ * or (in a log) a token. Called on every answer httpClient gets and every log a server leaves.
+ */
+export function assertNoLeaks(where: string, text: string, { tokensAllowed }: { tokensAllowed: boolean }): void {
+  for (const [what, pattern] of tokensAllowed ? leakPatterns : [...leakPatterns, tokenPattern]) {
+    const found = pattern.exec(text)
+    if (found) throw new Error(`${where} shows ${what}: ${found[0].slice(0, 60)}…`)
+  }
 }

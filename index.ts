@@ -1,6 +1,6 @@
 // The application server for LiveKit and OpenVidu apps: it mints access tokens for clients and
 // receives the webhooks a LiveKit server posts. Runs with `bun run index.ts`, or under Deno 2.
-import { Elysia, t, getSchemaValidator, type ValidationError } from 'elysia'
+import { Elysia, getSchemaValidator, status, t, type ErrorContext, type ValidationError } from 'elysia'
 import { cors } from '@elysiajs/cors'
 import { createVerifier } from 'fast-jwt'
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose'
@@ -208,108 +208,96 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
     return { identity: caller.identity, name: caller.name ?? asked.name }
   }
 
-  return (
-    // Validate what the client sent: normalising first would reshape it (an array into an object).
-    new Elysia({ normalize: false })
-      .use(
-        cors({
-          origin: '*',
-          credentials: false,
-          methods: ['GET', 'POST', 'OPTIONS'],
-          exposeHeaders: ['Retry-After'],
-          // Preflights are answered below: the plugin's answer says "undefined" when none is asked.
-          preflight: false,
-        }),
-      )
-      .onError(({ code, error, set, path, request }) => {
-        // Elysia wraps what a body parser throws in a ParseError; the HttpError is its cause.
-        const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
-        if (httpError instanceof HttpError) {
-          set.status = httpError.status
-          Object.assign(set.headers, httpError.headers)
-          return errorBody(httpError.message)
-        }
-        if (code === 'VALIDATION' && path === '/token') {
-          set.status = 400
-          // The parser only lets JSON objects through.
-          return errorBody(describeTokenRequestError((error as ValidationError).value as Record<string, unknown>))
-        }
-        if (code === 'NOT_FOUND') {
-          set.status = 404
-          return errorBody(`No route for ${request.method} ${path}`)
-        }
-        if (code === 'VALIDATION' || code === 'PARSE') {
-          set.status = 400
-          return errorBody('Invalid request')
-        }
-        // Anything else is a bug here: say so generically, keep details (not the stack) in the log.
-        log('error', 'request failed', { method: request.method, path, error: String(error) })
-        set.status = 500
-        return errorBody('Internal server error')
-      })
-      .onRequest(async ({ request, server }) => {
-        if (authenticate || rateLimiter) {
-          if (request.method === 'POST' && new URL(request.url).pathname === '/token') await admitTokenRequest(request, server)
-        }
-      })
-      .options('/*', ({ request, set }) => {
-        // Allow whatever headers the browser asks for; "*" would not cover Authorization.
-        const requestedHeaders = request.headers.get('access-control-request-headers')
-        if (requestedHeaders) set.headers['access-control-allow-headers'] = requestedHeaders
-        set.headers['access-control-max-age'] = '600'
-        return new Response(null, { status: 204 })
-      })
-      .get('/health', () => ({ status: 'ok' }))
-      .post(
-        '/token',
-        ({ body, request }) => {
-          if (isOpenViduRequest(body)) {
-            const { roomName, participantName } = body
-            const { identity, name } = participantFor(request, { name: participantName })
-            return { token: mintToken({ identity: identity ?? participantName, name, room: roomName }) }
-          }
-          const participant = standardParticipant(body)
-          const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: participant.name })
-          const participantToken = mintToken({ ...participant, identity: identity ?? participant.identity, name })
-          return { server_url: config.livekitUrl, participant_token: participantToken }
-        },
-        {
-          parse: ({ request }) => readJsonObject(request, config.maxBodyBytes),
-          body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
-        },
-      )
-      .post(
-        '/livekit/webhook',
-        async ({ request, set }) => {
-          // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
-          const body = await readBody(request, config.maxBodyBytes)
-          let event: WebhookEvent
-          try {
-            event = verifyWebhook(body, request.headers.get('authorization'))
-          } catch (error) {
-            log('warn', 'webhook refused', { reason: (error as Error).message })
-            set.status = 401
-            return errorBody('Webhook signature is missing or invalid')
-          }
-          if (event.id && !handledIds.add(event.id)) {
-            log('info', 'webhook duplicate', describeEvent(event))
-            return { received: 'duplicate' }
-          }
-          try {
-            // Own entries only: an event named "__proto__" or "valueOf" must not find Object.prototype's.
-            await (Object.hasOwn(handlers, event.event) ? handlers[event.event]! : logUnknownEvent)(event)
-          } catch (error) {
-            // Forget the id so LiveKit's redelivery of this event is handled.
-            if (event.id) handledIds.forget(event.id)
-            log('error', 'webhook handler failed', { ...describeEvent(event), error: String(error) })
-            set.status = 500
-            return errorBody('Webhook handler failed')
-          }
-          return { received: true }
-        },
-        { parse: 'none' },
-      )
-  )
+  function answerTokenRequest(body: OpenViduTokenRequest | StandardTokenRequest, request: Request) {
+    if (isOpenViduRequest(body)) {
+      const { roomName, participantName } = body
+      const { identity, name } = participantFor(request, { name: participantName })
+      return { token: mintToken({ identity: identity ?? participantName, name, room: roomName }) }
+    }
+    const participant = standardParticipant(body)
+    const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: participant.name })
+    const participantToken = mintToken({ ...participant, identity: identity ?? participant.identity, name })
+    return { server_url: config.livekitUrl, participant_token: participantToken }
+  }
+
+  async function receiveWebhook(request: Request) {
+    // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
+    const body = await readBody(request, config.maxBodyBytes)
+    let event: WebhookEvent
+    try {
+      event = verifyWebhook(body, request.headers.get('authorization'))
+    } catch (error) {
+      log('warn', 'webhook refused', { reason: (error as Error).message })
+      return status(401, errorBody('Webhook signature is missing or invalid'))
+    }
+    if (event.id && !handledIds.add(event.id)) {
+      log('info', 'webhook duplicate', describeEvent(event))
+      return { received: 'duplicate' }
+    }
+    try {
+      // Own entries only: an event named "__proto__" or "valueOf" must not find Object.prototype's.
+      await (Object.hasOwn(handlers, event.event) ? handlers[event.event]! : logUnknownEvent)(event)
+    } catch (error) {
+      // Forget the id so that LiveKit's redelivery of this event is handled.
+      if (event.id) handledIds.forget(event.id)
+      log('error', 'webhook handler failed', { ...describeEvent(event), error: String(error) })
+      return status(500, errorBody('Webhook handler failed'))
+    }
+    return { received: true }
+  }
+
+  // Validate what the client sent: normalising first would reshape it (an array into an object).
+  return new Elysia({ normalize: false })
+    .use(cors({ origin: '*', credentials: false, methods: ['GET', 'POST', 'OPTIONS'], exposeHeaders: ['Retry-After'], preflight: false }))
+    .onError(answerError)
+    .onRequest(async ({ request, server }) => {
+      if ((authenticate || rateLimiter) && request.method === 'POST' && new URL(request.url).pathname === '/token') {
+        await admitTokenRequest(request, server)
+      }
+    })
+    .options('/*', ({ request }) => answerPreflight(request))
+    .get('/health', () => ({ status: 'ok' }))
+    .post('/token', ({ body, request }) => answerTokenRequest(body, request), {
+      parse: ({ request }) => readJsonObject(request, config.maxBodyBytes),
+      body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
+    })
+    .post('/livekit/webhook', ({ request }) => receiveWebhook(request), { parse: 'none' })
+}
+
+/** Every error in the shape OpenVidu's clients read, { "errorMessage": … }, and never a stack. */
+function answerError({ code, error, set, path, request }: ErrorContext & { code: string | number; error: unknown }) {
+  // Elysia wraps what a body parser throws in a ParseError; the HttpError is its cause.
+  const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
+  if (httpError instanceof HttpError) {
+    set.status = httpError.status
+    Object.assign(set.headers, httpError.headers)
+    return errorBody(httpError.message)
+  }
+  if (code === 'VALIDATION' && path === '/token') {
+    set.status = 400
+    // The parser only lets JSON objects through.
+    return errorBody(describeTokenRequestError((error as ValidationError).value as Record<string, unknown>))
+  }
+  if (code === 'NOT_FOUND') {
+    set.status = 404
+    return errorBody(`No route for ${request.method} ${path}`)
+  }
+  if (code === 'VALIDATION' || code === 'PARSE') {
+    set.status = 400
+    return errorBody('Invalid request')
+  }
+  // Anything else is a bug here: say so generically, keep the details (not the stack) in the log.
+  log('error', 'request failed', { method: request.method, path, error: String(error) })
+  set.status = 500
+  return errorBody('Internal server error')
+}
+
+/** CORS preflights: any origin, and whatever headers the browser asks for ("*" would not cover Authorization). */
+function answerPreflight(request: Request): Response {
+  const headers = new Headers({ 'access-control-max-age': '600' })
+  const requestedHeaders = request.headers.get('access-control-request-headers')
+  if (requestedHeaders) headers.set('access-control-allow-headers', requestedHeaders)
+  return new Response(null, { status: 204, headers })
 }
 
 // Token requests: two contracts on one route.

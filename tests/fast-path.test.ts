@@ -5,7 +5,7 @@ import fc from 'fast-check'
 import { createHash } from 'node:crypto'
 import { AccessToken, RoomConfiguration, TokenVerifier, WebhookReceiver } from 'livekit-server-sdk'
 import { createWebhookVerifier, loadConfig } from '../index'
-import { httpClient, startServer, testCredentials, type ServerProcess } from './server'
+import { httpClient, runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
 import { signJwt, signWebhook, webhookEvent } from './livekit'
 
 const credentials = testCredentials()
@@ -30,63 +30,65 @@ const standardRequest = fc.record(
 )
 type StandardRequest = typeof standardRequest extends fc.Arbitrary<infer Request> ? Request : never
 
-describe('bun: POST /token signs exactly what the SDK would', () => {
-  let server: ServerProcess
-  let http: ReturnType<typeof httpClient>
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: POST /token signs exactly what the SDK would`, () => {
+    let server: ServerProcess
+    let http: ReturnType<typeof httpClient>
 
-  beforeAll(async () => {
-    server = await startServer('bun', { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
-    http = httpClient(server.url)
-  })
-
-  afterAll(async () => {
-    await server?.stop()
-  })
-
-  /** The token livekit-server-sdk's AccessToken makes for the participant the server chose. */
-  async function sdkToken(request: StandardRequest, identity: string, room: string) {
-    const token = new AccessToken(credentials.apiKey, credentials.apiSecret, {
-      identity,
-      name: request.participant_name,
-      metadata: request.participant_metadata,
-      attributes: Object.keys(request.participant_attributes ?? {}).length > 0 ? request.participant_attributes : undefined,
-      ttl: config.tokenTtlSeconds,
+    beforeAll(async () => {
+      server = await startServer(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
+      http = httpClient(server.url)
     })
-    token.addGrant({ roomJoin: true, room, canPublish: true, canSubscribe: true, canPublishData: true })
-    if (request.room_config) token.roomConfig = RoomConfiguration.fromJson(request.room_config)
-    return token.toJwt()
-  }
 
-  test('gives the claims of the SDK AccessToken for a thousand random standard requests', async () => {
-    const verifier = new TokenVerifier(credentials.apiKey, credentials.apiSecret)
-    await fc.assert(
-      fc.asyncProperty(standardRequest, async (request) => {
-        const answer = await http.postJson('/token', request)
-        expect(answer.status).toBe(200)
-        const token = answer.json().participant_token
-        const claims = await verifier.verify(token)
-        const expected = decodePayload(await sdkToken(request, claims.sub!, claims.video!.room!))
-        expect(withoutTimes(decodePayload(token))).toEqual(withoutTimes(expected))
-        expect(claims.exp! - claims.nbf!).toBe(expected.exp - expected.nbf)
-      }),
-      { numRuns: 1000 },
-    )
-  })
+    afterAll(async () => {
+      await server?.stop()
+    })
 
-  test('gives the claims of the SDK AccessToken for random OpenVidu requests', async () => {
-    const verifier = new TokenVerifier(credentials.apiKey, credentials.apiSecret)
-    await fc.assert(
-      fc.asyncProperty(text(60), text(60), async (roomName, participantName) => {
-        const answer = await http.postJson('/token', { roomName, participantName })
-        const token = answer.json().token
-        await verifier.verify(token)
-        const expected = decodePayload(await sdkToken({ participant_name: participantName }, participantName, roomName))
-        expect(withoutTimes(decodePayload(token))).toEqual(withoutTimes(expected))
-      }),
-      { numRuns: 200 },
-    )
+    /** The token livekit-server-sdk's AccessToken makes for the participant the server chose. */
+    async function sdkToken(request: StandardRequest, identity: string, room: string) {
+      const token = new AccessToken(credentials.apiKey, credentials.apiSecret, {
+        identity,
+        name: request.participant_name,
+        metadata: request.participant_metadata,
+        attributes: Object.keys(request.participant_attributes ?? {}).length > 0 ? request.participant_attributes : undefined,
+        ttl: config.tokenTtlSeconds,
+      })
+      token.addGrant({ roomJoin: true, room, canPublish: true, canSubscribe: true, canPublishData: true })
+      if (request.room_config) token.roomConfig = RoomConfiguration.fromJson(request.room_config)
+      return token.toJwt()
+    }
+
+    test('gives the claims of the SDK AccessToken for a thousand random standard requests', async () => {
+      const verifier = new TokenVerifier(credentials.apiKey, credentials.apiSecret)
+      await fc.assert(
+        fc.asyncProperty(standardRequest, async (request) => {
+          const answer = await http.postJson('/token', request)
+          expect(answer.status).toBe(200)
+          const token = answer.json().participant_token
+          const claims = await verifier.verify(token)
+          const expected = decodePayload(await sdkToken(request, claims.sub!, claims.video!.room!))
+          expect(withoutTimes(decodePayload(token))).toEqual(withoutTimes(expected))
+          expect(claims.exp! - claims.nbf!).toBe(expected.exp - expected.nbf)
+        }),
+        { numRuns: 1000 },
+      )
+    })
+
+    test('gives the claims of the SDK AccessToken for random OpenVidu requests', async () => {
+      const verifier = new TokenVerifier(credentials.apiKey, credentials.apiSecret)
+      await fc.assert(
+        fc.asyncProperty(text(60), text(60), async (roomName, participantName) => {
+          const answer = await http.postJson('/token', { roomName, participantName })
+          const token = answer.json().token
+          await verifier.verify(token)
+          const expected = decodePayload(await sdkToken({ participant_name: participantName }, participantName, roomName))
+          expect(withoutTimes(decodePayload(token))).toEqual(withoutTimes(expected))
+        }),
+        { numRuns: 200 },
+      )
+    })
   })
-})
+}
 
 describe('the webhook verifier', () => {
   const verifyWebhook = createWebhookVerifier(config)

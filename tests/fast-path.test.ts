@@ -1,11 +1,11 @@
 // Differential tests: the synchronous token signer and webhook verifier in index.ts must agree with
 // livekit-server-sdk's AccessToken and WebhookReceiver, which define what a token and a webhook are.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { describe, expect, test } from 'bun:test'
 import fc from 'fast-check'
 import { createHash } from 'node:crypto'
 import { AccessToken, RoomConfiguration, TokenVerifier, WebhookReceiver } from 'livekit-server-sdk'
 import { createWebhookVerifier, loadConfig } from '../index'
-import { httpClient, runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
+import { runtimeNames, serveDuringTests, testCredentials } from './server'
 import { signJwt, signWebhook, webhookEvent } from './livekit'
 
 const credentials = testCredentials()
@@ -32,17 +32,7 @@ type StandardRequest = typeof standardRequest extends fc.Arbitrary<infer Request
 
 for (const runtime of runtimeNames) {
   describe(`${runtime}: POST /token signs exactly what the SDK would`, () => {
-    let server: ServerProcess
-    let http: ReturnType<typeof httpClient>
-
-    beforeAll(async () => {
-      server = await startServer(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
-      http = httpClient(server.url)
-    })
-
-    afterAll(async () => {
-      await server?.stop()
-    })
+    const running = serveDuringTests(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
 
     /** The token livekit-server-sdk's AccessToken makes for the participant the server chose. */
     async function sdkToken(request: StandardRequest, identity: string, room: string) {
@@ -62,7 +52,7 @@ for (const runtime of runtimeNames) {
       const verifier = new TokenVerifier(credentials.apiKey, credentials.apiSecret)
       await fc.assert(
         fc.asyncProperty(standardRequest, async (request) => {
-          const answer = await http.postJson('/token', request)
+          const answer = await running.http.postJson('/token', request)
           expect(answer.status).toBe(200)
           const token = answer.json().participant_token
           const claims = await verifier.verify(token)
@@ -78,7 +68,7 @@ for (const runtime of runtimeNames) {
       const verifier = new TokenVerifier(credentials.apiKey, credentials.apiSecret)
       await fc.assert(
         fc.asyncProperty(text(60), text(60), async (roomName, participantName) => {
-          const answer = await http.postJson('/token', { roomName, participantName })
+          const answer = await running.http.postJson('/token', { roomName, participantName })
           const token = answer.json().token
           await verifier.verify(token)
           const expected = decodePayload(await sdkToken({ participant_name: participantName }, participantName, roomName))

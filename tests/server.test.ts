@@ -1,6 +1,6 @@
 // The HTTP contract of index.ts, checked over real HTTP against `bun run index.ts` and the Deno command.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { httpClient, runtimeNames, runUntilExit, startServer, testCredentials, waitForLog, type ServerProcess } from './server'
+import { describe, expect, test } from 'bun:test'
+import { httpClient, runtimeNames, runUntilExit, serveDuringTests, startServer, testCredentials, waitForLog } from './server'
 import { signJwt, signWebhook, verifyAccessToken, webhookEvent } from './livekit'
 
 const credentials = testCredentials()
@@ -8,21 +8,11 @@ const browserOrigin = 'http://localhost:5080'
 
 for (const runtime of runtimeNames) {
   describe(`${runtime}: the server`, () => {
-    let server: ServerProcess
-    let http: ReturnType<typeof httpClient>
-
-    beforeAll(async () => {
-      server = await startServer(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
-      http = httpClient(server.url)
-    })
-
-    afterAll(async () => {
-      await server?.stop()
-    })
+    const running = serveDuringTests(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
 
     describe('POST /token (OpenVidu contract)', () => {
       test('answers a token that joins the named room as the named participant', async () => {
-        const answer = await http.postJson('/token', { roomName: 'room1', participantName: 'alice' })
+        const answer = await running.http.postJson('/token', { roomName: 'room1', participantName: 'alice' })
         expect(answer.status).toBe(200)
         expect(answer.headers.get('content-type')).toStartWith('application/json')
         const claims = verifyAccessToken(answer.json().token, credentials)
@@ -36,7 +26,7 @@ for (const runtime of runtimeNames) {
       test('keeps unicode room and participant names intact', async () => {
         const roomName = 'Sala de reunión 会議室 🎥'
         const participantName = 'Zoë Ångström 山田 👩🏽‍💻'
-        const answer = await http.postJson('/token', { roomName, participantName })
+        const answer = await running.http.postJson('/token', { roomName, participantName })
         const claims = verifyAccessToken(answer.json().token, credentials)
         expect([claims.sub, claims.name, claims.video?.room]).toEqual([participantName, participantName, roomName])
       })
@@ -53,7 +43,7 @@ for (const runtime of runtimeNames) {
       ]
       for (const [what, body] of badBodies) {
         test(`refuses a request whose ${what} with 400 and an errorMessage`, async () => {
-          const answer = await http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body })
+          const answer = await running.http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body })
           expect(answer.status).toBe(400)
           expect(answer.json().errorMessage).toMatch(/roomName and participantName/)
         })
@@ -72,14 +62,14 @@ for (const runtime of runtimeNames) {
       ]
       for (const [what, init, message] of badRequests) {
         test(`refuses ${what} with 400 and a clear errorMessage`, async () => {
-          const answer = await http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, ...init })
+          const answer = await running.http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, ...init })
           expect(answer.status).toBe(400)
           expect(answer.json().errorMessage).toMatch(message)
         })
       }
 
       test('passes a browser preflight from another origin', async () => {
-        const answer = await http.request('/token', {
+        const answer = await running.http.request('/token', {
           method: 'OPTIONS',
           headers: { origin: browserOrigin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type, authorization' },
         })
@@ -92,8 +82,8 @@ for (const runtime of runtimeNames) {
       })
 
       test('lets a page on another origin read the token and the errors', async () => {
-        const ok = await http.postJson('/token', { roomName: 'room1', participantName: 'alice' }, { origin: browserOrigin })
-        const refused = await http.postJson('/token', { roomName: 'room1' }, { origin: browserOrigin })
+        const ok = await running.http.postJson('/token', { roomName: 'room1', participantName: 'alice' }, { origin: browserOrigin })
+        const refused = await running.http.postJson('/token', { roomName: 'room1' }, { origin: browserOrigin })
         expect(ok.headers.get('access-control-allow-origin')).toBe('*')
         expect(refused.headers.get('access-control-allow-origin')).toBe('*')
       })
@@ -101,7 +91,7 @@ for (const runtime of runtimeNames) {
 
     describe('POST /livekit/webhook', () => {
       const post = (body: string, authorization?: string, contentType = 'application/webhook+json') =>
-        http.request('/livekit/webhook', {
+        running.http.request('/livekit/webhook', {
           method: 'POST',
           headers: { 'content-type': contentType, 'user-agent': 'LiveKit', ...(authorization === undefined ? {} : { authorization }) },
           body,
@@ -112,7 +102,7 @@ for (const runtime of runtimeNames) {
         const body = JSON.stringify(event)
         const answer = await post(body, signWebhook(body, credentials))
         expect(answer.status).toBe(200)
-        const [line] = await waitForLog(server, (entry) => entry.id === event.id)
+        const [line] = await waitForLog(running.server, (entry) => entry.id === event.id)
         expect(line).toMatchObject({ level: 'info', event: 'participant_joined', room: 'room1', participant: 'alice', id: event.id })
       })
 
@@ -159,13 +149,13 @@ for (const runtime of runtimeNames) {
       ]
       for (const [what, make] of refusals) {
         test(`refuses with 401 an event that ${what}`, async () => {
-          const refusedLines = () => server.logs().filter((entry) => entry.msg === 'webhook refused')
+          const refusedLines = () => running.server.logs().filter((entry) => entry.msg === 'webhook refused')
           const before = refusedLines().length
           const [body, authorization] = make()
           const answer = await post(body, authorization)
           expect(answer.status).toBe(401)
           expect(answer.json()).toEqual({ errorMessage: expect.any(String) })
-          await waitForLog(server, () => refusedLines().length > before)
+          await waitForLog(running.server, () => refusedLines().length > before)
           await Bun.sleep(50) // a second line, if any, would be written by now
           expect(refusedLines().length).toBe(before + 1)
           expect(refusedLines().at(-1)!.level).toBe('warn')
@@ -175,7 +165,7 @@ for (const runtime of runtimeNames) {
 
     describe('GET /health', () => {
       test('answers 200 with a small JSON body', async () => {
-        const answer = await http.request('/health')
+        const answer = await running.http.request('/health')
         expect(answer.status).toBe(200)
         expect(answer.json()).toEqual({ status: 'ok' })
       })
@@ -183,14 +173,14 @@ for (const runtime of runtimeNames) {
 
     describe('what the server says', () => {
       test('prints one line with its URL when it starts', () => {
-        expect(server.lines.filter((line) => line.includes('listening on'))).toEqual([expect.stringContaining(server.url)])
+        expect(running.server.lines.filter((line) => line.includes('listening on'))).toEqual([expect.stringContaining(running.server.url)])
       })
 
       test('never shows the API secret, a stack trace or a token in a log line or a response', async () => {
-        const everything = [...server.lines, ...http.transcript].join('\n')
+        const everything = [...running.server.lines, ...running.http.transcript].join('\n')
         expect(everything).not.toContain(credentials.apiSecret)
-        expect(server.lines.join('\n')).not.toMatch(/\n\s+at |eyJhbGci/)
-        expect(http.transcript.join('\n')).not.toMatch(/\n\s+at /)
+        expect(running.server.lines.join('\n')).not.toMatch(/\n\s+at |eyJhbGci/)
+        expect(running.http.transcript.join('\n')).not.toMatch(/\n\s+at /)
       })
     })
   })

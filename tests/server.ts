@@ -1,4 +1,5 @@
 // Starts index.ts the way a user does, as a child process, and keeps everything it prints.
+import { afterAll, beforeAll } from 'bun:test'
 import type { Subprocess } from 'bun'
 
 const root = new URL('..', import.meta.url).pathname
@@ -163,4 +164,20 @@ export function assertNoLeaks(where: string, text: string, { tokensAllowed }: { 
     const found = pattern.exec(text)
     if (found) throw new Error(`${where} shows ${what}: ${found[0].slice(0, 60)}…`)
   }
+}
+
+/**
+ * Starts a server (the README's command for the runtime) before the tests of the enclosing
+ * describe block and stops it after them; the tests read `running.server` and `running.http`.
+ */
+export function serveDuringTests(runtime: Runtime, env: Record<string, string> | (() => Record<string, string>) = {}) {
+  const running = {} as { server: ServerProcess; http: ReturnType<typeof httpClient> }
+  beforeAll(async () => {
+    running.server = await startServer(runtime, typeof env === 'function' ? env() : env)
+    running.http = httpClient(running.server.url)
+  })
+  afterAll(async () => {
+    await running.server?.stop()
+  })
+  return running
 }

@@ -1,7 +1,7 @@
 // How /livekit/webhook handles delivery: dispatch by event name, redeliveries, failing handlers.
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { createApp, loadConfig, RecentIds, startServer as serveApp, webhookHandlers, type RunningServer, type WebhookHandler } from '../index'
-import { httpClient, runtimeNames, startServer, testCredentials, waitForLog, type ServerProcess } from './server'
+import { httpClient, runtimeNames, serveDuringTests, testCredentials, waitForLog } from './server'
 import { signWebhook, webhookEvent } from './livekit'
 
 const credentials = testCredentials()
@@ -36,25 +36,15 @@ test('the dispatch table has a handler for each of the twelve LiveKit event name
 
 for (const runtime of runtimeNames) {
   describe(`${runtime}: POST /livekit/webhook delivery`, () => {
-    let server: ServerProcess
-    let http: ReturnType<typeof httpClient>
+    const running = serveDuringTests(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
 
-    beforeAll(async () => {
-      server = await startServer(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
-      http = httpClient(server.url)
-    })
-
-    afterAll(async () => {
-      await server?.stop()
-    })
-
-    const handledLines = (id: unknown) => server.logs().filter((entry) => entry.id === id && entry.msg === 'webhook')
+    const handledLines = (id: unknown) => running.server.logs().filter((entry) => entry.id === id && entry.msg === 'webhook')
 
     for (const [name, fields] of Object.entries(eventsByName)) {
       test(`handles ${name} and logs one JSON line naming what it is about`, async () => {
         const event = webhookEvent(name, fields)
-        expect((await postSigned(http, event)).status).toBe(200)
-        const [line] = await waitForLog(server, (entry) => entry.id === event.id)
+        expect((await postSigned(running.http, event)).status).toBe(200)
+        const [line] = await waitForLog(running.server, (entry) => entry.id === event.id)
         expect(line).toMatchObject({ level: 'info', msg: 'webhook', event: name, room: 'room1', id: event.id })
         const subject = { participant: 'alice', track: 'TR_1', egress: 'EG_1', ingress: 'IN_1' }
         if (fields.participant) expect(line!.participant).toBe(subject.participant)
@@ -66,16 +56,16 @@ for (const runtime of runtimeNames) {
 
     test('acknowledges an event name it does not know, and logs it', async () => {
       const event = webhookEvent('agent_job_started')
-      expect((await postSigned(http, event)).status).toBe(200)
-      const [line] = await waitForLog(server, (entry) => entry.id === event.id)
+      expect((await postSigned(running.http, event)).status).toBe(200)
+      const [line] = await waitForLog(running.server, (entry) => entry.id === event.id)
       expect(line).toMatchObject({ event: 'agent_job_started', msg: expect.stringContaining('unknown') })
     })
 
     test('acknowledges a redelivered event without handling it again, and logs it as a duplicate', async () => {
       const event = webhookEvent('participant_joined', { participant: { sid: 'PA_2', identity: 'bob' } })
-      expect((await postSigned(http, event)).status).toBe(200)
-      expect((await postSigned(http, event)).status).toBe(200)
-      const [duplicate] = await waitForLog(server, (entry) => entry.id === event.id && entry.msg === 'webhook duplicate')
+      expect((await postSigned(running.http, event)).status).toBe(200)
+      expect((await postSigned(running.http, event)).status).toBe(200)
+      const [duplicate] = await waitForLog(running.server, (entry) => entry.id === event.id && entry.msg === 'webhook duplicate')
       expect(duplicate).toMatchObject({ event: 'participant_joined', id: event.id })
       expect(handledLines(event.id)).toHaveLength(1)
     })
@@ -83,11 +73,11 @@ for (const runtime of runtimeNames) {
     test('handles every delivery of an event that has no id', async () => {
       const event = webhookEvent('room_started', { room: { sid: 'RM_noid', name: 'no-id-room' } })
       delete event.id
-      expect((await postSigned(http, event)).status).toBe(200)
-      expect((await postSigned(http, event)).status).toBe(200)
-      const lines = await waitForLog(server, (entry) => entry.room === 'no-id-room' && entry.msg === 'webhook')
+      expect((await postSigned(running.http, event)).status).toBe(200)
+      expect((await postSigned(running.http, event)).status).toBe(200)
+      const lines = await waitForLog(running.server, (entry) => entry.room === 'no-id-room' && entry.msg === 'webhook')
       await Bun.sleep(100)
-      expect(server.logs().filter((entry) => entry.room === 'no-id-room' && entry.msg === 'webhook')).toHaveLength(2)
+      expect(running.server.logs().filter((entry) => entry.room === 'no-id-room' && entry.msg === 'webhook')).toHaveLength(2)
       expect(lines[0]!.id).toBeUndefined()
     })
   })

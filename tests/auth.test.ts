@@ -70,7 +70,7 @@ for (const runtime of runtimeNames) {
       const response = await source.fetch({ roomName: 'r3' })
       expect(verifyAccessToken(response.participantToken, credentials).sub).toBe('client-user')
       const anonymous = TokenSource.endpoint(new URL('/token', server.url).href)
-      expect(anonymous.fetch({ roomName: 'r3' })).rejects.toThrow(/401/)
+      await expect(anonymous.fetch({ roomName: 'r3' })).rejects.toThrow(/401/)
     })
 
     const refusals: [string, () => Promise<Record<string, string>>][] = [

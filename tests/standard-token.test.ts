@@ -1,7 +1,7 @@
 // POST /token with LiveKit's standard token-endpoint contract, driven by the real livekit-client.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { describe, expect, test } from 'bun:test'
 import { TokenSource } from 'livekit-client'
-import { httpClient, runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
+import { runtimeNames, serveDuringTests, testCredentials } from './server'
 import { verifyAccessToken } from './livekit'
 
 const credentials = testCredentials()
@@ -10,27 +10,16 @@ const fullGrant = { roomJoin: true, canPublish: true, canSubscribe: true, canPub
 
 for (const runtime of runtimeNames) {
   describe(`${runtime}: POST /token (LiveKit standard contract)`, () => {
-    let server: ServerProcess
-    let http: ReturnType<typeof httpClient>
-    let endpoint: string
-
-    beforeAll(async () => {
-      server = await startServer(runtime, {
-        LIVEKIT_API_KEY: credentials.apiKey,
-        LIVEKIT_API_SECRET: credentials.apiSecret,
-        LIVEKIT_URL: livekitUrl,
-        TOKEN_TTL: '10m',
-      })
-      http = httpClient(server.url)
-      endpoint = new URL('/token', server.url).href
+    const running = serveDuringTests(runtime, {
+      LIVEKIT_API_KEY: credentials.apiKey,
+      LIVEKIT_API_SECRET: credentials.apiSecret,
+      LIVEKIT_URL: livekitUrl,
+      TOKEN_TTL: '10m',
     })
-
-    afterAll(async () => {
-      await server?.stop()
-    })
+    const endpoint = () => new URL('/token', running.server.url).href
 
     test('gives livekit-client a token carrying every option it asks for', async () => {
-      const response = await TokenSource.endpoint(endpoint).fetch({
+      const response = await TokenSource.endpoint(endpoint()).fetch({
         roomName: 'standup',
         participantIdentity: 'user-42',
         participantName: 'Zoë 山田',
@@ -51,8 +40,8 @@ for (const runtime of runtimeNames) {
     })
 
     test('gives livekit-client a fresh identity and room each time it asks for nothing', async () => {
-      const first = await TokenSource.endpoint(endpoint).fetch({})
-      const second = await TokenSource.endpoint(endpoint).fetch({})
+      const first = await TokenSource.endpoint(endpoint()).fetch({})
+      const second = await TokenSource.endpoint(endpoint()).fetch({})
       const [a, b] = [first, second].map((response) => verifyAccessToken(response.participantToken, credentials))
       expect(a!.sub).toBeString()
       expect(b!.sub).toBeString()
@@ -63,13 +52,13 @@ for (const runtime of runtimeNames) {
     })
 
     test('surfaces a refusal to livekit-client as its error, with the status and message', async () => {
-      const refused = TokenSource.endpoint(endpoint).fetch({ participantIdentity: 'x'.repeat(300) })
-      expect(refused).rejects.toThrow(/400/)
-      expect(refused).rejects.toThrow(/participant_identity/)
+      const refused = TokenSource.endpoint(endpoint()).fetch({ participantIdentity: 'x'.repeat(300) })
+      await expect(refused).rejects.toThrow(/400/)
+      await expect(refused).rejects.toThrow(/participant_identity/)
     })
 
     test('answers an empty object with a token and the server URL', async () => {
-      const answer = await http.postJson('/token', {})
+      const answer = await running.http.postJson('/token', {})
       expect(answer.status).toBe(200)
       expect(Object.keys(answer.json()).sort()).toEqual(['participant_token', 'server_url'])
       expect(answer.json().server_url).toBe(livekitUrl)
@@ -77,13 +66,13 @@ for (const runtime of runtimeNames) {
     })
 
     test('accepts room_config with camelCase field names too', async () => {
-      const answer = await http.postJson('/token', { room_config: { agents: [{ agentName: 'a1', metadata: 'm' }] } })
+      const answer = await running.http.postJson('/token', { room_config: { agents: [{ agentName: 'a1', metadata: 'm' }] } })
       const claims = verifyAccessToken(answer.json().participant_token, credentials)
       expect(claims.roomConfig?.agents).toEqual([expect.objectContaining({ agentName: 'a1', metadata: 'm' })])
     })
 
     test('never widens the grant, whatever the request adds', async () => {
-      const answer = await http.postJson('/token', {
+      const answer = await running.http.postJson('/token', {
         room_name: 'r1',
         video: { roomAdmin: true, roomRecord: true, hidden: true, room: 'other' },
         grants: { roomAdmin: true },
@@ -99,10 +88,10 @@ for (const runtime of runtimeNames) {
     })
 
     test('still serves the OpenVidu contract when roomName or participantName is present', async () => {
-      const openVidu = await http.postJson('/token', { roomName: 'r1', participantName: 'alice', room_name: 'ignored' })
+      const openVidu = await running.http.postJson('/token', { roomName: 'r1', participantName: 'alice', room_name: 'ignored' })
       expect(Object.keys(openVidu.json())).toEqual(['token'])
       expect(verifyAccessToken(openVidu.json().token, credentials).video?.room).toBe('r1')
-      const incomplete = await http.postJson('/token', { roomName: 'r1', participant_identity: 'bob' })
+      const incomplete = await running.http.postJson('/token', { roomName: 'r1', participant_identity: 'bob' })
       expect(incomplete.status).toBe(400)
       expect(incomplete.json().errorMessage).toBe('roomName and participantName are required')
     })
@@ -127,14 +116,14 @@ for (const runtime of runtimeNames) {
     ]
     for (const [what, body, status, message] of refusals) {
       test(`refuses ${what} with ${status} and an errorMessage`, async () => {
-        const answer = await http.postJson('/token', body)
+        const answer = await running.http.postJson('/token', body)
         expect(answer.status).toBe(status)
         expect(answer.json().errorMessage).toMatch(message)
       })
     }
 
     test('accepts every bound at its limit', async () => {
-      const answer = await http.postJson('/token', {
+      const answer = await running.http.postJson('/token', {
         room_name: 'r'.repeat(256),
         participant_identity: 'i'.repeat(256),
         participant_name: 'n'.repeat(256),

@@ -1,13 +1,14 @@
 // Measures the server as a user runs it (`bun run index.ts`, and with --deno the Deno command too):
 // requests/s and latency per route under wrk, startup time and memory, side by side in one run.
 // Usage: bun run bench [--seconds N] [--deno]. The report (markdown) goes to stdout, progress to stderr.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import type { Subprocess } from 'bun'
 import { signWebhook, verifyAccessToken, webhookEvent, type Credentials, type TokenClaims } from '../tests/livekit.ts'
 import { startServer, type Runtime, type ServerProcess } from '../tests/server.ts'
+import { rssMegabytes } from '../tests/traffic.ts'
 
 const wrkThreads = 2
 const wrkConnections = 32
@@ -395,12 +396,6 @@ async function startupMs(runtime: Runtime): Promise<number> {
   }
 }
 
-function residentMegabytes(pid: number): number {
-  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
-  if (!match) throw new Error(`no VmRSS for process ${pid}`)
-  return Number(match[1]) / 1024
-}
-
 // Reporting
 
 async function commandOutput(command: string[]): Promise<string> {
@@ -504,7 +499,7 @@ async function main(): Promise<number> {
     for (const target of targets) await measureRound(target)
   }
   const measurements = targets.map(summarize)
-  const rss = new Map([...running].map(([runtime, server]) => [runtime, residentMegabytes(server.child.pid)]))
+  const rss = new Map(await Promise.all([...running].map(async ([runtime, server]) => [runtime, await rssMegabytes(server.child.pid)] as const)))
 
   console.log(report(options, machine, measurements, startups, rss))
   const problems = measurements.flatMap((measurement) => measurement.problems)

@@ -5,6 +5,7 @@ import { cors } from '@elysiajs/cors'
 import { createVerifier } from 'fast-jwt'
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose'
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
+import { isIP } from 'node:net'
 import {
   claimsToJwtPayload,
   RoomConfiguration,
@@ -16,9 +17,9 @@ import {
 // Only the parts of Deno's API this file uses; declared so one file type-checks for both runtimes.
 declare const Deno: {
   serve(
-    options: { port: number; onListen?: (address: { port: number }) => void },
+    options: { port: number; onListen?: (address: { port: number }) => void; onError?: (error: unknown) => Response },
     handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>,
-  ): { shutdown(): Promise<void> }
+  ): { shutdown(): Promise<void>; finished: Promise<void> }
   addSignalListener(signal: 'SIGTERM' | 'SIGINT', handler: () => void): void
 }
 
@@ -30,14 +31,17 @@ export interface Config {
   apiSecret: string
   livekitUrl: string
   tokenTtlSeconds: number
+  /** The largest webhook body; token requests are capped lower still (maxTokenBodyBytes). */
   maxBodyBytes: number
+  /** The bytes of all request bodies being read at once; beyond it, 503 before reading. */
+  maxPendingBodyBytes: number
   usesDevCredentials: boolean
   /** Set when /token requires a bearer token from the application's identity provider. */
   auth?: AuthConfig
   /** Token requests each caller may make per minute; no limit when unset. */
   tokenRateLimit?: number
-  /** Whether the first X-Forwarded-For hop is the client (behind a reverse proxy). */
-  trustProxy: boolean
+  /** How many reverse proxies in a row append to X-Forwarded-For (0: trust none of it). */
+  trustedProxies: number
 }
 
 export interface AuthConfig {
@@ -69,10 +73,11 @@ export function loadConfig(env: Env): Config {
     livekitUrl: parseWebSocketUrl(env, 'LIVEKIT_URL', 'ws://localhost:7880'),
     tokenTtlSeconds: parseDuration(env, 'TOKEN_TTL', '6h'),
     maxBodyBytes: parseInteger(env, 'MAX_BODY_BYTES', 1024 * 1024, 1, 64 * 1024 * 1024),
+    maxPendingBodyBytes: parseInteger(env, 'MAX_PENDING_BODY_BYTES', 16 * 1024 * 1024, 1, 1024 * 1024 * 1024),
     usesDevCredentials: !apiKey,
     auth: parseAuth(env),
     tokenRateLimit: env.TOKEN_RATE_LIMIT?.trim() ? parseInteger(env, 'TOKEN_RATE_LIMIT', 0, 1, 1_000_000) : undefined,
-    trustProxy: parseBoolean(env, 'TRUST_PROXY'),
+    trustedProxies: parseProxyCount(env, 'TRUST_PROXY'),
   }
 }
 
@@ -94,11 +99,13 @@ function parseAuth(env: Env): AuthConfig | undefined {
   }
 }
 
-function parseBoolean(env: Env, name: string): boolean {
+/** A number of proxies: 0 to 10, with true/yes for 1 and false/no for 0. */
+function parseProxyCount(env: Env, name: string): number {
   const text = env[name]?.trim().toLowerCase() ?? ''
-  if (['', '0', 'false', 'no'].includes(text)) return false
-  if (['1', 'true', 'yes'].includes(text)) return true
-  throw new ConfigError(`${name} must be 1 or 0, got "${env[name]}"`)
+  if (['', 'false', 'no'].includes(text)) return 0
+  if (['true', 'yes'].includes(text)) return 1
+  if (/^\d{1,2}$/.test(text) && Number(text) <= 10) return Number(text)
+  throw new ConfigError(`${name} must be the number of proxies in front of the server (0 to 10), got "${env[name]}"`)
 }
 
 function parseInteger(env: Env, name: string, fallback: number, min: number, max: number): number {
@@ -185,6 +192,8 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   const handledIds = new RecentIds()
   const authenticate = config.auth && createCallerAuthenticator(config.auth)
   const rateLimiter = config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined
+  const readBody = createBodyReader(config.maxPendingBodyBytes)
+  const maxTokenBodyBytes = Math.min(config.maxBodyBytes, tokenBodyLimit)
   // Who asked for each token request, once admitted; read by the /token handler.
   const callers = new WeakMap<Request, Caller>()
 
@@ -192,10 +201,20 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   async function admitTokenRequest(request: Request, server: BunServer): Promise<void> {
     const caller = authenticate && (await authenticate(request))
     if (caller) callers.set(request, caller)
-    const waitSeconds = rateLimiter?.take(caller?.identity ?? `address:${clientAddress(request, server, config.trustProxy)}`)
+    const waitSeconds = rateLimiter?.take(caller?.identity ?? `address:${clientAddress(request, server, config.trustedProxies)}`)
     if (waitSeconds) {
       throw new HttpError(429, `Too many token requests, retry in ${waitSeconds} s`, { 'retry-after': String(waitSeconds) })
     }
+  }
+
+  /**
+   * The token route's parser, so admission is bound to the handler itself: whatever spelling of the
+   * path reached it (`/token/`, `/token?x`), no token request skips authentication or the rate limit.
+   */
+  async function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
+    if (authenticate || rateLimiter) await admitTokenRequest(request, server)
+    requireJsonContentType(request)
+    return parseJsonObject(await readBody(request, maxTokenBodyBytes))
   }
 
   /** The identity and name a token gets: the authenticated caller's when there is one. */
@@ -246,22 +265,24 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
     return { received: true }
   }
 
-  // Validate what the client sent: normalising first would reshape it (an array into an object).
-  return new Elysia({ normalize: false })
-    .use(cors({ origin: '*', credentials: false, methods: ['GET', 'POST', 'OPTIONS'], exposeHeaders: ['Retry-After'], preflight: false }))
-    .onError(answerError)
-    .onRequest(async ({ request, server }) => {
-      if ((authenticate || rateLimiter) && request.method === 'POST' && new URL(request.url).pathname === '/token') {
-        await admitTokenRequest(request, server)
-      }
+  return (
+    new Elysia({
+      // Validate what the client sent: normalising first would reshape it (an array into an object).
+      normalize: false,
+      // Find the path after "http://" whatever the Host header says: by default Elysia skips 11
+      // characters, so a short Host ("a", "x") shifts the path it routes (`/ab/token` as `/token`).
+      handler: { standardHostname: false },
     })
-    .options('/*', ({ request }) => answerPreflight(request))
-    .get('/health', () => ({ status: 'ok' }))
-    .post('/token', ({ body, request }) => answerTokenRequest(body, request), {
-      parse: ({ request }) => readJsonObject(request, config.maxBodyBytes),
-      body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
-    })
-    .post('/livekit/webhook', ({ request }) => receiveWebhook(request), { parse: 'none' })
+      .use(cors({ origin: '*', credentials: false, methods: ['GET', 'POST', 'OPTIONS'], exposeHeaders: ['Retry-After'], preflight: false }))
+      .onError(answerError)
+      .options('/*', ({ request }) => answerPreflight(request))
+      .get('/health', () => ({ status: 'ok' }))
+      .post('/token', ({ body, request }) => answerTokenRequest(body, request), {
+        parse: readTokenRequest,
+        body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
+      })
+      .post('/livekit/webhook', ({ request }) => receiveWebhook(request), { parse: 'none' })
+  )
 }
 
 /** Every error in the shape OpenVidu's clients read, { "errorMessage": … }, and never a stack. */
@@ -306,6 +327,10 @@ const maxNameLength = 256
 const maxMetadataBytes = 64 * 1024
 const maxAttributes = 64
 const maxAttributesBytes = 64 * 1024
+const maxAgents = 8
+const maxAgentMetadataBytes = 64 * 1024
+// The largest request those bounds allow (three 64 KiB fields), with room for JSON escaping.
+const tokenBodyLimit = 256 * 1024
 
 const nameField = (field: string) =>
   t.String({ maxLength: maxNameLength, error: `${field} must be a string of at most ${maxNameLength} characters` })
@@ -409,7 +434,27 @@ function parseRoomConfig(json: Record<string, unknown>): RoomConfiguration {
   if (requested.length > 0) {
     throw new HttpError(403, `room_config may only request agents, not ${requested.join(', ')}`)
   }
+  checkAgentDispatch(roomConfig.agents)
   return roomConfig
+}
+
+/** Which agents join, and what they are told; how they are deployed and restarted is the server's call. */
+function checkAgentDispatch(agents: RoomConfiguration['agents']): void {
+  if (agents.length > maxAgents) throw new HttpError(400, `room_config may request at most ${maxAgents} agents`)
+  let metadataBytes = 0
+  for (const agent of agents) {
+    const requested = Object.keys(agent.toJson() as object).filter((field) => field !== 'agentName' && field !== 'metadata')
+    if (requested.length > 0) {
+      throw new HttpError(403, `room_config.agents may only name an agent and its metadata, not ${requested.join(', ')}`)
+    }
+    if (agent.agentName.length > maxNameLength) {
+      throw new HttpError(400, `room_config agent names must be at most ${maxNameLength} characters`)
+    }
+    metadataBytes += Buffer.byteLength(agent.metadata)
+  }
+  if (metadataBytes > maxAgentMetadataBytes) {
+    throw new HttpError(400, `room_config agent metadata must be at most ${maxAgentMetadataBytes} bytes in all`)
+  }
 }
 
 // Tokens: the SDK says what the claims are (claimsToJwtPayload); signing them is one synchronous
@@ -473,6 +518,8 @@ export function createCallerAuthenticator(auth: AuthConfig) {
         algorithms: asymmetricAlgorithms,
         issuer: auth.issuer,
         audience: auth.audience,
+        // An ID token without an expiry would be good forever once leaked.
+        requiredClaims: ['exp'],
         clockTolerance: 30,
       }))
     } catch (error) {
@@ -544,9 +591,17 @@ const remoteAddresses = new WeakMap<Request, string>()
 
 type BunServer = { requestIP(request: Request): { address: string } | null } | null
 
-function clientAddress(request: Request, server: BunServer, trustProxy: boolean): string {
-  const forwardedFor = trustProxy ? request.headers.get('x-forwarded-for')?.split(',')[0]?.trim() : undefined
-  return forwardedFor || remoteAddresses.get(request) || server?.requestIP(request)?.address || 'unknown'
+/**
+ * The client's address: the connection's own, or behind N trusted proxies the X-Forwarded-For hop
+ * the outermost of them appended (N from the right: the hops to its left are the client's to write).
+ */
+function clientAddress(request: Request, server: BunServer, trustedProxies: number): string {
+  const connectionAddress = remoteAddresses.get(request) ?? server?.requestIP(request)?.address ?? 'unknown'
+  if (trustedProxies === 0) return connectionAddress
+  const hops = request.headers.get('x-forwarded-for')?.split(',') ?? []
+  const hop = hops[hops.length - trustedProxies]?.trim()
+  // Only a real address: it becomes a rate-limit key, so nothing long or made-up.
+  return hop && isIP(hop) ? hop : connectionAddress
 }
 
 // Webhook verification and redeliveries
@@ -631,19 +686,44 @@ const errorBody = (errorMessage: string) => ({ errorMessage })
 
 const utf8 = new TextDecoder()
 
-/** Reads a request body up to maxBytes without buffering more than that. */
-async function readBody(request: Request, maxBytes: number): Promise<Uint8Array> {
-  const tooLarge = () => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
-  const contentLength = request.headers.get('content-length')
-  if (Number(contentLength) > maxBytes) throw tooLarge()
-  // A declared length bounds the body (the HTTP server enforces it), so read it in one go.
-  if (contentLength !== null || !request.body) return new Uint8Array(await request.arrayBuffer())
-  // A chunked body has no declared length: count while reading, stop at the limit.
+/**
+ * Reads request bodies, each up to its route's limit, and bounds the bytes of all the bodies being
+ * read at once (each counted at its declared length, or its route's limit when chunked): a crowd of
+ * slow uploads cannot take the memory, since a body that does not fit is refused before it is read.
+ */
+function createBodyReader(maxPendingBytes: number) {
+  let pendingBytes = 0
+  return async function readBody(request: Request, maxBytes: number): Promise<Uint8Array> {
+    const contentLength = request.headers.get('content-length')
+    const reservedBytes = contentLength === null ? maxBytes : Number(contentLength)
+    if (!(reservedBytes <= maxBytes)) throw new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
+    if (pendingBytes + reservedBytes > maxPendingBytes) {
+      // Closing the connection stops the upload rather than draining it (Bun; Deno drains first).
+      throw new HttpError(503, 'The server is busy receiving other requests, retry shortly', { 'retry-after': '1', connection: 'close' })
+    }
+    pendingBytes += reservedBytes
+    try {
+      // A declared length bounds the body (the HTTP server enforces it), so read it in one go.
+      if (contentLength !== null || !request.body) return new Uint8Array(await request.arrayBuffer())
+      return await readChunkedBody(request.body, maxBytes)
+    } catch (error) {
+      if (error instanceof HttpError) throw error
+      // The upload broke off: nothing of ours failed, and no one is left to read the answer.
+      log('info', 'request aborted by client', { reason: String(error) })
+      throw new HttpError(400, 'Request body could not be read')
+    } finally {
+      pendingBytes -= reservedBytes
+    }
+  }
+}
+
+/** A chunked body has no declared length: count while reading, stop at the limit. */
+async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: number): Promise<Uint8Array> {
   const chunks: Uint8Array[] = []
   let size = 0
-  for await (const chunk of request.body) {
+  for await (const chunk of stream) {
     size += chunk.byteLength
-    if (size > maxBytes) throw tooLarge() // leaving the loop cancels the stream
+    if (size > maxBytes) throw new HttpError(413, `Request body must be at most ${maxBytes} bytes`) // leaving the loop cancels the stream
     chunks.push(chunk)
   }
   const body = new Uint8Array(size)
@@ -655,43 +735,62 @@ async function readBody(request: Request, maxBytes: number): Promise<Uint8Array>
   return body
 }
 
-async function readJsonObject(request: Request, maxBytes: number): Promise<Record<string, unknown>> {
+function requireJsonContentType(request: Request): void {
   const contentType = request.headers.get('content-type') ?? ''
   if (!/^application\/([\w.+-]+\+)?json\s*(;|$)/i.test(contentType)) {
     throw new HttpError(400, 'Content-Type must be application/json')
   }
+}
+
+function parseJsonObject(bytes: Uint8Array): Record<string, unknown> {
+  // Deep nesting costs every step after parsing (Elysia's validation errors pretty-print the body),
+  // so refuse it first, in one pass over the bytes.
+  if (nestedDeeperThan(bytes, maxJsonDepth)) {
+    throw new HttpError(400, `Request body must be nested at most ${maxJsonDepth} levels deep`)
+  }
   let value: unknown
   try {
-    value = JSON.parse(utf8.decode(await readBody(request, maxBytes)))
-  } catch (error) {
-    if (error instanceof HttpError) throw error
+    value = JSON.parse(utf8.decode(bytes))
+  } catch {
     throw new HttpError(400, 'Request body must be valid JSON')
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new HttpError(400, 'Request body must be a JSON object')
   }
-  // Elysia pretty-prints a refused body into its validation error, in time and memory quadratic
-  // in the nesting depth, so a deeply nested one must not reach validation.
-  if (nestedDeeperThan(value, maxJsonDepth)) {
-    throw new HttpError(400, `Request body must be nested at most ${maxJsonDepth} levels deep`)
-  }
   return value as Record<string, unknown>
 }
 
 const maxJsonDepth = 32
+// The bytes that matter: " \ { } [ ]
+const [quote, backslash, openBrace, closeBrace, openBracket, closeBracket] = [0x22, 0x5c, 0x7b, 0x7d, 0x5b, 0x5d]
 
-function nestedDeeperThan(value: unknown, levels: number): boolean {
-  if (typeof value !== 'object' || value === null) return false
-  if (levels === 0) return true
-  return Object.values(value).some((child) => nestedDeeperThan(child, levels - 1))
+/** Whether JSON text opens more than `levels` objects and arrays inside one another (strings skipped). */
+function nestedDeeperThan(json: Uint8Array, levels: number): boolean {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < json.length; i++) {
+    const byte = json[i]
+    if (inString) {
+      if (byte === backslash) i++
+      else if (byte === quote) inString = false
+    } else if (byte === quote) inString = true
+    else if (byte === openBrace || byte === openBracket) {
+      if (++depth > levels) return true
+    } else if (byte === closeBrace || byte === closeBracket) depth--
+  }
+  return false
 }
 
 // Logging: one JSON object per line, so logs stay greppable and machine-readable.
 
 type Level = 'info' | 'warn' | 'error'
 
+const lineSeparators = /[\u2028\u2029]/g
+const escapeCharacter = (character: string) => `\\u${character.charCodeAt(0).toString(16)}`
+
 export function log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
-  const line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields })
+  // U+2028 and U+2029 are valid in JSON but end a line for some log readers: escape them too.
+  const line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields }).replace(lineSeparators, escapeCharacter)
   if (level === 'info') console.log(line)
   else console.error(line)
 }
@@ -722,23 +821,83 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number): Promise<R
     if (stopping) {
       return Response.json(errorBody('The server is stopping'), { status: 503, headers: { connection: 'close', 'retry-after': '1' } })
     }
+    // Deno writes the Host header into request.url as it came: a "/" in it would move the path routed.
+    if (request.headers.get('host')?.includes('/')) return Response.json(errorBody('Invalid Host header'), { status: 400 })
     inFlight += 1
     try {
       remoteAddresses.set(request, info.remoteAddr.hostname)
-      return await app.fetch(request)
+      const response = await app.fetch(request)
+      // An upload refused before it was read (503 while busy) closes its connection.
+      if (response.headers.get('connection') === 'close' && request.body && !request.bodyUsed) return cutShort(response)
+      return response
     } finally {
       inFlight -= 1
       if (inFlight === 0) onIdle()
     }
   }
-  return new Promise((resolve) => {
-    const server = Deno.serve({ port, onListen: (address) => resolve({ port: address.port, stop }) }, handler)
-    async function stop() {
+
+  return new Promise((resolve, reject) => {
+    let server: ReturnType<typeof Deno.serve>
+    const stop = async () => {
       stopping = true
       if (inFlight > 0) await new Promise<void>((resolve) => (onIdle = resolve))
       await server.shutdown()
     }
+    let listening = false
+    const onListen = (address: { port: number }) => {
+      // Listening again after recovering: same port (even when asked for 0), nothing more to say.
+      if (listening) return
+      listening = true
+      port = address.port
+      resolve({ port, stop })
+    }
+    const listen = () => {
+      if (stopping) return
+      try {
+        server = Deno.serve({ port, onError: answerServeError, onListen }, handler)
+      } catch (error) {
+        if (!listening) return reject(error) // the first time: let the caller say why
+        log('warn', 'could not listen again, retrying in 1 s', { error: String(error) })
+        return void setTimeout(listen, 1000)
+      }
+      server.finished.catch((error) => recover(server, error))
+    }
+    /**
+     * Deno.serve closes no idle connection, so a flood of them can use up the file descriptors; its
+     * accept loop then ends. Closing its connections (waiting at most 2 s for requests in flight)
+     * and listening again on the same port brings the server back; listening again before any
+     * descriptor was free made Deno 2.9 abort.
+     */
+    const recover = async (deadServer: typeof server, error: unknown) => {
+      if (stopping) return
+      if (!/os error 2[34]\)/.test(String(error))) {
+        log('error', 'the server stopped accepting connections', { error: String(error) })
+        process.exit(1)
+      }
+      log('warn', 'out of file descriptors: closing every connection and listening again', { error: String(error) })
+      await Promise.race([deadServer.shutdown().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 2000))])
+      setTimeout(listen, 100)
+    }
+    listen()
   })
+}
+
+/**
+ * Deno reads a request body it was not asked to read to its end before it closes the connection;
+ * refusing an upload is then as costly as taking it. An answer whose body fails makes Deno close
+ * the connection at once: the status and headers still reach the client, the body does not.
+ */
+function cutShort(response: Response): Response {
+  const body = new ReadableStream({ start: (controller) => controller.error(connectionCutShort) })
+  return new Response(body, { status: response.status, headers: response.headers })
+}
+
+const connectionCutShort = new Error('connection cut short')
+
+/** What Deno calls with an error it caught while answering; only cutShort's is expected. */
+function answerServeError(error: unknown): Response {
+  if (error !== connectionCutShort) log('error', 'request failed', { error: String(error) })
+  return new Response(null, { status: 500 })
 }
 
 /** Stops taking connections on SIGTERM/SIGINT, lets requests in flight finish, then exits. */

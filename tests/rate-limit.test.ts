@@ -25,7 +25,8 @@ for (const runtime of runtimeNames) {
         for (let i = 0; i < 3; i++) expect((await http.postJson('/token', request)).status).toBe(200)
         const refused = await http.postJson('/token', request, { origin: 'http://localhost:5080' })
         expect(refused.status).toBe(429)
-        expect(Number(refused.headers.get('retry-after'))).toBeWithin(1, 21)
+        // The bucket refills one request every 60 / 3 = 20 s, and the three before it took well under a second.
+        expect(refused.headers.get('retry-after')).toBe('20')
         expect(refused.json().errorMessage).toMatch(/Too many token requests/)
         // A browser page must be able to read it, and the Retry-After header.
         expect(refused.headers.get('access-control-allow-origin')).toBe('*')
@@ -38,14 +39,6 @@ for (const runtime of runtimeNames) {
         const statuses = []
         for (let i = 0; i < 4; i++) statuses.push((await http.postJson('/token', request, { 'x-forwarded-for': `203.0.113.${i}` })).status)
         expect(statuses).toEqual([200, 200, 429, 429])
-      }))
-
-    test('counts each client behind a trusted proxy by its first X-Forwarded-For hop', () =>
-      withServer(runtime, { TOKEN_RATE_LIMIT: '2', TRUST_PROXY: '1' }, async (http) => {
-        const from = (client: string) => http.postJson('/token', request, { 'x-forwarded-for': `${client}, 10.0.0.1` })
-        const statuses = []
-        for (const client of ['203.0.113.1', '203.0.113.1', '203.0.113.1', '203.0.113.2', '203.0.113.2']) statuses.push((await from(client)).status)
-        expect(statuses).toEqual([200, 200, 429, 200, 200])
       }))
 
     test('counts authenticated callers by their identity, not their address', async () => {

@@ -1,11 +1,14 @@
 // HTTP/1.1 over a plain TCP socket, for what fetch() cannot show: a request sent piece by piece,
 // and an answer that arrives before the body is sent (undici reports that as a failed request).
 import { connect, type Socket } from 'node:net'
+import { assertNoLeaks } from './server'
 
 export interface RawAnswer {
   status: number
   headers: Headers
   body: string
+  /** Set when the connection closed after the headers but before the whole body. */
+  truncated?: boolean
   json(): any
 }
 
@@ -18,6 +21,8 @@ export interface RawRequestOptions {
   delayMs?: number
   /** Give up when no complete answer arrived by then. */
   timeoutMs?: number
+  /** The request target exactly as written on the request line (by default the URL's path and query). */
+  path?: string
 }
 
 /** One piece of a chunked (Transfer-Encoding: chunked) body; `chunk('')` is the last one. */
@@ -29,19 +34,20 @@ export function chunk(data: string | Uint8Array): Uint8Array {
 /**
  * Sends the request line and headers, then the body pieces in order, and resolves with the first
  * complete answer; it stops writing as soon as an answer has arrived. The socket is closed after.
+ * Like httpClient, it fails on an answer that shows the API secret or a stack trace.
  */
 export async function rawRequest(
   url: string,
   headers: Record<string, string>,
   body: BodyPiece[] = [],
-  { method = 'POST', delayMs = 0, timeoutMs = 5000 }: RawRequestOptions = {},
+  { method = 'POST', delayMs = 0, timeoutMs = 5000, path }: RawRequestOptions = {},
 ): Promise<RawAnswer> {
   const target = new URL(url)
   const socket = await open(target)
   const reader = readAnswer(socket, timeoutMs)
   try {
     const head = Object.entries({ host: target.host, ...headers }).map(([name, value]) => `${name}: ${value}\r\n`)
-    await write(socket, `${method} ${target.pathname}${target.search} HTTP/1.1\r\n${head.join('')}\r\n`)
+    await write(socket, `${method} ${path ?? target.pathname + target.search} HTTP/1.1\r\n${head.join('')}\r\n`)
     for (const [index, piece] of body.entries()) {
       if (reader.done()) break
       if (index > 0 && delayMs > 0) await Bun.sleep(delayMs)
@@ -49,7 +55,10 @@ export async function rawRequest(
       // A write can fail once the server has answered and closed; the answer is what counts.
       else await write(socket, piece).catch(() => {})
     }
-    return await reader.answer
+    const answer = await reader.answer
+    // Audited like every answer httpClient gets: headers and body, tokens allowed.
+    assertNoLeaks(`answer to ${method} ${target.pathname} (raw socket)`, `${JSON.stringify([...answer.headers])}\n${answer.body}`, { tokensAllowed: true })
+    return answer
   } finally {
     socket.destroy()
   }
@@ -121,6 +130,8 @@ function parseAnswer(data: Buffer, closed: boolean): RawAnswer | Error | undefin
     const length = Number(headers.get('content-length'))
     if (rest.byteLength >= length) body = rest.subarray(0, length)
   } else if (closed || status === 204 || status === 304) body = rest
+  // The connection closed before the body was complete: the status and headers are still an answer.
+  if (!body && closed) return { status, headers, body: '', truncated: true, json: () => JSON.parse('') }
   if (!body) return undefined
   const text = body.toString('utf8')
   return { status, headers, body: text, json: () => JSON.parse(text) }

@@ -31,23 +31,53 @@ for (const runtime of runtimeNames) {
         expect([claims.sub, claims.name, claims.video?.room]).toEqual([participantName, participantName, roomName])
       })
 
-      const badBodies: [string, string][] = [
-        ['roomName is missing', JSON.stringify({ participantName: 'alice' })],
-        ['participantName is missing', JSON.stringify({ roomName: 'room1' })],
-        ['participantName is empty', JSON.stringify({ roomName: 'room1', participantName: '' })],
-        ['roomName is empty', JSON.stringify({ roomName: '', participantName: 'alice' })],
-        ['roomName is a number', JSON.stringify({ roomName: 42, participantName: 'alice' })],
-        ['participantName is null', JSON.stringify({ roomName: 'room1', participantName: null })],
-        ['participantName is an object', JSON.stringify({ roomName: 'room1', participantName: { name: 'alice' } })],
-        ['roomName is too long', JSON.stringify({ roomName: 'r'.repeat(257), participantName: 'alice' })],
+      test('accepts names of exactly 256 characters', async () => {
+        const [roomName, participantName] = ['r'.repeat(256), 'p'.repeat(256)]
+        const answer = await running.http.postJson('/token', { roomName, participantName })
+        expect(answer.status).toBe(200)
+        expect(verifyAccessToken(answer.json().token, credentials)).toMatchObject({ sub: participantName, video: { room: roomName } })
+      })
+
+      const required = 'roomName and participantName are required'
+      const tooLong = 'roomName and participantName must be at most 256 characters'
+      const badBodies: [string, string, string][] = [
+        ['roomName is missing', JSON.stringify({ participantName: 'alice' }), required],
+        ['participantName is missing', JSON.stringify({ roomName: 'room1' }), required],
+        ['participantName is empty', JSON.stringify({ roomName: 'room1', participantName: '' }), required],
+        ['roomName is empty', JSON.stringify({ roomName: '', participantName: 'alice' }), required],
+        ['roomName is a number', JSON.stringify({ roomName: 42, participantName: 'alice' }), required],
+        ['participantName is null', JSON.stringify({ roomName: 'room1', participantName: null }), required],
+        ['participantName is an object', JSON.stringify({ roomName: 'room1', participantName: { name: 'alice' } }), required],
+        ['roomName is 257 characters long', JSON.stringify({ roomName: 'r'.repeat(257), participantName: 'alice' }), tooLong],
+        ['participantName is 257 characters long', JSON.stringify({ roomName: 'room1', participantName: 'p'.repeat(257) }), tooLong],
       ]
-      for (const [what, body] of badBodies) {
-        test(`refuses a request whose ${what} with 400 and an errorMessage`, async () => {
+      for (const [what, body, message] of badBodies) {
+        test(`refuses a request whose ${what} with 400 and "${message}"`, async () => {
           const answer = await running.http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body })
           expect(answer.status).toBe(400)
-          expect(answer.json().errorMessage).toMatch(/roomName and participantName/)
+          expect(answer.json()).toEqual({ errorMessage: message })
         })
       }
+
+      /** A request with an extra field holding arrays nested so that the body is `levels` deep. */
+      const nestedBody = (levels: number) => `{"roomName":"room1","participantName":"alice","extra":${'['.repeat(levels - 1)}${']'.repeat(levels - 1)}}`
+
+      test('accepts a body nested 32 levels deep', async () => {
+        const answer = await running.http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: nestedBody(32) })
+        expect(answer.status).toBe(200)
+      })
+
+      test('refuses a body nested 33 levels deep with 400', async () => {
+        const answer = await running.http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: nestedBody(33) })
+        expect(answer.status).toBe(400)
+        expect(answer.json()).toEqual({ errorMessage: 'Request body must be nested at most 32 levels deep' })
+      })
+
+      test('does not count brackets inside strings as nesting', async () => {
+        const participantName = '[{'.repeat(100)
+        const answer = await running.http.postJson('/token', { roomName: 'room1', participantName, note: '"\\[[[' })
+        expect(answer.status).toBe(200)
+      })
 
       const badRequests: [string, RequestInit, RegExp][] = [
         ['a null body', { body: 'null' }, /JSON object/],
@@ -198,7 +228,9 @@ for (const runtime of runtimeNames) {
       ['a JWKS address that is not a URL', { AUTH_JWKS_URL: 'keys.json' }, /AUTH_JWKS_URL/],
       ['an issuer to check without a JWKS address', { AUTH_ISSUER: 'https://id.example.test/' }, /AUTH_ISSUER.*AUTH_JWKS_URL/],
       ['a rate limit of zero', { TOKEN_RATE_LIMIT: '0' }, /TOKEN_RATE_LIMIT/],
-      ['a TRUST_PROXY that is neither 1 nor 0', { TRUST_PROXY: 'maybe' }, /TRUST_PROXY/],
+      ['a TRUST_PROXY that is not a number of proxies', { TRUST_PROXY: 'maybe' }, /TRUST_PROXY/],
+      ['a TRUST_PROXY above 10', { TRUST_PROXY: '11' }, /TRUST_PROXY/],
+      ['a bound on bodies in flight that is not a number', { MAX_PENDING_BODY_BYTES: 'lots' }, /MAX_PENDING_BODY_BYTES/],
     ]
     for (const [what, env, message] of failures) {
       test(`stops at once with a one-line message on ${what}`, async () => {

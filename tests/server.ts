@@ -13,6 +13,20 @@ export const runtimes = {
 export type Runtime = keyof typeof runtimes
 export const runtimeNames = Object.keys(runtimes) as Runtime[]
 
+/** The README's command for the runtime, on another entry file (relative to the project root) if given. */
+function commandFor(runtime: Runtime, { entry, fileLimit }: StartOptions = {}): string[] {
+  const command = entry ? [...runtimes[runtime].slice(0, -1), entry] : [...runtimes[runtime]]
+  // exec keeps the server's pid the shell's, so signals and /proc/<pid> reach the server itself.
+  return fileLimit ? ['bash', '-c', `ulimit -n ${fileLimit} && exec "$@"`, 'bash', ...command] : command
+}
+
+export interface StartOptions {
+  /** An entry file to run instead of index.ts, e.g. a fixture that serves createApp with other handlers. */
+  entry?: string
+  /** The most file descriptors the server may hold open (`ulimit -n`). */
+  fileLimit?: number
+}
+
 export interface ServerProcess {
   url: string
   child: Subprocess
@@ -24,8 +38,8 @@ export interface ServerProcess {
   stop(signal?: NodeJS.Signals): Promise<number>
 }
 
-function spawnServer(runtime: Runtime, env: Record<string, string>) {
-  const child = Bun.spawn([...runtimes[runtime]], {
+function spawnServer(runtime: Runtime, env: Record<string, string>, options: StartOptions = {}) {
+  const child = Bun.spawn(commandFor(runtime, options), {
     cwd: root,
     // A clean environment: only what the test sets, plus what the runtimes need to run.
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', NO_COLOR: '1', ...env },
@@ -66,8 +80,8 @@ const parseLogs = (lines: string[]) =>
   })
 
 /** Starts the server on a free port (SERVER_PORT=0) and resolves once it says where it listens. */
-export async function startServer(runtime: Runtime, env: Record<string, string> = {}): Promise<ServerProcess> {
-  const { child, lines, listeners, exited } = spawnServer(runtime, { SERVER_PORT: '0', ...env })
+export async function startServer(runtime: Runtime, env: Record<string, string> = {}, options: StartOptions = {}): Promise<ServerProcess> {
+  const { child, lines, listeners, exited } = spawnServer(runtime, { SERVER_PORT: '0', ...env }, options)
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL') // nothing could stop it otherwise
@@ -147,6 +161,37 @@ export function httpClient(baseUrl: string) {
   return { request, postJson, transcript }
 }
 
+/**
+ * Runs `use` with globalThis.fetch wrapped so that every answer fetched meanwhile (headers and body)
+ * is audited as httpClient's are: for client libraries that fetch by themselves (livekit-client).
+ */
+export async function withAuditedFetch<T>(use: () => Promise<T>): Promise<T> {
+  const original = globalThis.fetch
+  const leaks: unknown[] = []
+  const audited = async (input: Parameters<typeof fetch>[0], init?: Parameters<typeof fetch>[1]) => {
+    const response = await original(input, init)
+    const text = await response.clone().text()
+    try {
+      assertNoLeaks(`answer to ${init?.method ?? 'GET'} ${String(input)}`, `${JSON.stringify([...response.headers])}\n${text}`, { tokensAllowed: true })
+    } catch (leak) {
+      leaks.push(leak) // thrown below: the client library might swallow or rewrap it
+    }
+    return response
+  }
+  globalThis.fetch = Object.assign(audited, original)
+  let outcome: { value: T } | { error: unknown }
+  try {
+    outcome = { value: await use() }
+  } catch (error) {
+    outcome = { error }
+  } finally {
+    globalThis.fetch = original
+  }
+  if (leaks.length > 0) throw leaks[0]
+  if ('error' in outcome) throw outcome.error
+  return outcome.value
+}
+
 // Every test's credentials come from testCredentials(), so one pattern finds any test's secret.
 const leakPatterns: [string, RegExp][] = [
   ['an API secret', /test-secret-[0-9a-f-]{36}/],
@@ -170,10 +215,10 @@ export function assertNoLeaks(where: string, text: string, { tokensAllowed }: { 
  * Starts a server (the README's command for the runtime) before the tests of the enclosing
  * describe block and stops it after them; the tests read `running.server` and `running.http`.
  */
-export function serveDuringTests(runtime: Runtime, env: Record<string, string> | (() => Record<string, string>) = {}) {
+export function serveDuringTests(runtime: Runtime, env: Record<string, string> | (() => Record<string, string>) = {}, options: StartOptions = {}) {
   const running = {} as { server: ServerProcess; http: ReturnType<typeof httpClient> }
   beforeAll(async () => {
-    running.server = await startServer(runtime, typeof env === 'function' ? env() : env)
+    running.server = await startServer(runtime, typeof env === 'function' ? env() : env, options)
     running.http = httpClient(running.server.url)
   })
   afterAll(async () => {

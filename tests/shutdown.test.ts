@@ -1,6 +1,6 @@
 // SIGTERM and SIGINT: the server takes no new requests, finishes the ones in flight, then exits with 0.
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
+import { assertNoLeaks, runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
 import { signWebhook, webhookEvent } from './livekit'
 import { open, rawRequest, type RawAnswer } from './raw-http'
 
@@ -75,12 +75,14 @@ for (const runtime of runtimeNames) {
         expect(connection).toBeInstanceOf(Error)
       })
 
-      test('logs the shutdown as JSON lines, with no error and no stack trace', () => {
+      test('logs the shutdown as JSON lines, with no error, and its whole log shows no secret, stack trace or token', () => {
         const lines = server.lines.slice(linesBeforeSignal).filter((line) => line.trim())
         const entries = lines.map((line) => JSON.parse(line))
         expect(entries).toContainEqual(expect.objectContaining({ msg: expect.stringContaining(signal) }))
         expect(entries.filter((entry) => entry.level === 'error')).toEqual([])
         expect(lines.join('\n')).not.toMatch(/\bat .+:\d+:\d+|\n\s+at /)
+        // Stopped by a signal, not by server.stop(), so audit here what stop() would have.
+        assertNoLeaks(`${runtime} server log`, server.lines.join('\n'), { tokensAllowed: false })
       })
     })
   }
@@ -91,10 +93,12 @@ for (const runtime of runtimeNames) {
       // An unhandled signal kills it only when it wins a race, so try a few times.
       const codes: (number | 'still running')[] = []
       for (const signal of [...signals, ...signals, ...signals]) {
-        const server = await startServer(runtime)
+        const server = await startServer(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
         server.child.kill(signal)
         codes.push(await exitWithin(server, 5000))
         server.child.kill('SIGKILL')
+        await server.exited
+        assertNoLeaks(`${runtime} server log`, server.lines.join('\n'), { tokensAllowed: false })
       }
       expect(codes).toEqual([0, 0, 0, 0, 0, 0])
     })

@@ -1,7 +1,7 @@
 // POST /token with LiveKit's standard token-endpoint contract, driven by the real livekit-client.
 import { describe, expect, test } from 'bun:test'
 import { TokenSource } from 'livekit-client'
-import { runtimeNames, serveDuringTests, testCredentials } from './server'
+import { runtimeNames, serveDuringTests, testCredentials, withAuditedFetch } from './server'
 import { verifyAccessToken } from './livekit'
 
 const credentials = testCredentials()
@@ -17,9 +17,12 @@ for (const runtime of runtimeNames) {
       TOKEN_TTL: '10m',
     })
     const endpoint = () => new URL('/token', running.server.url).href
+    /** livekit-client's TokenSource.endpoint asks for a token; the answer it got is audited for leaks. */
+    const fetchToken = (options: Parameters<ReturnType<typeof TokenSource.endpoint>['fetch']>[0]) =>
+      withAuditedFetch(() => TokenSource.endpoint(endpoint()).fetch(options))
 
     test('gives livekit-client a token carrying every option it asks for', async () => {
-      const response = await TokenSource.endpoint(endpoint()).fetch({
+      const response = await fetchToken({
         roomName: 'standup',
         participantIdentity: 'user-42',
         participantName: 'Zoë 山田',
@@ -40,19 +43,23 @@ for (const runtime of runtimeNames) {
     })
 
     test('gives livekit-client a fresh identity and room each time it asks for nothing', async () => {
-      const first = await TokenSource.endpoint(endpoint()).fetch({})
-      const second = await TokenSource.endpoint(endpoint()).fetch({})
+      const first = await fetchToken({})
+      const second = await fetchToken({})
       const [a, b] = [first, second].map((response) => verifyAccessToken(response.participantToken, credentials))
-      expect(a!.sub).toBeString()
-      expect(b!.sub).toBeString()
+      for (const claims of [a!, b!]) {
+        expect(claims.sub).toBeString()
+        expect(claims.sub).not.toBe('')
+        expect(claims.video?.room).toBeString()
+        expect(claims.video?.room).not.toBe('')
+        expect(claims.video).toMatchObject(fullGrant)
+      }
       expect(a!.sub).not.toBe(b!.sub)
-      expect(a!.video?.room).toBeString()
-      expect(a!.video).toMatchObject(fullGrant)
+      expect(a!.video?.room).not.toBe(b!.video?.room)
       expect(a!.name).toBeUndefined()
     })
 
     test('surfaces a refusal to livekit-client as its error, with the status and message', async () => {
-      const refused = TokenSource.endpoint(endpoint()).fetch({ participantIdentity: 'x'.repeat(300) })
+      const refused = fetchToken({ participantIdentity: 'x'.repeat(300) })
       await expect(refused).rejects.toThrow(/400/)
       await expect(refused).rejects.toThrow(/participant_identity/)
     })
@@ -62,7 +69,11 @@ for (const runtime of runtimeNames) {
       expect(answer.status).toBe(200)
       expect(Object.keys(answer.json()).sort()).toEqual(['participant_token', 'server_url'])
       expect(answer.json().server_url).toBe(livekitUrl)
-      verifyAccessToken(answer.json().participant_token, credentials)
+      const claims = verifyAccessToken(answer.json().participant_token, credentials)
+      // Each request without room_name or participant_identity gets a room and an identity of its own.
+      const again = verifyAccessToken((await running.http.postJson('/token', {})).json().participant_token, credentials)
+      expect(again.video?.room).not.toBe(claims.video?.room)
+      expect(again.sub).not.toBe(claims.sub)
     })
 
     test('accepts room_config with camelCase field names too', async () => {

@@ -1,7 +1,7 @@
 // How /livekit/webhook handles delivery: dispatch by event name, redeliveries, failing handlers.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { createApp, loadConfig, RecentIds, startServer as serveApp, webhookHandlers, type RunningServer, type WebhookHandler } from '../index'
-import { httpClient, runtimeNames, serveDuringTests, testCredentials, waitForLog } from './server'
+import { describe, expect, test } from 'bun:test'
+import { RecentIds, webhookHandlers } from '../index'
+import { assertNoLeaks, httpClient, runtimeNames, serveDuringTests, testCredentials, waitForLog } from './server'
 import { signWebhook, webhookEvent } from './livekit'
 
 const credentials = testCredentials()
@@ -83,42 +83,42 @@ for (const runtime of runtimeNames) {
   })
 }
 
-describe('POST /livekit/webhook with a handler that throws', () => {
-  let running: RunningServer
-  let http: ReturnType<typeof httpClient>
-  const handled: string[] = []
-  let failuresLeft = 1
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: POST /livekit/webhook with a handler that throws`, () => {
+    // index.ts's createApp and startServer, with room_started replaced by a handler that fails once per event.
+    const running = serveDuringTests(
+      runtime,
+      { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret },
+      { entry: 'tests/fixtures/failing-handler-server.ts' },
+    )
 
-  // Served by index.ts's own createApp and startServer, with one handler replaced as a developer would.
-  const flakyHandler: WebhookHandler = (event) => {
-    if (failuresLeft-- > 0) throw new Error(`database down at postgres://user:hunter2@db`)
-    handled.push(event.id)
-  }
+    test('answers 500 with a generic message, logs the error, and handles the redelivery once', async () => {
+      const event = webhookEvent('room_started', { room: { sid: 'RM_flaky', name: 'flaky-room' } })
+      const first = await postSigned(running.http, event)
+      expect(first.status).toBe(500)
+      expect(first.json()).toEqual({ errorMessage: 'Webhook handler failed' })
+      expect(first.text).not.toContain('hunter2')
+      const [failure] = await waitForLog(running.server, (entry) => entry.id === event.id && entry.msg === 'webhook handler failed')
+      expect(failure).toMatchObject({ level: 'error', event: 'room_started', room: 'flaky-room', error: expect.stringContaining('database down') })
+      // LiveKit's redelivery is handled, and a repeat after that is a duplicate.
+      const redelivery = await postSigned(running.http, event)
+      expect([redelivery.status, redelivery.json()]).toEqual([200, { received: true }])
+      await waitForLog(running.server, (entry) => entry.id === event.id && entry.msg === 'webhook')
+      const repeat = await postSigned(running.http, event)
+      expect([repeat.status, repeat.json()]).toEqual([200, { received: 'duplicate' }])
+      await waitForLog(running.server, (entry) => entry.id === event.id && entry.msg === 'webhook duplicate')
+      expect(running.server.logs().filter((entry) => entry.id === event.id).map((entry) => entry.msg)).toEqual(['webhook handler failed', 'webhook', 'webhook duplicate'])
+    })
 
-  beforeAll(async () => {
-    const config = loadConfig({ LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret })
-    running = await serveApp(createApp(config, { ...webhookHandlers, room_started: flakyHandler }), 0)
-    http = httpClient(`http://localhost:${running.port}`)
+    test('keeps handling other events after a handler failed, with no stack trace or API secret in its log', async () => {
+      const event = webhookEvent('room_started', { room: { sid: 'RM_fine', name: 'fine-room' } })
+      expect((await postSigned(running.http, event)).status).toBe(200)
+      await waitForLog(running.server, (entry) => entry.id === event.id && entry.msg === 'webhook')
+      expect(running.server.logs().some((entry) => entry.msg === 'webhook handler failed')).toBe(true)
+      assertNoLeaks(`${runtime} server log`, running.server.lines.join('\n'), { tokensAllowed: false })
+    })
   })
-
-  afterAll(async () => {
-    await running?.stop()
-  })
-
-  test('answers 500 with a generic message so that LiveKit redelivers, and handles the redelivery', async () => {
-    const event = webhookEvent('room_started')
-    const first = await postSigned(http, event)
-    expect(first.status).toBe(500)
-    expect(first.json()).toEqual({ errorMessage: 'Webhook handler failed' })
-    expect(first.text).not.toContain('hunter2')
-    const redelivery = await postSigned(http, event)
-    expect(redelivery.status).toBe(200)
-    expect(handled).toEqual([event.id as string])
-    const again = await postSigned(http, event)
-    expect(again.status).toBe(200)
-    expect(handled).toEqual([event.id as string])
-  })
-})
+}
 
 describe('RecentIds', () => {
   test('knows an id it was given, and forgets it after the time to live', () => {

@@ -2,10 +2,14 @@
 // receives the webhooks a LiveKit server posts. Runs with `bun run index.ts`, or under Deno 2.
 import { Elysia, getSchemaValidator, status, t, type ErrorContext, type ValidationError } from 'elysia'
 import { cors } from '@elysiajs/cors'
-import { createVerifier } from 'fast-jwt'
+import { openapi } from '@elysiajs/openapi'
+import { createDecoder, createVerifier } from 'fast-jwt'
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose'
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import { isIP } from 'node:net'
+import { availableParallelism } from 'node:os'
+import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import {
   claimsToJwtPayload,
   RoomConfiguration,
@@ -17,7 +21,7 @@ import {
 // Only the parts of Deno's API this file uses; declared so one file type-checks for both runtimes.
 declare const Deno: {
   serve(
-    options: { port: number; onListen?: (address: { port: number }) => void; onError?: (error: unknown) => Response },
+    options: { port: number; reusePort?: boolean; onListen?: (address: { port: number }) => void; onError?: (error: unknown) => Response },
     handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>,
   ): { shutdown(): Promise<void>; finished: Promise<void> }
   addSignalListener(signal: 'SIGTERM' | 'SIGINT', handler: () => void): void
@@ -27,8 +31,11 @@ declare const Deno: {
 
 export interface Config {
   port: number
+  /** The API key tokens are signed with, and its secret. */
   apiKey: string
   apiSecret: string
+  /** Every key webhooks may be signed with, and its secret (LIVEKIT_KEYS: several, for rotation). */
+  keys: Map<string, string>
   livekitUrl: string
   tokenTtlSeconds: number
   /** The largest webhook body; token requests are capped lower still (maxTokenBodyBytes). */
@@ -36,12 +43,21 @@ export interface Config {
   /** The bytes of all request bodies being read at once; beyond it, 503 before reading. */
   maxPendingBodyBytes: number
   usesDevCredentials: boolean
+  /** The API keys whose secrets are too short for HS256, to warn about at start. */
+  weakKeys: string[]
+  logLevel: Level
+  /** Whether GET /openapi.json and the docs page at GET /openapi are served. */
+  openapi: boolean
   /** Set when /token requires a bearer token from the application's identity provider. */
   auth?: AuthConfig
   /** Token requests each caller may make per minute; no limit when unset. */
   tokenRateLimit?: number
   /** How many reverse proxies in a row append to X-Forwarded-For (0: trust none of it). */
   trustedProxies: number
+  /** Where handled webhook ids and rate-limit allowances are shared; this process's memory when unset. */
+  redisUrl?: string
+  /** How many processes (Bun) or threads (Deno) serve the port. */
+  workers: number
 }
 
 export interface AuthConfig {
@@ -57,28 +73,112 @@ type Env = Record<string, string | undefined>
 
 /** Reads and validates the configuration once; throws a ConfigError naming the bad variable. */
 export function loadConfig(env: Env): Config {
-  const apiKey = env.LIVEKIT_API_KEY || undefined
-  const apiSecret = env.LIVEKIT_API_SECRET || undefined
-  if (apiKey && !apiSecret) {
-    throw new ConfigError('LIVEKIT_API_SECRET is required when LIVEKIT_API_KEY is set')
-  }
-  if (apiSecret && !apiKey) {
-    throw new ConfigError('LIVEKIT_API_KEY is required when LIVEKIT_API_SECRET is set')
-  }
-  return {
+  const { apiKey, apiSecret, keys } = parseCredentials(env)
+  const config: Config = {
     port: parseInteger(env, 'SERVER_PORT', 6080, 0, 65535),
-    // LiveKit's and OpenVidu's development servers run with these credentials.
-    apiKey: apiKey ?? 'devkey',
-    apiSecret: apiSecret ?? 'secret',
+    apiKey,
+    apiSecret,
+    keys,
     livekitUrl: parseWebSocketUrl(env, 'LIVEKIT_URL', 'ws://localhost:7880'),
     tokenTtlSeconds: parseDuration(env, 'TOKEN_TTL', '6h'),
     maxBodyBytes: parseInteger(env, 'MAX_BODY_BYTES', 1024 * 1024, 1, 64 * 1024 * 1024),
     maxPendingBodyBytes: parseInteger(env, 'MAX_PENDING_BODY_BYTES', 16 * 1024 * 1024, 1, 1024 * 1024 * 1024),
-    usesDevCredentials: !apiKey,
+    usesDevCredentials: apiKey === devCredentials.apiKey && apiSecret === devCredentials.apiSecret,
+    weakKeys: [...keys].filter(([key, secret]) => key !== devCredentials.apiKey && secret.length < 32).map(([key]) => key),
+    logLevel: parseChoice(env, 'LOG_LEVEL', ['info', 'warn', 'error']),
+    openapi: parseChoice(env, 'OPENAPI', ['1', '0']) === '1',
     auth: parseAuth(env),
     tokenRateLimit: env.TOKEN_RATE_LIMIT?.trim() ? parseInteger(env, 'TOKEN_RATE_LIMIT', 0, 1, 1_000_000) : undefined,
     trustedProxies: parseProxyCount(env, 'TRUST_PROXY'),
+    redisUrl: parseRedisUrl(env, 'REDIS_URL'),
+    workers: parseWorkers(env, 'WORKERS'),
   }
+  if (config.workers > 1 && !config.redisUrl) {
+    throw new ConfigError('WORKERS above 1 needs REDIS_URL: without it the workers would not share handled webhook ids and rate limits')
+  }
+  if (config.workers > 1 && config.port === 0) throw new ConfigError('WORKERS above 1 needs a SERVER_PORT other than 0')
+  return config
+}
+
+function parseRedisUrl(env: Env, name: string): string | undefined {
+  const text = env[name]?.trim()
+  if (!text) return undefined
+  const url = URL.canParse(text) ? new URL(text) : undefined
+  const valid = url && /^rediss?:$/.test(url.protocol) && url.hostname && /^(\/\d*)?$/.test(url.pathname) && !url.search
+  if (!valid) throw new ConfigError(`${name} must be redis://[user:password@]host:port[/db] (rediss:// for TLS), got "${redactedUrl(text)}"`)
+  return text
+}
+
+function parseWorkers(env: Env, name: string): number {
+  const text = env[name]?.trim().toLowerCase()
+  if (text === 'auto') return availableParallelism()
+  return parseInteger(env, name, 1, 1, 64)
+}
+
+// LiveKit's and OpenVidu's development servers run with these credentials.
+const devCredentials = { apiKey: 'devkey', apiSecret: 'secret' }
+
+/**
+ * The API key and secret, each from its variable or from a file (LIVEKIT_API_SECRET_FILE, the Docker
+ * and Kubernetes secrets convention), or several keys in LIVEKIT_KEYS ("key: secret" a line, as
+ * LiveKit's own server reads them) for rotation: webhooks signed with any of them verify.
+ */
+function parseCredentials(env: Env): { apiKey: string; apiSecret: string; keys: Map<string, string> } {
+  const apiKey = readSetting(env, 'LIVEKIT_API_KEY')
+  const apiSecret = readSetting(env, 'LIVEKIT_API_SECRET')
+  const keysText = readSetting(env, 'LIVEKIT_KEYS')
+  if (keysText !== undefined) {
+    if (apiSecret !== undefined) throw new ConfigError('LIVEKIT_KEYS and LIVEKIT_API_SECRET cannot both be set: list every key and its secret in LIVEKIT_KEYS')
+    const keys = parseKeys(keysText)
+    if (apiKey === undefined && keys.size > 1) {
+      throw new ConfigError('LIVEKIT_API_KEY must name the key that signs tokens when LIVEKIT_KEYS lists several')
+    }
+    const signingKey = apiKey ?? [...keys.keys()][0]!
+    if (!keys.has(signingKey)) throw new ConfigError(`LIVEKIT_API_KEY "${signingKey}" is not one of the keys in LIVEKIT_KEYS`)
+    return { apiKey: signingKey, apiSecret: keys.get(signingKey)!, keys }
+  }
+  if (apiKey !== undefined && apiSecret === undefined) throw new ConfigError('LIVEKIT_API_SECRET is required when LIVEKIT_API_KEY is set')
+  if (apiSecret !== undefined && apiKey === undefined) throw new ConfigError('LIVEKIT_API_KEY is required when LIVEKIT_API_SECRET is set')
+  const credentials = apiKey !== undefined && apiSecret !== undefined ? { apiKey, apiSecret } : devCredentials
+  return { ...credentials, keys: new Map([[credentials.apiKey, credentials.apiSecret]]) }
+}
+
+/** "key: secret" pairs, one a line; blank lines and # comments skipped. Errors name the line, never the secret. */
+function parseKeys(text: string): Map<string, string> {
+  const keys = new Map<string, string>()
+  for (const [index, line] of text.split(/\r?\n/).entries()) {
+    if (!line.trim() || line.trim().startsWith('#')) continue
+    const match = /^\s*([^:\s]+)\s*:\s*(\S+)\s*$/.exec(line)
+    if (!match) throw new ConfigError(`LIVEKIT_KEYS line ${index + 1} is not "key: secret"`)
+    keys.set(match[1]!, match[2]!)
+  }
+  if (keys.size === 0) throw new ConfigError('LIVEKIT_KEYS lists no key')
+  return keys
+}
+
+/** A variable's value, or the content of the file its NAME_FILE variable names (trailing newline trimmed). */
+function readSetting(env: Env, name: string): string | undefined {
+  const value = env[name] || undefined
+  const path = env[`${name}_FILE`]?.trim() || undefined
+  if (path === undefined) return value
+  if (value !== undefined) throw new ConfigError(`${name} and ${name}_FILE cannot both be set`)
+  let content: string
+  try {
+    content = readFileSync(path, 'utf8')
+  } catch (error) {
+    const reason = (error as { code?: string }).code ?? (error as Error).name
+    const hint = 'Deno' in globalThis && !('Bun' in globalThis) ? ` (Deno needs --allow-read=${path})` : ''
+    throw new ConfigError(`${name}_FILE: cannot read "${path}" (${reason})${hint}`)
+  }
+  const trimmed = content.replace(/\r?\n$/, '')
+  if (!trimmed.trim()) throw new ConfigError(`${name}_FILE: "${path}" is empty`)
+  return trimmed
+}
+
+function parseChoice<T extends string>(env: Env, name: string, choices: T[]): T {
+  const text = env[name]?.trim().toLowerCase() || choices[0]!
+  if (!choices.includes(text as T)) throw new ConfigError(`${name} must be one of ${choices.join(', ')}, got "${env[name]}"`)
+  return text as T
 }
 
 function parseAuth(env: Env): AuthConfig | undefined {
@@ -189,9 +289,10 @@ function describeEvent(event: WebhookEvent): Record<string, string | undefined> 
 export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers) {
   const mintToken = createTokenMinter(config)
   const verifyWebhook = createWebhookVerifier(config)
-  const handledIds = new RecentIds()
   const authenticate = config.auth && createCallerAuthenticator(config.auth)
-  const rateLimiter = config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined
+  const tokenRateLimit = config.tokenRateLimit
+  const memory = { ids: new RecentIds(), limiter: tokenRateLimit ? new RateLimiter(tokenRateLimit) : undefined }
+  const state = new SharedState(memory, config.redisUrl, `livekit-server:${config.apiKey}:`)
   const readBody = createBodyReader(config.maxPendingBodyBytes)
   const maxTokenBodyBytes = Math.min(config.maxBodyBytes, tokenBodyLimit)
   // Who asked for each token request, once admitted; read by the /token handler.
@@ -201,7 +302,8 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   async function admitTokenRequest(request: Request, server: BunServer): Promise<void> {
     const caller = authenticate && (await authenticate(request))
     if (caller) callers.set(request, caller)
-    const waitSeconds = rateLimiter?.take(caller?.identity ?? `address:${clientAddress(request, server, config.trustedProxies)}`)
+    if (!tokenRateLimit) return
+    const waitSeconds = await state.take(caller?.identity ?? `address:${clientAddress(request, server, config.trustedProxies)}`, tokenRateLimit)
     if (waitSeconds) {
       throw new HttpError(429, `Too many token requests, retry in ${waitSeconds} s`, { 'retry-after': String(waitSeconds) })
     }
@@ -212,7 +314,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
    * path reached it (`/token/`, `/token?x`), no token request skips authentication or the rate limit.
    */
   async function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
-    if (authenticate || rateLimiter) await admitTokenRequest(request, server)
+    if (authenticate || tokenRateLimit) await admitTokenRequest(request, server)
     requireJsonContentType(request)
     return parseJsonObject(await readBody(request, maxTokenBodyBytes))
   }
@@ -249,20 +351,27 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
       log('warn', 'webhook refused', { reason: (error as Error).message })
       return status(401, errorBody('Webhook signature is missing or invalid'))
     }
-    if (event.id && !handledIds.add(event.id)) {
+    const claim = event.id ? await state.claim(event.id) : 'new'
+    if (claim === 'handled') {
       log('info', 'webhook duplicate', describeEvent(event))
-      return { received: 'duplicate' }
+      return { received: 'duplicate' as const }
+    }
+    if (claim === 'being handled') {
+      // Never a 200 while another process (or request) handles it: that one may still fail.
+      log('info', 'webhook being handled elsewhere', describeEvent(event))
+      throw new HttpError(503, 'This event is being handled, retry shortly', { 'retry-after': '5' })
     }
     try {
       // Own entries only: an event named "__proto__" or "valueOf" must not find Object.prototype's.
       await (Object.hasOwn(handlers, event.event) ? handlers[event.event]! : logUnknownEvent)(event)
     } catch (error) {
-      // Forget the id so that LiveKit's redelivery of this event is handled.
-      if (event.id) handledIds.forget(event.id)
+      // Release the id so that LiveKit's redelivery of this event is handled.
+      if (event.id) await state.release(event.id)
       log('error', 'webhook handler failed', { ...describeEvent(event), error: String(error) })
       return status(500, errorBody('Webhook handler failed'))
     }
-    return { received: true }
+    if (event.id) await state.complete(event.id)
+    return { received: true as const }
   }
 
   return (
@@ -273,49 +382,136 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
       // characters, so a short Host ("a", "x") shifts the path it routes (`/ab/token` as `/token`).
       handler: { standardHostname: false },
     })
-      .use(cors({ origin: '*', credentials: false, methods: ['GET', 'POST', 'OPTIONS'], exposeHeaders: ['Retry-After'], preflight: false }))
+      // Any origin, no credentials. Preflights are answered below; on every other answer the plugin
+      // adds only the origin and fixed headers (by default it lists each request's own headers back,
+      // and its methods, on every answer: a cost to every request, and of use to preflights alone).
+      .use(cors({ origin: '*', credentials: false, methods: [], allowedHeaders: ['Content-Type', 'Authorization'], exposeHeaders: ['Retry-After'], preflight: false }))
+      .use(config.openapi ? apiDocumentation() : new Elysia())
       .onError(answerError)
       .options('/*', ({ request }) => answerPreflight(request))
-      .get('/health', () => ({ status: 'ok' }))
-      .post('/token', ({ body, request }) => answerTokenRequest(body, request), {
-        parse: readTokenRequest,
-        body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
+      .get('/health', config.redisUrl ? async () => ({ status: 'ok' as const, redis: await state.redisStatus() }) : () => ({ status: 'ok' as const }), {
+        response: { 200: HealthAnswer },
+        detail: { summary: 'Whether the server answers, and whether Redis is in use (with REDIS_URL)' },
       })
-      .post('/livekit/webhook', ({ request }) => receiveWebhook(request), { parse: 'none' })
+      .post('/token', ({ body, request }) => answerTokenRequest(body, request), {
+        // The JSON parser after ours is never reached; naming it keeps the body schema in the OpenAPI document.
+        parse: [readTokenRequest, 'json'],
+        body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
+        response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 413, 429, 503) },
+        detail: {
+          summary: 'An access token for a LiveKit room',
+          description:
+            "Two contracts, told apart by the body: OpenVidu's tutorial clients send {roomName, participantName} and get {token}; " +
+            "LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint) sends optional snake_case fields and gets {server_url, participant_token}.",
+        },
+      })
+      .post('/livekit/webhook', ({ request }) => receiveWebhook(request), {
+        parse: 'none',
+        response: { 200: WebhookAnswer, ...errorAnswers(401, 413, 500, 503) },
+        detail: {
+          summary: 'An event posted by a LiveKit server',
+          description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
+        },
+      })
   )
 }
 
-/** Every error in the shape OpenVidu's clients read, { "errorMessage": … }, and never a stack. */
+/** What createApp returns, for typed clients: `treaty<App>(url).token.post(…)`. */
+export type App = ReturnType<typeof createApp>
+
+const ErrorAnswer = t.Object({ errorMessage: t.String() })
+const errorAnswers = <const Codes extends number[]>(...codes: Codes) =>
+  Object.fromEntries(codes.map((code) => [code, ErrorAnswer])) as { [Code in Codes[number]]: typeof ErrorAnswer }
+const OpenViduTokenAnswer = t.Object({ token: t.String({ description: 'A LiveKit access token (JWT)' }) })
+const StandardTokenAnswer = t.Object({
+  server_url: t.String({ description: 'LIVEKIT_URL: where the client connects' }),
+  participant_token: t.String({ description: 'A LiveKit access token (JWT)' }),
+})
+const WebhookAnswer = t.Object({ received: t.Union([t.Literal(true), t.Literal('duplicate')]) })
+const HealthAnswer = t.Object({ status: t.Literal('ok'), redis: t.Optional(t.Union([t.Literal('ok'), t.Literal('unavailable')])) })
+
+// The API described: GET /openapi.json, an OpenAPI 3.1 document generated from the routes' own
+// schemas, and a docs page at GET /openapi (Swagger UI, whose files are served from the installed
+// package and embedded in the binary, never from a CDN: the page renders without internet).
+
+function apiDocumentation() {
+  return new Elysia({ name: 'api-documentation' })
+    .use(
+      openapi({
+        path: '/openapi',
+        specPath: '/openapi.json',
+        provider: 'swagger-ui',
+        swagger: { cdn: '/openapi/swagger-ui-bundle.js', theme: '/openapi/swagger-ui.css', autoDarkMode: false },
+        exclude: { paths: ['/openapi/swagger-ui-bundle.js', '/openapi/swagger-ui.css'] },
+        documentation: {
+          info: {
+            title: 'LiveKit / OpenVidu application server',
+            version: '0.1.0',
+            description: 'Access tokens for LiveKit rooms, and the webhooks a LiveKit server posts. Every error answers {"errorMessage": …}.',
+          },
+        },
+      }),
+    )
+    .get('/openapi/swagger-ui-bundle.js', () => docsFile('swagger-ui-bundle.js', 'text/javascript'))
+    .get('/openapi/swagger-ui.css', () => docsFile('swagger-ui.css', 'text/css'))
+}
+
+const docsFiles = new Map<string, Promise<Uint8Array | undefined>>()
+
+/** One of Swagger UI's files: embedded by Bun (and in the binary); read from node_modules on Deno. */
+async function docsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css', contentType: string): Promise<Response> {
+  if (!docsFiles.has(name)) docsFiles.set(name, loadDocsFile(name))
+  const content = await docsFiles.get(name)
+  if (!content) return Response.json(errorBody('The docs page needs --allow-read for node_modules under Deno'), { status: 404 })
+  return new Response(content as Uint8Array<ArrayBuffer>, { headers: { 'content-type': contentType, 'cache-control': 'public, max-age=86400' } })
+}
+
+async function loadDocsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css'): Promise<Uint8Array | undefined> {
+  if ('Bun' in globalThis) {
+    // Literal specifiers, so that `bun build --compile` embeds both files. Each is imported as the
+    // path of its (embedded) copy, which no type declaration describes.
+    const { default: path }: { default: string } =
+      name === 'swagger-ui.css'
+        ? // @ts-ignore
+          await import('swagger-ui-dist/swagger-ui.css', { with: { type: 'file' } })
+        : // @ts-ignore
+          await import('swagger-ui-dist/swagger-ui-bundle.js', { with: { type: 'file' } })
+    return Bun.file(path).bytes()
+  }
+  try {
+    return readFileSync(createRequire(import.meta.url).resolve(`swagger-ui-dist/${name}`))
+  } catch {
+    return undefined // no --allow-read: the page stays blank, the document is still served
+  }
+}
+
+/**
+ * Every error in the shape OpenVidu's clients read, { "errorMessage": … }, and never a stack; as a
+ * status() answer, so that typed clients see it as the error it is, not as a success.
+ */
 function answerError({ code, error, set, path, request }: ErrorContext & { code: string | number; error: unknown }) {
   // Elysia wraps what a body parser throws in a ParseError; the HttpError is its cause.
   const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
   if (httpError instanceof HttpError) {
-    set.status = httpError.status
     Object.assign(set.headers, httpError.headers)
-    return errorBody(httpError.message)
+    return status(httpError.status as ErrorStatus, errorBody(httpError.message))
   }
   if (code === 'VALIDATION' && path === '/token') {
-    set.status = 400
     // The parser only lets JSON objects through.
-    return errorBody(describeTokenRequestError((error as ValidationError).value as Record<string, unknown>))
+    return status(400, errorBody(describeTokenRequestError((error as ValidationError).value as Record<string, unknown>)))
   }
-  if (code === 'NOT_FOUND') {
-    set.status = 404
-    return errorBody(`No route for ${request.method} ${path}`)
-  }
-  if (code === 'VALIDATION' || code === 'PARSE') {
-    set.status = 400
-    return errorBody('Invalid request')
-  }
+  if (code === 'NOT_FOUND') return status(404, errorBody(`No route for ${request.method} ${path}`))
+  if (code === 'VALIDATION' || code === 'PARSE') return status(400, errorBody('Invalid request'))
   // Anything else is a bug here: say so generically, keep the details (not the stack) in the log.
   log('error', 'request failed', { method: request.method, path, error: String(error) })
-  set.status = 500
-  return errorBody('Internal server error')
+  return status(500, errorBody('Internal server error'))
 }
+
+type ErrorStatus = 400 | 401 | 403 | 404 | 413 | 429 | 500 | 503
 
 /** CORS preflights: any origin, and whatever headers the browser asks for ("*" would not cover Authorization). */
 function answerPreflight(request: Request): Response {
-  const headers = new Headers({ 'access-control-max-age': '600' })
+  const headers = new Headers({ 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-max-age': '600' })
   const requestedHeaders = request.headers.get('access-control-request-headers')
   if (requestedHeaders) headers.set('access-control-allow-headers', requestedHeaders)
   return new Response(null, { status: 204, headers })
@@ -596,13 +792,16 @@ type BunServer = { requestIP(request: Request): { address: string } | null } | n
  * the outermost of them appended (N from the right: the hops to its left are the client's to write).
  */
 function clientAddress(request: Request, server: BunServer, trustedProxies: number): string {
-  const connectionAddress = remoteAddresses.get(request) ?? server?.requestIP(request)?.address ?? 'unknown'
+  const connectionAddress = unmapped(remoteAddresses.get(request) ?? server?.requestIP(request)?.address ?? 'unknown')
   if (trustedProxies === 0) return connectionAddress
   const hops = request.headers.get('x-forwarded-for')?.split(',') ?? []
   const hop = hops[hops.length - trustedProxies]?.trim()
   // Only a real address: it becomes a rate-limit key, so nothing long or made-up.
-  return hop && isIP(hop) ? hop : connectionAddress
+  return hop && isIP(hop) ? unmapped(hop) : connectionAddress
 }
+
+/** An IPv4 client as "1.2.3.4" on every runtime: Bun, listening on IPv6 too, sees "::ffff:1.2.3.4". */
+const unmapped = (address: string) => (address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address)
 
 // Webhook verification and redeliveries
 
@@ -611,17 +810,27 @@ function clientAddress(request: Request, server: BunServer, trustedProxies: numb
  * 10 s clock tolerance, `sha256` claim = base64 SHA-256 of the body), but synchronously and for
  * HS256 only: what LiveKit signs with, and all LiveKit servers since 1.13 accept.
  */
+const decodeJwt = createDecoder()
+
 export function createWebhookVerifier(config: Config) {
-  const verifyJwt = createVerifier({
-    key: config.apiSecret,
-    algorithms: ['HS256'],
-    allowedIss: config.apiKey,
-    requiredClaims: ['exp', 'iss'], // fast-jwt checks allowedIss only when iss is present
-    clockTolerance: 10_000,
-  })
+  // One verifier per key; the JWT's issuer (its API key) picks which, as LiveKit's own server does.
+  const verifiers = new Map(
+    [...config.keys].map(([apiKey, apiSecret]) => [
+      apiKey,
+      createVerifier({
+        key: apiSecret,
+        algorithms: ['HS256'],
+        allowedIss: apiKey,
+        requiredClaims: ['exp', 'iss'], // fast-jwt checks allowedIss only when iss is present
+        clockTolerance: 10_000,
+      }),
+    ]),
+  )
+  const [onlyVerifier] = verifiers.values()
+  const verifierFor = (jwt: string) => (verifiers.size === 1 ? onlyVerifier! : (verifiers.get(String(decodeJwt(jwt).iss)) ?? onlyVerifier!))
   return function verifyWebhook(body: Uint8Array, authorization: string | null): WebhookEvent {
     if (!authorization) throw new Error('authorization header is empty')
-    const claims = verifyJwt(authorization) as { sha256?: unknown }
+    const claims = verifierFor(authorization)(authorization) as { sha256?: unknown }
     const expected = Buffer.from(createHash('sha256').update(body).digest('base64'))
     const signed = Buffer.from(typeof claims.sha256 === 'string' ? claims.sha256 : '')
     if (signed.length !== expected.length || !timingSafeEqual(signed, expected)) {
@@ -631,12 +840,20 @@ export function createWebhookVerifier(config: Config) {
   }
 }
 
+/** What claiming an event id finds: a new event, one handled already, or one being handled now. */
+export type Claim = 'new' | 'handled' | 'being handled'
+
+// How long a claim holds while its handler runs: past that, its process is taken for dead.
+const claimTtlMs = 30_000
+const handledTtlMs = 10 * 60_000
+
 /**
- * Event ids already handled. LiveKit redelivers after a 5xx or a broken connection, and its queues
- * can repeat an event, so an id may come back; remembering the newest ones for a while is enough.
+ * Event ids being handled or handled, in this process's memory. LiveKit redelivers after a 5xx or
+ * a broken connection, and its queues can repeat an event, so an id may come back; remembering the
+ * newest ones for a while is enough.
  */
 export class RecentIds {
-  private readonly seen = new Map<string, { at: number; slot: number }>()
+  private readonly seen = new Map<string, { at: number; slot: number; handled: boolean }>()
   // The remembered ids in order of arrival, a ring: each new id takes the oldest one's slot.
   // (Deleting from the front of a Map and iterating it again is slow: its holes are walked over.)
   private readonly slots: (string | undefined)[]
@@ -644,30 +861,227 @@ export class RecentIds {
 
   constructor(
     capacity = 10_000,
-    private readonly ttlMs = 10 * 60_000,
+    private readonly ttlMs = handledTtlMs,
   ) {
     this.slots = new Array(capacity)
   }
 
-  /** Remembers the id; false when it was already remembered (and not yet forgotten). */
-  add(id: string, now = Date.now()): boolean {
+  /** Claims the id for handling, unless it is handled already or claimed and not yet expired. */
+  claim(id: string, now = Date.now()): Claim {
     const seen = this.seen.get(id)
-    if (seen !== undefined && now - seen.at < this.ttlMs) return false
-    const evicted = this.slots[this.nextSlot]
-    if (evicted !== undefined && this.seen.get(evicted)?.slot === this.nextSlot) this.seen.delete(evicted)
-    this.slots[this.nextSlot] = id
-    this.seen.set(id, { at: now, slot: this.nextSlot })
-    this.nextSlot = (this.nextSlot + 1) % this.slots.length
-    return true
+    if (seen?.handled && now - seen.at < this.ttlMs) return 'handled'
+    if (seen && !seen.handled && now - seen.at < claimTtlMs) return 'being handled'
+    this.remember(id, now, false)
+    return 'new'
   }
 
-  forget(id: string): void {
+  /** Remembers the id as handled. */
+  complete(id: string, now = Date.now()): void {
+    this.remember(id, now, true)
+  }
+
+  /** Forgets the id, so that its redelivery is handled. */
+  release(id: string): void {
     this.seen.delete(id)
   }
 
   get size(): number {
     return this.seen.size
   }
+
+  private remember(id: string, now: number, handled: boolean): void {
+    const seen = this.seen.get(id)
+    if (seen) return void Object.assign(seen, { at: now, handled })
+    const evicted = this.slots[this.nextSlot]
+    if (evicted !== undefined && this.seen.get(evicted)?.slot === this.nextSlot) this.seen.delete(evicted)
+    this.slots[this.nextSlot] = id
+    this.seen.set(id, { at: now, slot: this.nextSlot, handled })
+    this.nextSlot = (this.nextSlot + 1) % this.slots.length
+  }
+}
+
+// Shared state: with REDIS_URL, the handled ids and the callers' allowances live in Redis, so that
+// every process and machine sharing it keeps the same promises; whenever Redis does not answer in
+// time, each process falls back to its own memory, and returns to Redis once it answers again.
+
+/** What this file needs of a Redis client: Bun's built-in one, or node-redis's on Deno. */
+interface RedisConnection {
+  send(command: string, args: string[]): Promise<unknown>
+  /** Resolves once connected, (re)connecting a client that is not. */
+  connect(): Promise<void>
+}
+
+/** A client for the URL, not yet connected. Neither queues commands while disconnected: they fail at once. */
+async function openRedis(url: string): Promise<RedisConnection> {
+  if ('Bun' in globalThis) {
+    const client = new Bun.RedisClient(url, { enableOfflineQueue: false, connectionTimeout: 1000 })
+    return { send: (command, args) => client.send(command, args), connect: async () => void (client.connected || (await client.connect())) }
+  }
+  const { createClient } = await import('@redis/client')
+  const client = createClient({ url, disableOfflineQueue: true, socket: { connectTimeout: 1000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 1000) } })
+  client.on('error', () => {}) // a lost connection is noticed, and logged, by the commands that fail
+  // node-redis reconnects by itself once it has connected; the first connection is asked for once.
+  const firstConnection = client.connect().then(() => {})
+  firstConnection.catch(() => {})
+  return {
+    send: (command, args) => client.sendCommand([command, ...args]),
+    connect: async () => {
+      await firstConnection
+      if (!client.isReady) await new Promise((resolve) => client.once('ready', resolve))
+    },
+  }
+}
+
+// A token bucket, as RateLimiter keeps it, on Redis's clock so that the machines' clocks don't matter.
+const takeTokenScript = `
+local perMinute = tonumber(ARGV[1])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local bucket = redis.call('HMGET', KEYS[1], 'allowance', 'at')
+local allowance = perMinute
+if bucket[1] then allowance = math.min(perMinute, tonumber(bucket[1]) + (now - tonumber(bucket[2])) * perMinute / 60000) end
+if allowance < 1 then return math.ceil((1 - allowance) * 60 / perMinute) end
+redis.call('HSET', KEYS[1], 'allowance', tostring(allowance - 1), 'at', now)
+redis.call('PEXPIRE', KEYS[1], 60000)
+return 0`
+// Releases a claim only if it is still this process's (it may have expired and been taken since).
+const releaseScript = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`
+
+/** Handled ids and allowances: in Redis while it answers in time, else in this process's memory. */
+export class SharedState {
+  // Each process's claims carry its own mark, so that it only ever releases its own.
+  private readonly claimMark = `claimed:${crypto.randomUUID()}`
+  private readonly scriptHashes = new Map<string, string>()
+  private redis?: RedisConnection
+  private status: 'connecting' | 'ok' | 'unavailable' | 'not configured'
+  private readonly connected: Promise<void>
+
+  constructor(
+    private readonly memory: { ids: RecentIds; limiter?: RateLimiter },
+    private readonly redisUrl?: string,
+    /** Keys start with it, so that deployments sharing one Redis do not see each other's. */
+    private readonly keyPrefix = '',
+  ) {
+    this.status = redisUrl ? 'connecting' : 'not configured'
+    this.connected = redisUrl ? this.connect(redisUrl) : Promise.resolve()
+  }
+
+  /** Whether Redis is in use, once the first attempt to connect has ended. */
+  async redisStatus(): Promise<'ok' | 'unavailable'> {
+    await this.connected
+    return this.status === 'ok' ? 'ok' : 'unavailable'
+  }
+
+  async claim(id: string): Promise<Claim> {
+    return this.use(
+      async (redis) => {
+        const previous = await redis.send('SET', [`${this.keyPrefix}webhook:${id}`, this.claimMark, 'NX', 'PX', String(claimTtlMs), 'GET'])
+        if (previous === null) return 'new'
+        return previous === 'handled' ? 'handled' : 'being handled'
+      },
+      () => this.memory.ids.claim(id),
+    )
+  }
+
+  async complete(id: string): Promise<void> {
+    this.memory.ids.complete(id)
+    await this.use(async (redis) => void (await redis.send('SET', [`${this.keyPrefix}webhook:${id}`, 'handled', 'PX', String(handledTtlMs)])), () => {})
+  }
+
+  async release(id: string): Promise<void> {
+    this.memory.ids.release(id)
+    await this.use(async (redis) => void (await this.runScript(redis, releaseScript, `${this.keyPrefix}webhook:${id}`, this.claimMark)), () => {})
+  }
+
+  /** Takes one token request from the caller's allowance; 0, or the seconds to wait for one. */
+  async take(caller: string, perMinute: number): Promise<number> {
+    return this.use(
+      async (redis) => Number(await this.runScript(redis, takeTokenScript, `${this.keyPrefix}rate:${caller}`, String(perMinute))),
+      () => this.memory.limiter!.take(caller),
+    )
+  }
+
+  /** Runs the operation on Redis if it is in use and answers within 250 ms, else on memory. */
+  private async use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {
+    if (this.status === 'connecting') await this.connected
+    if (this.status !== 'ok' || !this.redis) return inMemory()
+    try {
+      return await withTimeout(onRedis(this.redis), 250)
+    } catch (error) {
+      this.degrade(error)
+      return inMemory()
+    }
+  }
+
+  private async connect(url: string): Promise<void> {
+    this.redis = await openRedis(url)
+    try {
+      await withTimeout(this.redis.connect(), 1000)
+      await withTimeout(this.redis.send('PING', []), 1000)
+      this.status = 'ok'
+    } catch (error) {
+      this.status = 'unavailable'
+      log('error', "redis unavailable at start: using this process's memory until it answers", { redis: redactedUrl(url), error: redacted(error, url) })
+      this.watchForRecovery()
+    }
+  }
+
+  private degrade(error: unknown): void {
+    if (this.status !== 'ok') return
+    this.status = 'unavailable'
+    log('warn', "redis unavailable: using this process's memory until it answers", { error: redacted(error, this.redisUrl!) })
+    this.watchForRecovery()
+  }
+
+  /** Asks Redis once a second whether it answers again; back to shared state when it does. */
+  private watchForRecovery(): void {
+    let asking = false
+    const timer = setInterval(async () => {
+      if (asking) return
+      asking = true
+      try {
+        await withTimeout(this.redis!.connect(), 1000)
+        await withTimeout(this.redis!.send('PING', []), 500)
+      } catch {
+        return
+      } finally {
+        asking = false
+      }
+      clearInterval(timer)
+      this.status = 'ok'
+      announce('redis available again: sharing state through it')
+    }, 1000)
+    ;(timer as { unref?: () => void }).unref?.()
+  }
+
+  /** EVALSHA, loading the script (EVAL) the first time or when Redis has forgotten it. */
+  private async runScript(redis: RedisConnection, script: string, key: string, arg: string): Promise<unknown> {
+    let hash = this.scriptHashes.get(script)
+    if (hash === undefined) this.scriptHashes.set(script, (hash = createHash('sha1').update(script).digest('hex')))
+    try {
+      return await redis.send('EVALSHA', [hash, '1', key, arg])
+    } catch (error) {
+      if (!String(error).includes('NOSCRIPT')) throw error
+      return redis.send('EVAL', [script, '1', key, arg])
+    }
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout>
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)))
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+/** The Redis URL without its password, for log lines and configuration errors. */
+function redactedUrl(url: string): string {
+  return url.replace(/\/\/([^/@]*)@/, (_, userInfo: string) => `//${userInfo.split(':')[0]}${userInfo.includes(':') ? ':***' : ''}@`)
+}
+
+/** An error's text with the URL's password masked, should a client have put it there. */
+function redacted(error: unknown, url: string): string {
+  const password = URL.canParse(url) ? decodeURIComponent(new URL(url).password) : ''
+  return password ? String(error).replaceAll(password, '***') : String(error)
 }
 
 // Request bodies and errors: every error answers the OpenVidu clients' shape, { "errorMessage": … }
@@ -783,14 +1197,32 @@ function nestedDeeperThan(json: Uint8Array, levels: number): boolean {
 
 // Logging: one JSON object per line, so logs stay greppable and machine-readable.
 
-type Level = 'info' | 'warn' | 'error'
+export type Level = 'info' | 'warn' | 'error'
 
 const lineSeparators = /[\u2028\u2029]/g
 const escapeCharacter = (character: string) => `\\u${character.charCodeAt(0).toString(16)}`
 
+const levelRanks: Record<Level, number> = { info: 0, warn: 1, error: 2 }
+let lowestLevelLogged: Level = 'info'
+
+/** LOG_LEVEL: at "warn", the per-request and per-event info lines go quiet. */
+export function setLogLevel(level: Level): void {
+  lowestLevelLogged = level
+}
+
 export function log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
+  if (levelRanks[level] < levelRanks[lowestLevelLogged]) return
+  writeLogLine(level, msg, fields)
+}
+
+/** An info line whatever LOG_LEVEL says: starting, stopping, recovering. */
+function announce(msg: string, fields: Record<string, unknown> = {}): void {
+  writeLogLine('info', msg, fields)
+}
+
+function writeLogLine(level: Level, msg: string, fields: Record<string, unknown>): void {
   // U+2028 and U+2029 are valid in JSON but end a line for some log readers: escape them too.
-  const line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields }).replace(lineSeparators, escapeCharacter)
+  const line = JSON.stringify({ time: new Date().toISOString(), level, msg, worker: workerNumber, ...fields }).replace(lineSeparators, escapeCharacter)
   if (level === 'info') console.log(line)
   else console.error(line)
 }
@@ -802,16 +1234,19 @@ export interface RunningServer {
   stop(): Promise<void>
 }
 
-/** Serves the app on Bun or Deno; resolves once it listens. */
-export async function startServer(app: ReturnType<typeof createApp>, port: number): Promise<RunningServer> {
-  if (!('Bun' in globalThis)) return serveOnDeno(app, port)
-  app.listen({ port })
+/**
+ * Serves the app on Bun or Deno; resolves once it listens. The port is this process's alone unless
+ * `sharedPort` (workers): Elysia would otherwise share it with whatever else listens there.
+ */
+export async function startServer(app: ReturnType<typeof createApp>, port: number, { sharedPort = false } = {}): Promise<RunningServer> {
+  if (!('Bun' in globalThis)) return serveOnDeno(app, port, sharedPort)
+  app.listen({ port, reusePort: sharedPort })
   const server = app.server!
   // Bun's stop() closes the listener and resolves once the requests in flight are answered.
   return { port: server.port!, stop: () => server.stop() }
 }
 
-function serveOnDeno(app: ReturnType<typeof createApp>, port: number): Promise<RunningServer> {
+function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort: boolean): Promise<RunningServer> {
   // Deno's shutdown() (2.9, seen here) makes the bodies of requests in flight unreadable, so
   // stopping first waits for those requests, and answers 503 to any that arrive meanwhile.
   let inFlight = 0
@@ -854,7 +1289,7 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number): Promise<R
     const listen = () => {
       if (stopping) return
       try {
-        server = Deno.serve({ port, onError: answerServeError, onListen }, handler)
+        server = Deno.serve({ port, reusePort, onError: answerServeError, onListen }, handler)
       } catch (error) {
         if (!listening) return reject(error) // the first time: let the caller say why
         log('warn', 'could not listen again, retrying in 1 s', { error: String(error) })
@@ -902,25 +1337,147 @@ function answerServeError(error: unknown): Response {
 
 /** Stops taking connections on SIGTERM/SIGINT, lets requests in flight finish, then exits. */
 function stopOnSignals(server: RunningServer): void {
-  let stopping = false
-  const stop = (signal: string) => {
-    if (stopping) return
-    stopping = true
-    log('info', `${signal} received, finishing requests in flight`)
+  onStopSignal((signal) => {
+    announce(`${signal} received, finishing requests in flight`)
     setTimeout(() => {
       log('warn', 'requests still in flight after 10 s, exiting anyway')
       process.exit(1)
     }, 10_000).unref?.()
     server.stop().then(() => {
-      log('info', 'stopped')
+      announce('stopped')
       process.exit(0)
     })
+  })
+}
+
+/** Calls `stop` once, on the first SIGTERM or SIGINT. */
+function onStopSignal(stop: (signal: string) => void): void {
+  let stopping = false
+  const once = (signal: string) => {
+    if (stopping) return
+    stopping = true
+    stop(signal)
   }
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    if ('Bun' in globalThis) process.on(signal, () => stop(signal))
-    else Deno.addSignalListener(signal, () => stop(signal))
+    if ('Bun' in globalThis) process.on(signal, () => once(signal))
+    else Deno.addSignalListener(signal, () => once(signal))
   }
 }
+
+// Workers: WORKERS=N serves the port from N processes (Bun, each `bun run index.ts` again) or N
+// threads (Deno's web workers), the kernel spreading connections among them. The first process
+// only supervises: it says when all listen, forwards SIGTERM/SIGINT, and restarts a worker that dies.
+
+declare const WorkerGlobalScope: unknown
+declare const self: { name: string; postMessage(message: unknown): void; onmessage: ((event: { data: unknown }) => void) | null; close(): void }
+
+const isWorkerThread = typeof WorkerGlobalScope !== 'undefined'
+
+/** This worker's number (1 to N), or undefined in the first process. */
+const workerNumber: number | undefined = isWorkerThread ? Number(self.name) : process.env.SERVER_WORKER ? Number(process.env.SERVER_WORKER) : undefined
+
+interface WorkerHandle {
+  /** Asks the worker to finish its requests in flight and stop. */
+  stop(): void
+  /** Resolves when the worker has stopped, with how it ended. */
+  exited: Promise<string>
+}
+
+type WorkerMessage = { listening: number } | 'stopped'
+
+function startWorker(number: number, onListening: () => void): WorkerHandle {
+  const onMessage = (message: WorkerMessage) => typeof message === 'object' && onListening()
+  if ('Bun' in globalThis) {
+    const child = Bun.spawn([process.execPath, ...process.argv.slice(1)], {
+      env: { ...process.env, SERVER_WORKER: String(number) },
+      stdio: ['ignore', 'inherit', 'inherit'],
+      ipc: (message) => onMessage(message as WorkerMessage),
+    })
+    return { stop: () => child.kill('SIGTERM'), exited: child.exited.then((code) => `code ${code ?? child.signalCode}`) }
+  }
+  const worker = new Worker(import.meta.url, { type: 'module', name: String(number) })
+  const exited = Promise.withResolvers<string>()
+  worker.onmessage = (event) => {
+    onMessage(event.data as WorkerMessage)
+    if (event.data === 'stopped') (worker.terminate(), exited.resolve('stop'))
+  }
+  worker.onerror = (event) => {
+    event.preventDefault()
+    worker.terminate()
+    exited.resolve(`error ${event.message}`)
+  }
+  return { stop: () => worker.postMessage('stop'), exited: exited.promise }
+}
+
+async function superviseWorkers(config: Config): Promise<void> {
+  let stopping = false
+  let announced = false
+  const workers = new Map<number, WorkerHandle>()
+  const listening = new Set<number>()
+  const stopWorkers = async (exitCode: number) => {
+    stopping = true
+    for (const worker of workers.values()) worker.stop()
+    await Promise.all([...workers.values()].map((worker) => worker.exited))
+    if (exitCode === 0) announce('stopped')
+    process.exit(exitCode)
+  }
+  const run = (number: number) => {
+    let listened = false
+    const worker = startWorker(number, () => {
+      listened = true
+      listening.add(number)
+      if (listening.size === config.workers && !announced) {
+        announced = true
+        announce(`listening on http://localhost:${config.port}`, { port: config.port, workers: config.workers })
+      }
+    })
+    workers.set(number, worker)
+    worker.exited.then((how) => {
+      if (stopping) return
+      if (!listened) {
+        // It never served: starting it again would fail the same way (a busy port, a missing flag).
+        log('error', `worker ${number} could not start (${how}): stopping`)
+        return void stopWorkers(1)
+      }
+      // It served, then crashed or was killed: capacity must not silently shrink.
+      log('warn', `worker ${number} exited (${how}), restarting it`)
+      setTimeout(() => stopping || run(number), 1000)
+    })
+  }
+  for (let number = 1; number <= config.workers; number++) run(number)
+  onStopSignal((signal) => {
+    announce(`${signal} received, stopping the workers`)
+    void stopWorkers(0)
+  })
+}
+
+/** In a worker: tells the first process it listens, and stops when told to (or when orphaned). */
+function reportToSupervisor(server: RunningServer): void {
+  if (isWorkerThread) {
+    self.onmessage = async ({ data }) => {
+      if (data !== 'stop') return
+      await server.stop()
+      self.postMessage('stopped')
+    }
+    return self.postMessage({ listening: server.port })
+  }
+  stopOnSignals(server)
+  process.send?.({ listening: server.port })
+  // A supervisor killed outright cannot stop its workers: they notice and stop by themselves.
+  const supervisor = process.ppid
+  setInterval(() => process.ppid !== supervisor && process.kill(process.pid, 'SIGTERM'), 1000).unref?.()
+}
+
+function warnAboutCredentials(config: Config): void {
+  if (config.usesDevCredentials) {
+    log('warn', 'LIVEKIT_API_KEY and LIVEKIT_API_SECRET are not set: using the development credentials (key "devkey")')
+  }
+  for (const key of config.weakKeys) {
+    log('warn', `the secret of API key "${key}" is shorter than 32 characters, weak for HS256: use a longer one`)
+  }
+}
+
+const isPortInUse = (error: unknown) => /EADDRINUSE|AddrInUse/.test(`${(error as { code?: string })?.code} ${(error as Error)?.name}`)
 
 async function main(): Promise<void> {
   let config: Config
@@ -931,13 +1488,22 @@ async function main(): Promise<void> {
     console.error(`Configuration error: ${error.message}`)
     process.exit(1)
   }
-  if (config.usesDevCredentials) {
-    log('warn', 'LIVEKIT_API_KEY and LIVEKIT_API_SECRET are not set: using the development credentials (key "devkey")')
+  setLogLevel(config.logLevel)
+  if (workerNumber === undefined) warnAboutCredentials(config)
+  if (config.workers > 1 && workerNumber === undefined) return superviseWorkers(config)
+  let server: RunningServer
+  try {
+    server = await startServer(createApp(config), config.port, { sharedPort: config.workers > 1 })
+  } catch (error) {
+    if (!isPortInUse(error)) throw error
+    log('error', `port ${config.port} is already in use`)
+    if (isWorkerThread) throw new Error('could not listen') // the first process stops, with exit code 1
+    process.exit(1)
   }
-  const server = await startServer(createApp(config), config.port)
+  if (workerNumber !== undefined) return reportToSupervisor(server)
   // Handle signals before saying so: whoever waits for this line may stop the server at once.
   stopOnSignals(server)
-  log('info', `listening on http://localhost:${server.port}`, { port: server.port })
+  announce(`listening on http://localhost:${server.port}`, { port: server.port })
 }
 
-if (import.meta.main) await main()
+if (import.meta.main || workerNumber !== undefined) await main()

@@ -1,25 +1,87 @@
-// Measures the server as a user runs it (`bun run index.ts`, and with --deno the Deno command too):
-// requests/s and latency per route under wrk, startup time and memory, side by side in one run.
+// Measures the server as a user runs it (`bun run index.ts`, and with --deno the Deno command too),
+// side by side with what it is compared against, in one run: a bare Elysia app doing the same work
+// (bench/floor.ts, issue 11), the server with its shared state on Redis and with WORKERS=2 (issue 9).
+// Each comparison is a ratio of two processes loaded by wrk in the same round, rounds interleaved.
 // Usage: bun run bench [--seconds N] [--deno]. The report (markdown) goes to stdout, progress to stderr.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import type { Subprocess } from 'bun'
 import { signWebhook, verifyAccessToken, webhookEvent, type Credentials, type TokenClaims } from '../tests/livekit.ts'
-import { startServer, type Runtime, type ServerProcess } from '../tests/server.ts'
-import { rssMegabytes } from '../tests/traffic.ts'
+import { startRedis, type RedisServer } from '../tests/redis.ts'
+import { denoPath, freePort, runtimes, startServer, type Runtime, type ServerProcess, type StartOptions } from '../tests/server.ts'
+
+// What is measured
+
+type RouteKey = 'health' | 'openvidu' | 'standard' | 'webhook'
+type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'workers1' | 'workers2'
+
+interface Variant {
+  label: string
+  /** The file the runtime's command runs, relative to the project root. */
+  entry: string
+  /** Set on top of the bench credentials and SERVER_PORT=0. */
+  env: Record<string, string>
+  /** REDIS_URL = the redis-server this run starts. */
+  redis: boolean
+  /** SERVER_PORT = a free port picked here (WORKERS needs a fixed one), and Deno's command for workers. */
+  workers: boolean
+  /** Timed from spawn to first answer, five times, before the load. */
+  timeStartup: boolean
+}
+
+// TOKEN_RATE_LIMIT's largest value: the limiter runs on every token request, and never refuses one
+// here (one caller, the loopback address, would need over 16,000 requests/s for a minute).
+const limit = '1000000'
+
+/** Every process a run starts, per runtime. */
+const variants: Record<VariantKey, Variant> = {
+  server:      { label: 'server',          entry: 'index.ts',       env: {},                            redis: false, workers: false, timeStartup: true },
+  floor:       { label: 'floor',           entry: 'bench/floor.ts', env: {},                            redis: false, workers: false, timeStartup: true },
+  floorCors:   { label: 'floor + cors',    entry: 'bench/floor.ts', env: { FLOOR_CORS: '1' },           redis: false, workers: false, timeStartup: false },
+  limitMemory: { label: 'Redis off',       entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit },   redis: false, workers: false, timeStartup: false },
+  limitRedis:  { label: 'Redis on',        entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit },   redis: true,  workers: false, timeStartup: false },
+  workers1:    { label: 'WORKERS=1',       entry: 'index.ts',       env: { WORKERS: '1' },              redis: true,  workers: true,  timeStartup: false },
+  workers2:    { label: 'WORKERS=2',       entry: 'index.ts',       env: { WORKERS: '2' },              redis: true,  workers: true,  timeStartup: false },
+}
+
+interface Comparison {
+  title: string
+  /** What the ratio is: numerator's requests/s ÷ denominator's, per round. */
+  numerator: VariantKey
+  denominator: VariantKey
+  routes: RouteKey[]
+  /** The ratio a runtime's rows are held to, and what that means. */
+  goal?: { runtime: Runtime; atLeast: number; meaning: string }
+}
+
+/** Every ratio the report gives (besides the server's own "vs /health"); a variant is measured on the routes its comparisons name. */
+const comparisons: Record<'floor' | 'cors' | 'redis' | 'workers', Comparison> = {
+  floor:   { title: 'server ÷ floor',            numerator: 'server',     denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
+  cors:    { title: 'floor+cors ÷ floor',        numerator: 'floorCors',  denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
+  redis:   { title: 'Redis on ÷ off',            numerator: 'limitRedis', denominator: 'limitMemory',  routes: ['openvidu', 'webhook'],
+             goal: { runtime: 'bun', atLeast: 0.75, meaning: 'shared state costs at most 25 % of throughput on Bun' } },
+  workers: { title: 'WORKERS=2 ÷ WORKERS=1',     numerator: 'workers2',   denominator: 'workers1',     routes: ['health', 'openvidu'] },
+}
+
+/** Measured besides what the comparisons need: the server on every route, for its "vs /health" column. */
+const alsoMeasured: [VariantKey, RouteKey[]][] = [['server', ['health', 'openvidu', 'standard', 'webhook']]]
+
+// How
 
 const wrkThreads = 2
 const wrkConnections = 32
 const warmupSeconds = 1
-// Short rounds, alternating between routes and runtimes, spread whatever else the machine does.
+// Short rounds, alternating between routes, processes and runtimes, spread whatever else the machine does.
 const roundSeconds = 1
 const startupRuns = 5
 const luaScript = new URL('wrk.lua', import.meta.url).pathname
+/** Deno's workers are web workers (they read the entry file again) sharing the port. */
+const denoWorkersCommand = [...runtimes.deno.slice(0, -1), '--allow-read=.', '--unstable-net', 'index.ts']
 // Non-default credentials, so the run also proves the server reads its configuration.
 const credentials: Credentials = { apiKey: 'bench-api-key', apiSecret: `bench-secret-${crypto.randomUUID()}` }
-const serverEnv = { SERVER_PORT: '0', LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }
+const baseEnv = { SERVER_PORT: '0', LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }
 
 interface Options {
   seconds: number
@@ -40,23 +102,45 @@ function parseOptions(): Options {
 }
 
 /** What is missing to run, and how to get it: this script installs nothing itself. */
-function missingTools(runtimes: Runtime[]): string[] {
+function missingTools(): string[] {
   const needed: [tool: string, install: string][] = [
     ['wrk', 'apt-get install -y wrk'],
     ['bun', 'npm install -g bun'],
+    ['redis-server', 'apt-get install -y redis-server'],
   ]
-  if (runtimes.includes('deno')) needed.push(['deno', 'npm install -g deno'])
   return needed.filter(([tool]) => !Bun.which(tool)).map(([tool, install]) => `${tool} is not on the PATH; install it with: ${install}`)
 }
 
-// Every process this run starts, so that each is stopped even when the run fails or is interrupted.
+// Processes: every one this run starts, so that each is stopped even when the run fails or is interrupted.
+
 const servers = new Set<ServerProcess>()
 const wrkProcesses = new Set<Subprocess>()
+let redis: RedisServer | undefined
 
-async function launch(runtime: Runtime): Promise<ServerProcess> {
-  const server = await startServer(runtime, serverEnv)
+async function variantEnv(variant: Variant): Promise<Record<string, string>> {
+  const env: Record<string, string> = { ...baseEnv, ...variant.env }
+  if (variant.redis) env.REDIS_URL = redis!.url
+  if (variant.workers) env.SERVER_PORT = String(await freePort())
+  return env
+}
+
+function variantOptions(runtime: Runtime, variant: Variant): StartOptions {
+  const command = variant.workers && runtime === 'deno' ? denoWorkersCommand : runtimes[runtime]
+  return { entry: variant.entry, command }
+}
+
+async function launch(runtime: Runtime, key: VariantKey): Promise<ServerProcess> {
+  const variant = variants[key]
+  const server = await startServer(runtime, await variantEnv(variant), variantOptions(runtime, variant))
   servers.add(server)
+  if (variant.redis && !(await redisInUse(server))) throw new Error(`${runtime} ${variant.label}: /health says Redis is not in use; nothing measured`)
   return server
+}
+
+/** /health says whether the server uses Redis: a variant meant to must, or it measures its memory. */
+async function redisInUse(server: ServerProcess): Promise<boolean> {
+  const json = (await fetch(loopbackUrl(server) + '/health').then((response) => response.json())) as { redis?: string }
+  return json.redis === 'ok'
 }
 
 async function stopServer(server: ServerProcess): Promise<void> {
@@ -70,6 +154,22 @@ async function stopServer(server: ServerProcess): Promise<void> {
 async function stopEverything(): Promise<void> {
   for (const child of wrkProcesses) child.kill('SIGKILL')
   await Promise.all([...servers].map(stopServer))
+  await redis?.stop()
+  redis = undefined
+}
+
+/** Resident memory of a process and its descendants (Bun's workers are child processes), in MB. */
+function treeRssMegabytes(pid: number): number {
+  const read = (path: string) => {
+    try {
+      return readFileSync(path, 'utf8')
+    } catch {
+      return '' // gone meanwhile
+    }
+  }
+  const kilobytes = Number(/^VmRSS:\s+(\d+) kB/m.exec(read(`/proc/${pid}/status`))?.[1] ?? 0)
+  const children = read(`/proc/${pid}/task/${pid}/children`).split(' ').filter(Boolean).map(Number)
+  return kilobytes / 1024 + children.reduce((total, child) => total + treeRssMegabytes(child), 0)
 }
 
 // Requests
@@ -124,22 +224,23 @@ function tokenProblem(token: unknown, expect: (claims: TokenClaims) => boolean):
   }
 }
 
-const scenarios: Scenario[] = [
-  {
+/** The routes, in the order the tables list them. */
+const scenarios: Record<RouteKey, Scenario> = {
+  health: {
     label: 'GET /health',
     distinct: false,
     requests: () => [{ method: 'GET', path: '/health' }],
     wrongAnswer: (status, json) => (status === 200 && json?.status === 'ok' ? undefined : `answered ${status}`),
   },
-  {
+  openvidu: {
     label: 'POST /token (OpenVidu)',
     distinct: false,
     requests: () => [jsonPost({ roomName: 'bench-room', participantName: 'alice' })],
     wrongAnswer: (status, json) =>
-      status !== 200 ? `answered ${status}` : tokenProblem(json?.token, (claims) => claims.sub === 'alice'),
+      status !== 200 ? `answered ${status}` : tokenProblem(json?.token, (claims) => claims.sub === 'alice' && claims.video?.room === 'bench-room'),
   },
-  {
-    label: 'POST /token (standard)',
+  standard: {
+    label: 'POST /token (standard, with room_config)',
     distinct: false,
     requests: () => [
       jsonPost({
@@ -156,14 +257,15 @@ const scenarios: Scenario[] = [
         ? `answered ${status}`
         : tokenProblem(json.participant_token, (claims) => claims.attributes?.team === 'blue' && claims.roomConfig !== undefined),
   },
-  {
+  webhook: {
     label: 'POST /livekit/webhook',
     distinct: true,
     requests: signedWebhooks,
     // "duplicate" would mean the event was acknowledged without being handled.
     wrongAnswer: (status, json) => (status === 200 && json?.received === true ? undefined : `answered ${status} ${JSON.stringify(json)}`),
   },
-]
+}
+const routeKeys = Object.keys(scenarios) as RouteKey[]
 
 /** Webhooks as a LiveKit server sends them: each its own event id, signed over its exact body. */
 function signedWebhooks(count: number): HttpRequest[] {
@@ -234,7 +336,7 @@ function runScenario(server: ServerProcess, scenario: Scenario, seconds: number,
 // Checks around each measurement
 
 /** Sends a few requests of the kind wrk will send and insists on the success answer. */
-async function verifySample(server: ServerProcess, scenario: Scenario): Promise<void> {
+async function verifySample(server: ServerProcess, scenario: Scenario, where: string): Promise<void> {
   // Distinct requests get their own sample, generated the same way: a sampled event is then handled,
   // and sending it again under load would only measure the duplicate path.
   const sample = scenario.distinct ? scenario.requests(20) : scenario.requests(1)
@@ -248,7 +350,7 @@ async function verifySample(server: ServerProcess, scenario: Scenario): Promise<
       json = text
     }
     const problem = scenario.wrongAnswer(response.status, json)
-    if (problem) throw new Error(`${server.url} ${scenario.label}: ${problem}; nothing measured`)
+    if (problem) throw new Error(`${where}: ${problem}; nothing measured`)
   }
 }
 
@@ -282,26 +384,74 @@ function readServerLog(lines: string[]): ServerLog {
 
 // Measuring
 
-/** One route on one runtime, measured over rounds that alternate with every other target's. */
-interface Target {
-  runtime: Runtime
-  server: ServerProcess
-  scenario: Scenario
-  /** Distinct requests each wrk thread gets per round. */
-  perThread: number
-  rounds: { result: WrkResult; log: ServerLog }[]
+interface Round {
+  result: WrkResult
+  log: ServerLog
+  /** Why the round does not measure what its row claims: it is then left out of every figure. */
+  problems: string[]
 }
 
-const where = (target: Target) => `${target.runtime} ${target.scenario.label}`
+/** A process of the run: one variant on one runtime. */
+interface Running {
+  runtime: Runtime
+  variant: VariantKey
+  server: ServerProcess
+}
+
+/** One route on one process of one runtime, measured over rounds that alternate with every other target's. */
+interface Target {
+  runtime: Runtime
+  variant: VariantKey
+  route: RouteKey
+  server: ServerProcess
+  /** Distinct requests each wrk thread gets per round. */
+  perThread: number
+  /** One per round, in order. */
+  rounds: Round[]
+}
+
+const where = (target: Target) => `${target.runtime} ${variants[target.variant].label} ${scenarios[target.route].label}`
+
+/** The routes each variant is measured on: what the comparisons and alsoMeasured name. */
+function routesByVariant(): Map<VariantKey, Set<RouteKey>> {
+  const needed = new Map<VariantKey, Set<RouteKey>>()
+  const add = (variant: VariantKey, routes: RouteKey[]) => {
+    const set = needed.get(variant) ?? new Set()
+    routes.forEach((route) => set.add(route))
+    needed.set(variant, set)
+  }
+  for (const { numerator, denominator, routes } of Object.values(comparisons)) (add(numerator, routes), add(denominator, routes))
+  for (const [variant, routes] of alsoMeasured) add(variant, routes)
+  return needed
+}
+
+const variantKeys = Object.keys(variants) as VariantKey[]
+
+/** The variants something is measured on, in the order of the variants table. */
+const measuredVariants = (needed = routesByVariant()) => variantKeys.filter((variant) => needed.has(variant))
+
+/** Route by route, then runtime, then process: the two sides of every comparison run next to each other. */
+function planTargets(running: Running[], options: Options): Target[] {
+  const needed = routesByVariant()
+  const serverOf = (runtime: Runtime, variant: VariantKey) => running.find((one) => one.runtime === runtime && one.variant === variant)!.server
+  return routeKeys.flatMap((route) =>
+    options.runtimes.flatMap((runtime) =>
+      measuredVariants(needed)
+        .filter((variant) => needed.get(variant)!.has(route))
+        .map((variant) => ({ runtime, variant, route, server: serverOf(runtime, variant), perThread: 1, rounds: [] })),
+    ),
+  )
+}
 
 /** Distinct webhooks prepared per second of warm-up: above any rate this server reaches here. */
 const warmupWebhookRate = 40_000
 
 /** Checks the answers, warms the route up, and sizes its distinct requests from the warm-up rate. */
 async function warmUp(target: Target): Promise<void> {
-  await verifySample(target.server, target.scenario)
+  const scenario = scenarios[target.route]
+  await verifySample(target.server, scenario, where(target))
   const perThread = Math.ceil((warmupWebhookRate * warmupSeconds) / wrkThreads)
-  const warmup = await runScenario(target.server, target.scenario, warmupSeconds, perThread)
+  const warmup = await runScenario(target.server, scenario, warmupSeconds, perThread)
   if (warmup.statusErrors > 0) {
     throw new Error(`${where(target)}: ${warmup.statusErrors} error answers during the warm-up; nothing measured`)
   }
@@ -313,87 +463,105 @@ async function warmUp(target: Target): Promise<void> {
 async function measureRound(target: Target): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     const from = target.server.lines.length
-    const result = await runScenario(target.server, target.scenario, roundSeconds, target.perThread)
+    const result = await runScenario(target.server, scenarios[target.route], roundSeconds, target.perThread)
     const log = readServerLog(await settledLines(target.server, from))
+    // A server that gave up on Redis during the round measured its own memory, for part of it at least.
+    const lostRedis = variants[target.variant].redis && !(await redisInUse(target.server))
     // A thread that ran out of distinct requests resent one: discard the round, retry with twice as many.
     if (result.exhaustedThreads > 0 && attempt < 3) {
       target.perThread *= 2
       continue
     }
-    target.rounds.push({ result, log })
+    const problems = [...roundProblems(target, result, log), ...(lostRedis ? ['/health says Redis was not in use at the end'] : [])]
+    target.rounds.push({ result, log, problems })
     return
+  }
+}
+
+/** Every target once per round; every other round in reverse, so neither side of a pair always goes first. */
+async function measureRounds(targets: Target[], rounds: number): Promise<void> {
+  for (let round = 1; round <= rounds; round++) {
+    console.error(`Round ${round} of ${rounds}…`)
+    for (const target of round % 2 === 1 ? targets : [...targets].reverse()) await measureRound(target)
   }
 }
 
 /** Why a round does not measure what its row claims; empty when it does. */
 function roundProblems(target: Target, result: WrkResult, log: ServerLog): string[] {
   const problems: string[] = []
-  const at = where(target)
-  if (result.exhaustedThreads > 0) problems.push(`${at}: ran out of distinct requests; the figures include repeats`)
-  if (result.statusErrors > 0) problems.push(`${at}: ${result.statusErrors} answers were 4xx/5xx`)
-  if (log.warningsAndErrors > 0) problems.push(`${at}: the server logged ${log.warningsAndErrors} warnings or errors`)
-  if (target.scenario.distinct) {
-    if (log.refusedWebhooks > 0) problems.push(`${at}: ${log.refusedWebhooks} webhooks were refused`)
-    if (log.duplicateWebhooks > 0) problems.push(`${at}: ${log.duplicateWebhooks} webhooks were duplicates`)
+  if (result.exhaustedThreads > 0) problems.push('ran out of distinct requests; the figures include repeats')
+  if (result.statusErrors > 0) problems.push(`${result.statusErrors} answers were 4xx/5xx`)
+  if (result.socketErrors > 0) problems.push(`${result.socketErrors} socket errors`)
+  if (log.warningsAndErrors > 0) problems.push(`the server logged ${log.warningsAndErrors} warnings or errors`)
+  if (scenarios[target.route].distinct) {
+    if (log.refusedWebhooks > 0) problems.push(`${log.refusedWebhooks} webhooks were refused`)
+    if (log.duplicateWebhooks > 0) problems.push(`${log.duplicateWebhooks} webhooks were duplicates`)
     // Each answer wrk counted must come from a handled event (a few more may be in flight at the end).
-    if (log.handledWebhooks < result.requests) {
-      problems.push(`${at}: ${result.requests} answers but only ${log.handledWebhooks} webhooks handled`)
-    }
+    if (log.handledWebhooks < result.requests) problems.push(`${result.requests} answers but only ${log.handledWebhooks} webhooks handled`)
   }
   return problems
 }
 
-interface Measurement {
-  runtime: Runtime
-  label: string
-  requestsPerSecond: number
-  p50Ms: number
-  p99Ms: number
-  /** What wrk counts as errors: statuses from 400 (verifySample has ruled out 1xx and 3xx). */
-  non2xx: number
-  socketErrors: number
-  log: ServerLog
-  problems: string[]
-}
-
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
-const sum = (values: number[]) => values.reduce((total, value) => total + value, 0)
-
-/** Medians over the rounds, so that a burst of other work on the machine skews one round, not the row. */
-function summarize(target: Target): Measurement {
-  const results = target.rounds.map((round) => round.result)
-  const logs = target.rounds.map((round) => round.log)
-  return {
-    runtime: target.runtime,
-    label: target.scenario.label,
-    requestsPerSecond: median(results.map((result) => result.requests / (result.durationUs / 1e6))),
-    p50Ms: median(results.map((result) => result.p50Us)) / 1000,
-    p99Ms: median(results.map((result) => result.p99Us)) / 1000,
-    non2xx: sum(results.map((result) => result.statusErrors)),
-    socketErrors: sum(results.map((result) => result.socketErrors)),
-    log: {
-      warningsAndErrors: sum(logs.map((log) => log.warningsAndErrors)),
-      handledWebhooks: sum(logs.map((log) => log.handledWebhooks)),
-      refusedWebhooks: sum(logs.map((log) => log.refusedWebhooks)),
-      duplicateWebhooks: sum(logs.map((log) => log.duplicateWebhooks)),
-    },
-    problems: target.rounds.flatMap((round) => roundProblems(target, round.result, round.log)),
-  }
-}
-
 /** Spawn to the first successful /health answer, as a user (or an orchestrator's probe) sees it. */
-async function startupMs(runtime: Runtime): Promise<number> {
+async function startupMs(runtime: Runtime, variant: VariantKey): Promise<number> {
   const started = performance.now()
-  const server = await launch(runtime)
+  const server = await launch(runtime, variant)
   try {
     for (const deadline = started + 20_000; performance.now() < deadline; await Bun.sleep(5)) {
       const ok = await fetch(loopbackUrl(server) + '/health').then((response) => response.ok, () => false)
       if (ok) return performance.now() - started
     }
-    throw new Error(`${runtime}: /health did not answer within 20 s of the start`)
+    throw new Error(`${runtime} ${variants[variant].label}: /health did not answer within 20 s of the start`)
   } finally {
     await stopServer(server)
   }
+}
+
+// Figures: medians over the rounds left after discarding those with problems
+
+const sum = (values: number[]) => values.reduce((total, value) => total + value, 0)
+
+/** The middle value, or the mean of the two middle ones; undefined for no values. */
+function median(values: number[]): number | undefined {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[middle] : sorted.length === 0 ? undefined : (sorted[middle - 1]! + sorted[middle]!) / 2
+}
+const rate = (round: Round) => round.result.requests / (round.result.durationUs / 1e6)
+const isClean = (round: Round | undefined): round is Round => round !== undefined && round.problems.length === 0
+
+interface Ratio {
+  median: number
+  low: number
+  high: number
+  /** Rounds where both sides were clean. */
+  rounds: number
+}
+
+/** The per-round ratio numerator ÷ denominator, over the rounds clean on both sides. */
+function ratio(numerator: Target | undefined, denominator: Target | undefined): Ratio | undefined {
+  if (!numerator || !denominator) return undefined
+  const ratios = numerator.rounds.flatMap((round, i) => {
+    const other = denominator.rounds[i]
+    return isClean(round) && isClean(other) ? [rate(round) / rate(other)] : []
+  })
+  if (ratios.length === 0) return undefined
+  return { median: median(ratios)!, low: Math.min(...ratios), high: Math.max(...ratios), rounds: ratios.length }
+}
+
+const cleanRounds = (target: Target) => target.rounds.filter(isClean)
+const medianRate = (target: Target | undefined) => target && median(cleanRounds(target).map(rate))
+const medianLatencyMs = (target: Target, pick: (result: WrkResult) => number) => {
+  const value = median(cleanRounds(target).map((round) => pick(round.result)))
+  return value === undefined ? undefined : value / 1000
+}
+
+/** Looks up the target of a runtime, process and route, if it was measured. */
+type Find = (runtime: Runtime, variant: VariantKey, route: RouteKey) => Target | undefined
+
+function finder(targets: Target[]): Find {
+  const byKey = new Map(targets.map((target) => [`${target.runtime} ${target.variant} ${target.route}`, target]))
+  return (runtime, variant, route) => byKey.get(`${runtime} ${variant} ${route}`)
 }
 
 // Reporting
@@ -406,11 +574,12 @@ async function commandOutput(command: string[]): Promise<string> {
 
 async function describeMachine(runtimes: Runtime[]): Promise<string> {
   const versions = [`Bun ${(await commandOutput(['bun', '--version'])).trim()}`]
-  if (runtimes.includes('deno')) versions.push(`Deno ${/deno (\S+)/.exec(await commandOutput(['deno', '--version']))?.[1]}`)
+  if (runtimes.includes('deno')) versions.push(`Deno ${/deno (\S+)/.exec(await commandOutput([denoPath, '--version']))?.[1]}`)
   // Debian's wrk reports e.g. "wrk debian/4.1.0-3+b2 [epoll]".
   const wrk = /wrk (?:\w+\/)?([\d.]+)/.exec(await commandOutput(['wrk', '--version']))?.[1] ?? '?'
+  const redisVersion = /v=(\S+)/.exec(await commandOutput(['redis-server', '--version']))?.[1] ?? '?'
   const cores = (await commandOutput(['nproc'])).trim()
-  return `${cores} cores (nproc), ${process.platform} ${process.arch}; ${versions.join(', ')}; wrk ${wrk}`
+  return `${cores} cores (nproc), ${process.platform} ${process.arch}; ${versions.join(', ')}; wrk ${wrk}; redis-server ${redisVersion}`
 }
 
 type Align = 'left' | 'right'
@@ -423,42 +592,196 @@ function markdownTable(header: string[], align: Align[], rows: string[][]): stri
   return [line(header), rule, ...rows.map(line)].join('\n')
 }
 
-const integer = (value: number) => Math.round(value).toLocaleString('en-US')
-const milliseconds = (value: number) => `${value.toFixed(2)} ms`
+const none = '—'
+const integer = (value: number | undefined) => (value === undefined ? none : Math.round(value).toLocaleString('en-US'))
+const latency = (target: Target) => {
+  const [p50, p99] = [medianLatencyMs(target, (r) => r.p50Us), medianLatencyMs(target, (r) => r.p99Us)]
+  return p50 === undefined || p99 === undefined ? none : `${p50.toFixed(2)} / ${p99.toFixed(2)} ms`
+}
+/** "0.62× (0.58–0.66)": the median per-round ratio, then the lowest and highest. */
+const times = (ratio: Ratio | undefined) =>
+  ratio ? `${ratio.median.toFixed(2)}× (${ratio.low.toFixed(2)}–${ratio.high.toFixed(2)})` : none
 
-function report(options: Options, machine: string, measurements: Measurement[], startups: Map<Runtime, number>, rss: Map<Runtime, number>): string {
-  const health = (runtime: Runtime) => measurements.find((m) => m.runtime === runtime && m.label === 'GET /health')!
-  const loadRows = measurements.map((m) => [
-    m.runtime,
-    m.label,
-    integer(m.requestsPerSecond),
-    `${(m.requestsPerSecond / health(m.runtime).requestsPerSecond).toFixed(2)}×`,
-    milliseconds(m.p50Ms),
-    milliseconds(m.p99Ms),
-    String(m.non2xx),
-    String(m.socketErrors),
+const howToRead = (rounds: number) =>
+  `How to read these tables: every figure comes from this one run. Each row's process was loaded by wrk ` +
+  `(${wrkThreads} threads, ${wrkConnections} connections) for ${rounds} rounds of ${roundSeconds} s, after a ${warmupSeconds} s warm-up, ` +
+  `and every round measured every row once, route by route with the two sides of each comparison back to back ` +
+  `(the order reversed every other round), so that whatever else the machine did weighed on all rows alike. ` +
+  `Requests/s and latencies are medians over the rounds. A ratio "A ÷ B" is A's requests/s divided by B's in the same round, ` +
+  `median over the rounds, with the lowest and highest round in brackets: 1.00× means no difference, 0.70× that A answers 30 % fewer ` +
+  `requests than B, and a wide bracket means a noisy machine rather than a real difference. Absolute figures drift from run to run ` +
+  `and machine to machine; ratios measured side by side are what carries. "server ÷ floor" is what the server's own work ` +
+  `with its default settings (bounded body reading, JSON checks, both token contracts on one route, duplicate detection, CORS, ` +
+  `error mapping; no authentication or rate limit) costs beyond ` +
+  `a bare Elysia app minting the same tokens and verifying the same webhooks (bench/floor.ts); "floor+cors ÷ floor" is the CORS plugin's ` +
+  `cost alone; "vs /health" relates each route to the server's cheapest. "Redis on ÷ off" is the server with TOKEN_RATE_LIMIT and ` +
+  `REDIS_URL (rate limit and webhook ids on Redis) against the same server keeping them in memory. "WORKERS=2 ÷ WORKERS=1" is two ` +
+  `serving processes (threads on Deno) against one, both with REDIS_URL and no rate limit (so these routes do not wait on Redis); ` +
+  `wrk, Redis and the server share the machine's cores, ` +
+  `so it cannot reach 2×. Rounds with an error answer, a socket error, a warning in the server's log, or a webhook count that does ` +
+  `not match the answers are left out of every figure and listed below the tables.`
+
+/** Per runtime: the server against the floor and the floor with CORS, route by route (issue 11). */
+function floorTable(runtime: Runtime, find: Find): string {
+  const rows = routeKeys
+    .filter((route) => find(runtime, 'server', route))
+    .map((route) => {
+      const server = find(runtime, 'server', route)!
+      const floor = find(runtime, 'floor', route)
+      return [
+        scenarios[route].label,
+        integer(medianRate(server)),
+        integer(medianRate(floor)),
+        times(ratio(server, floor)),
+        times(ratio(find(runtime, 'floorCors', route), floor)),
+        times(ratio(server, find(runtime, 'server', 'health'))),
+        latency(server),
+      ]
+    })
+  return markdownTable(
+    ['route', 'server req/s', 'floor req/s', comparisons.floor.title, comparisons.cors.title, 'server vs /health', 'server p50 / p99'],
+    ['left', 'right', 'right', 'right', 'right', 'right', 'right'],
+    rows,
+  )
+}
+
+/** One comparison, every runtime and route: both sides' requests/s and their ratio (and its goal). */
+function comparisonTable(comparison: Comparison, runtimes: Runtime[], find: Find): string {
+  const { numerator, denominator, goal } = comparison
+  const rows = runtimes.flatMap((runtime) =>
+    comparison.routes.map((route) => {
+      const [top, bottom] = [find(runtime, numerator, route), find(runtime, denominator, route)]
+      const measured = ratio(top, bottom)
+      const verdict = !goal || goal.runtime !== runtime || !measured ? none : measured.median >= goal.atLeast ? 'met' : 'NOT met'
+      const cells = [runtime, scenarios[route].label, integer(medianRate(bottom)), integer(medianRate(top)), times(measured)]
+      return goal ? [...cells, verdict] : cells
+    }),
+  )
+  const header = ['runtime', 'route', `${variants[denominator].label} req/s`, `${variants[numerator].label} req/s`, comparison.title]
+  const goalColumn = goal ? [`goal: ≥ ${goal.atLeast.toFixed(2)}× on ${goal.runtime}`] : []
+  return markdownTable([...header, ...goalColumn], [...header.map((_, i) => (i < 2 ? 'left' : 'right') as Align), ...goalColumn.map(() => 'right' as Align)], rows)
+}
+
+interface ProcessFigures {
+  runtime: Runtime
+  variant: VariantKey
+  startupMs?: number
+  rssMb: number
+}
+
+function processTable(figures: ProcessFigures[]): string {
+  const rows = figures.map(({ runtime, variant, startupMs, rssMb }) => [
+    runtime,
+    variants[variant].label,
+    startupMs === undefined ? none : `${integer(startupMs)} ms`,
+    `${integer(rssMb)} MB`,
   ])
-  const runtimeRows = options.runtimes.map((runtime) => [runtime, `${integer(startups.get(runtime)!)} ms`, `${integer(rss.get(runtime)!)} MB`])
-  const webhookNotes = measurements
-    .filter((m) => m.label === 'POST /livekit/webhook')
-    .map((m) => `${m.runtime} handled ${integer(m.log.handledWebhooks)} (${m.log.refusedWebhooks} refused, ${m.log.duplicateWebhooks} duplicates)`)
+  return markdownTable(['runtime', 'process', `start to first answer (median of ${startupRuns})`, 'RSS after the load'], ['left', 'left', 'right', 'right'], rows)
+}
+
+function webhookNote(targets: Target[]): string {
+  const notes = targets
+    .filter((target) => scenarios[target.route].distinct)
+    .map((target) => {
+      const total = (pick: (log: ServerLog) => number) => integer(sum(target.rounds.map((round) => pick(round.log))))
+      return `${target.runtime} ${variants[target.variant].label} handled ${total((l) => l.handledWebhooks)} (${total((l) => l.refusedWebhooks)} refused, ${total((l) => l.duplicateWebhooks)} duplicates)`
+    })
+  return `Webhooks: each sent once, with its own event id and signature; ${notes.join('; ')}.`
+}
+
+/** Every discarded round, and every warning a process logged outside the measured rounds. */
+function problemList(targets: Target[], strayWarnings: string[]): string[] {
+  const discarded = targets.flatMap((target) =>
+    target.rounds.flatMap((round, i) => (round.problems.length > 0 ? [`${where(target)}, round ${i + 1}: ${round.problems.join('; ')}`] : [])),
+  )
+  return [...discarded, ...strayWarnings]
+}
+
+interface Report {
+  options: Options
+  machine: string
+  targets: Target[]
+  processes: ProcessFigures[]
+  problems: string[]
+}
+
+function report({ options, machine, targets, processes, problems }: Report): string {
+  const find = finder(targets)
   return [
     `### Benchmark, ${new Date().toISOString().slice(0, 10)}`,
     '',
-    `- Machine: ${machine}`,
-    `- Load: wrk, ${wrkThreads} threads, ${wrkConnections} connections; per route and runtime a ${warmupSeconds} s warm-up, then ${options.rounds} rounds of ${roundSeconds} s, alternating with the other routes and runtimes; figures are medians over the rounds. wrk, the server and this script share the cores.`,
-    '- Ratios, not absolute figures, carry from machine to machine.',
+    `- Machine: ${machine}; wrk, Redis, every process measured and this script share the cores.`,
+    `- ${options.rounds} rounds of ${roundSeconds} s per row (\`--seconds ${options.seconds}\`).`,
     '',
-    markdownTable(
-      ['runtime', 'route', 'requests/s', 'vs /health', 'p50', 'p99', 'non-2xx', 'socket errors'],
-      ['left', 'left', 'right', 'right', 'right', 'right', 'right', 'right'],
-      loadRows,
-    ),
+    howToRead(options.rounds),
     '',
-    markdownTable(['runtime', `start to first answer (median of ${startupRuns})`, 'RSS after the load'], ['left', 'right', 'right'], runtimeRows),
+    ...options.runtimes.flatMap((runtime) => [`#### ${runtime}: the server against the floor (issue 11)`, '', floorTable(runtime, find), '']),
+    `#### Shared state: ${comparisons.redis.title}, TOKEN_RATE_LIMIT=${limit} on both (issue 9)`,
     '',
-    `Webhooks: each sent once, with its own event id and signature; ${webhookNotes.join('; ')}.`,
+    comparisonTable(comparisons.redis, options.runtimes, find),
+    '',
+    `Goal: ${comparisons.redis.goal!.meaning} (${comparisons.redis.title} ≥ ${comparisons.redis.goal!.atLeast.toFixed(2)}×).`,
+    '',
+    `#### Workers: ${comparisons.workers.title}, REDIS_URL on both (issue 9)`,
+    '',
+    comparisonTable(comparisons.workers, options.runtimes, find),
+    '',
+    '#### Processes',
+    '',
+    processTable(processes),
+    '',
+    webhookNote(targets),
+    ...(problems.length > 0 ? ['', `Left out of the figures (${problems.length}):`, ...problems.map((problem) => `- ${problem}`)] : []),
   ].join('\n')
+}
+
+// The run
+
+async function timeStartups(options: Options): Promise<Map<string, number>> {
+  const timed = variantKeys.filter((variant) => variants[variant].timeStartup)
+  console.error(`Timing ${startupRuns} starts of ${timed.map((variant) => variants[variant].label).join(' and ')} per runtime…`)
+  const samples = new Map<string, number[]>()
+  for (let run = 0; run < startupRuns; run++) {
+    for (const runtime of options.runtimes) {
+      for (const variant of timed) {
+        const key = `${runtime} ${variant}`
+        samples.set(key, [...(samples.get(key) ?? []), await startupMs(runtime, variant)])
+      }
+    }
+  }
+  return new Map([...samples].map(([key, values]) => [key, median(values)!]))
+}
+
+/** Every process the plan needs, per runtime, all up for the whole measurement. */
+async function launchAll(options: Options): Promise<Running[]> {
+  const running: Running[] = []
+  for (const runtime of options.runtimes) {
+    for (const variant of measuredVariants()) {
+      console.error(`Starting ${runtime} ${variants[variant].label}…`)
+      running.push({ runtime, variant, server: await launch(runtime, variant) })
+    }
+  }
+  return running
+}
+
+/** Warnings and errors a process logged outside its measured rounds (at start, in a warm-up, between rounds). */
+function strayWarnings(running: Running[], targets: Target[]): string[] {
+  return running.flatMap(({ runtime, variant, server }) => {
+    const inRounds = sum(targets.filter((target) => target.server === server).flatMap((target) => target.rounds.map((round) => round.log.warningsAndErrors)))
+    const warnings = server.lines.filter((line) => readServerLog([line]).warningsAndErrors > 0)
+    if (warnings.length <= inRounds) return []
+    const messages = [...new Set(warnings.map(logMessage))].map((message) => `"${message}"`).join(', ')
+    return [`${runtime} ${variants[variant].label}: ${warnings.length - inRounds} warnings or errors outside the measured rounds (its log's: ${messages})`]
+  })
+}
+
+/** A log line's msg, or the line itself when it is not JSON. */
+function logMessage(line: string): string {
+  try {
+    return String(JSON.parse(line).msg)
+  } catch {
+    return line.slice(0, 200)
+  }
 }
 
 async function main(): Promise<number> {
@@ -469,42 +792,35 @@ async function main(): Promise<number> {
     console.error(`${(error as Error).message}\nUsage: bun run bench [--seconds N] [--deno]`)
     return 2
   }
-  const missing = missingTools(options.runtimes)
+  const missing = missingTools()
   if (missing.length > 0) {
     console.error(`Cannot benchmark:\n- ${missing.join('\n- ')}`)
     return 1
   }
   const machine = await describeMachine(options.runtimes)
+  const startups = await timeStartups(options)
 
-  console.error(`Timing ${startupRuns} starts per runtime…`)
-  const startupTimes = new Map<Runtime, number[]>(options.runtimes.map((runtime) => [runtime, []]))
-  for (let run = 0; run < startupRuns; run++) {
-    for (const runtime of options.runtimes) startupTimes.get(runtime)!.push(await startupMs(runtime))
-  }
-  const startups = new Map([...startupTimes].map(([runtime, times]) => [runtime, median(times)]))
-
-  // Both runtimes' servers stay up, and every round measures each route on one and then the other,
-  // so that whatever else the machine is doing weighs on all rows alike.
-  const running = new Map<Runtime, ServerProcess>()
-  for (const runtime of options.runtimes) running.set(runtime, await launch(runtime))
-  const targets: Target[] = scenarios.flatMap((scenario) =>
-    [...running].map(([runtime, server]) => ({ runtime, server, scenario, perThread: 1, rounds: [] })),
-  )
+  redis = await startRedis()
+  // Every process stays up, and every round measures each target once, so that whatever else the
+  // machine is doing weighs on all rows alike.
+  const running = await launchAll(options)
+  const targets = planTargets(running, options)
   for (const target of targets) {
     console.error(`Warming up ${where(target)}…`)
     await warmUp(target)
   }
-  for (let round = 1; round <= options.rounds; round++) {
-    console.error(`Round ${round} of ${options.rounds}…`)
-    for (const target of targets) await measureRound(target)
-  }
-  const measurements = targets.map(summarize)
-  const rss = new Map(await Promise.all([...running].map(async ([runtime, server]) => [runtime, await rssMegabytes(server.child.pid)] as const)))
+  await measureRounds(targets, options.rounds)
 
-  console.log(report(options, machine, measurements, startups, rss))
-  const problems = measurements.flatMap((measurement) => measurement.problems)
+  const processes = running.map(({ runtime, variant, server }) => ({
+    runtime,
+    variant,
+    startupMs: startups.get(`${runtime} ${variant}`),
+    rssMb: treeRssMegabytes(server.child.pid),
+  }))
+  const problems = problemList(targets, strayWarnings(running, targets))
+  console.log(report({ options, machine, targets, processes, problems }))
   if (problems.length > 0) {
-    console.error(`\nThese figures do not measure what they claim:\n- ${problems.join('\n- ')}`)
+    console.error(`\n${problems.length} rounds or processes did not measure what they claim; they are listed at the end of the report.`)
     return 1
   }
   return 0

@@ -1,21 +1,35 @@
 // Starts index.ts the way a user does, as a child process, and keeps everything it prints.
 import { afterAll, beforeAll } from 'bun:test'
 import type { Subprocess } from 'bun'
+import { existsSync } from 'node:fs'
 
 const root = new URL('..', import.meta.url).pathname
+export const binaryPath = `${root}dist/livekit-server`
+
+/** Deno as the `deno` devDependency installs it (its platform package), else whichever is on the PATH. */
+export const denoPath = (() => {
+  const platform = `${process.platform}-${process.arch}${process.platform === 'linux' ? '-glibc' : ''}`
+  const installed = `${root}node_modules/@deno/${platform}/deno`
+  return existsSync(installed) ? installed : 'deno'
+})()
 
 /** The commands the README gives, per runtime. */
 export const runtimes = {
   bun: ['bun', 'run', 'index.ts'],
-  deno: ['deno', 'run', '--allow-net', '--allow-env', 'index.ts'],
+  deno: [denoPath, 'run', '--allow-net', '--allow-env', 'index.ts'],
+  /** `bun run build`'s single executable; tests/build-binary.ts (preloaded) builds it first. */
+  binary: [binaryPath],
 } as const
 
 export type Runtime = keyof typeof runtimes
 export const runtimeNames = Object.keys(runtimes) as Runtime[]
+/** The runtimes that run a TypeScript entry file, as fixtures serving createApp with other handlers need. */
+export const sourceRuntimes: Runtime[] = ['bun', 'deno']
 
 /** The README's command for the runtime, on another entry file (relative to the project root) if given. */
-function commandFor(runtime: Runtime, { entry, fileLimit }: StartOptions = {}): string[] {
-  const command = entry ? [...runtimes[runtime].slice(0, -1), entry] : [...runtimes[runtime]]
+function commandFor(runtime: Runtime, { entry, fileLimit, command: base = runtimes[runtime] }: StartOptions = {}): string[] {
+  if (entry && runtime === 'binary') throw new Error(`the binary runs only its own code, not ${entry}: use sourceRuntimes`)
+  const command = entry ? [...base.slice(0, -1), entry] : [...base]
   // exec keeps the server's pid the shell's, so signals and /proc/<pid> reach the server itself.
   return fileLimit ? ['bash', '-c', `ulimit -n ${fileLimit} && exec "$@"`, 'bash', ...command] : command
 }
@@ -25,6 +39,10 @@ export interface StartOptions {
   entry?: string
   /** The most file descriptors the server may hold open (`ulimit -n`). */
   fileLimit?: number
+  /** The whole command, ending with the entry file, instead of the README's for the runtime (e.g. Deno's with WORKERS). */
+  command?: readonly string[]
+  /** The working directory (by default the project's root). */
+  cwd?: string
 }
 
 export interface ServerProcess {
@@ -40,7 +58,7 @@ export interface ServerProcess {
 
 function spawnServer(runtime: Runtime, env: Record<string, string>, options: StartOptions = {}) {
   const child = Bun.spawn(commandFor(runtime, options), {
-    cwd: root,
+    cwd: options.cwd ?? root,
     // A clean environment: only what the test sets, plus what the runtimes need to run.
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', NO_COLOR: '1', ...env },
     stdout: 'pipe',
@@ -89,7 +107,8 @@ export async function startServer(runtime: Runtime, env: Record<string, string> 
     }, 20_000)
     const onLine = (line: string) => {
       const match = /listening on (http:\/\/\S+?)"/.exec(line)
-      if (match) {
+      // With WORKERS, the primary's line (no "worker" field) says the server listens, not a worker's.
+      if (match && !/"worker":/.test(line)) {
         clearTimeout(timer)
         resolve(match[1]!)
       }
@@ -114,13 +133,26 @@ export async function startServer(runtime: Runtime, env: Record<string, string> 
 }
 
 /** Runs the server expecting it to exit on its own (a configuration error); returns code and output. */
-export async function runUntilExit(runtime: Runtime, env: Record<string, string>): Promise<{ code: number; output: string }> {
-  const { child, lines, exited } = spawnServer(runtime, env)
+export async function runUntilExit(runtime: Runtime, env: Record<string, string>, options: StartOptions = {}): Promise<{ code: number; output: string }> {
+  const { child, lines, exited } = spawnServer(runtime, env, options)
   const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
   const code = await exited
   clearTimeout(timer)
   assertNoLeaks(`${runtime} server log`, lines.join('\n'), { tokensAllowed: false })
   return { code, output: lines.join('\n') }
+}
+
+/** A TCP port free on loopback right now: bound to port 0, then closed. */
+export async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net')
+  return new Promise((resolve, reject) => {
+    const listener = createServer()
+    listener.once('error', reject)
+    listener.listen(0, '127.0.0.1', () => {
+      const { port } = listener.address() as { port: number }
+      listener.close(() => resolve(port))
+    })
+  })
 }
 
 /** Waits until the server has logged a line matching the predicate (logs are written asynchronously). */

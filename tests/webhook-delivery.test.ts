@@ -1,7 +1,7 @@
 // How /livekit/webhook handles delivery: dispatch by event name, redeliveries, failing handlers.
 import { describe, expect, test } from 'bun:test'
 import { RecentIds, webhookHandlers } from '../index'
-import { assertNoLeaks, httpClient, runtimeNames, serveDuringTests, testCredentials, waitForLog } from './server'
+import { assertNoLeaks, httpClient, runtimeNames, serveDuringTests, sourceRuntimes, testCredentials, waitForLog } from './server'
 import { signWebhook, webhookEvent } from './livekit'
 
 const credentials = testCredentials()
@@ -83,13 +83,13 @@ for (const runtime of runtimeNames) {
   })
 }
 
-for (const runtime of runtimeNames) {
+for (const runtime of sourceRuntimes) {
   describe(`${runtime}: POST /livekit/webhook with a handler that throws`, () => {
     // index.ts's createApp and startServer, with room_started replaced by a handler that fails once per event.
     const running = serveDuringTests(
       runtime,
       { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret },
-      { entry: 'tests/fixtures/failing-handler-server.ts' },
+      { entry: 'tests/fixtures/custom-handlers-server.ts' },
     )
 
     test('answers 500 with a generic message, logs the error, and handles the redelivery once', async () => {
@@ -121,34 +121,48 @@ for (const runtime of runtimeNames) {
 }
 
 describe('RecentIds', () => {
-  test('knows an id it was given, and forgets it after the time to live', () => {
+  /** Claims the id and, when new, completes it: one delivery handled, as the webhook route does. */
+  const deliver = (ids: RecentIds, id: string, now: number) => {
+    const claim = ids.claim(id, now)
+    if (claim === 'new') ids.complete(id, now)
+    return claim
+  }
+
+  test('knows an id it handled, and forgets it after the time to live', () => {
     const ids = new RecentIds(100, 60_000)
-    expect(ids.add('EV_1', 0)).toBe(true)
-    expect(ids.add('EV_1', 59_999)).toBe(false)
-    expect(ids.add('EV_1', 60_000)).toBe(true)
+    expect(deliver(ids, 'EV_1', 0)).toBe('new')
+    expect(deliver(ids, 'EV_1', 59_999)).toBe('handled')
+    expect(deliver(ids, 'EV_1', 60_000)).toBe('new')
+  })
+
+  test('says an id is being handled while its claim holds, for 30 s', () => {
+    const ids = new RecentIds()
+    expect(ids.claim('EV_1', 0)).toBe('new')
+    expect(ids.claim('EV_1', 29_999)).toBe('being handled')
+    expect(ids.claim('EV_1', 30_000)).toBe('new') // its handler is taken for dead
   })
 
   test('remembers at most its capacity, forgetting the oldest ids first', () => {
     const ids = new RecentIds(1000)
-    for (let i = 0; i < 50_000; i++) ids.add(`EV_${i}`, i)
+    for (let i = 0; i < 50_000; i++) deliver(ids, `EV_${i}`, i)
     expect(ids.size).toBe(1000)
-    expect(ids.add('EV_49000', 50_000)).toBe(false)
-    expect(ids.add('EV_48999', 50_000)).toBe(true)
+    expect(deliver(ids, 'EV_49000', 50_000)).toBe('handled')
+    expect(deliver(ids, 'EV_48999', 50_000)).toBe('new')
   })
 
   test('keeps an id given again after its time to live, when its first slot is reused', () => {
     const ids = new RecentIds(3, 10)
-    ids.add('a', 0)
-    ids.add('a', 20) // expired, so remembered again, in a second slot
-    ids.add('b', 21)
-    ids.add('c', 22) // takes the first slot of "a"
-    expect(ids.add('a', 23)).toBe(false)
+    deliver(ids, 'a', 0)
+    deliver(ids, 'a', 20) // expired, so handled again (in its first slot still)
+    deliver(ids, 'b', 21)
+    deliver(ids, 'c', 22)
+    expect(deliver(ids, 'a', 23)).toBe('handled')
   })
 
-  test('forgets an id on request, so that its redelivery is handled', () => {
+  test('releases an id on request, so that its redelivery is handled', () => {
     const ids = new RecentIds()
-    ids.add('EV_1')
-    ids.forget('EV_1')
-    expect(ids.add('EV_1')).toBe(true)
+    ids.claim('EV_1')
+    ids.release('EV_1')
+    expect(ids.claim('EV_1')).toBe('new')
   })
 })

@@ -1,0 +1,178 @@
+// Configuration the way deployments hand it over: secrets from files, several keys for rotation
+// (LIVEKIT_KEYS, as LiveKit's own server reads them), LOG_LEVEL, and a warning for weak secrets.
+import { afterAll, describe, expect, test } from 'bun:test'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { httpClient, runtimeNames, runtimes, runUntilExit, startServer, testCredentials, waitForLog, type Runtime, type StartOptions } from './server'
+import { signWebhook, verifyAccessToken, webhookEvent, type Credentials } from './livekit'
+
+const secretsDir = mkdtempSync(join(tmpdir(), 'livekit-secrets-'))
+afterAll(() => rmSync(secretsDir, { recursive: true, force: true }))
+
+/** Writes a secret file the way Docker and Kubernetes mount them: the value and a trailing newline. */
+function secretFile(name: string, content: string): string {
+  const path = join(secretsDir, name)
+  writeFileSync(path, content)
+  return path
+}
+
+/** Deno reads files only with --allow-read; the README's default command goes without it. */
+const readingFiles = (runtime: Runtime): StartOptions =>
+  runtime === 'deno' ? { command: [...runtimes.deno.slice(0, -1), `--allow-read=${secretsDir}`, 'index.ts'] } : {}
+
+/** Posts a webhook signed with the given key and secret; resolves to the status. */
+async function webhookStatus(url: string, signer: Credentials): Promise<number> {
+  const body = JSON.stringify(webhookEvent('room_started'))
+  const answer = await httpClient(url).request('/livekit/webhook', { method: 'POST', headers: { authorization: signWebhook(body, signer) }, body })
+  return answer.status
+}
+
+async function tokenClaims(url: string, credentials: Credentials) {
+  const answer = await httpClient(url).postJson('/token', { roomName: 'room1', participantName: 'alice' })
+  expect(answer.status).toBe(200)
+  return verifyAccessToken(answer.json().token, credentials)
+}
+
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: secrets from files`, () => {
+    test('reads LIVEKIT_API_KEY_FILE and LIVEKIT_API_SECRET_FILE, trimming the trailing newline', async () => {
+      const credentials = testCredentials()
+      const env = {
+        LIVEKIT_API_KEY_FILE: secretFile(`${runtime}-key`, `${credentials.apiKey}\n`),
+        LIVEKIT_API_SECRET_FILE: secretFile(`${runtime}-secret`, `${credentials.apiSecret}\n`),
+      }
+      const server = await startServer(runtime, env, readingFiles(runtime))
+      try {
+        expect((await tokenClaims(server.url, credentials)).iss).toBe(credentials.apiKey)
+        expect(await webhookStatus(server.url, credentials)).toBe(200)
+      } finally {
+        await server.stop()
+      }
+    })
+
+    const credentials = testCredentials()
+    const failures: [string, () => Record<string, string>, RegExp][] = [
+      ['the variable and its _FILE both set', () => ({ LIVEKIT_API_KEY: 'k', LIVEKIT_API_SECRET: credentials.apiSecret, LIVEKIT_API_SECRET_FILE: secretFile('both', credentials.apiSecret) }), /LIVEKIT_API_SECRET and LIVEKIT_API_SECRET_FILE/],
+      ['a secret file that is missing', () => ({ LIVEKIT_API_KEY: 'k', LIVEKIT_API_SECRET_FILE: join(secretsDir, 'missing') }), /LIVEKIT_API_SECRET_FILE: cannot read .*(ENOENT|NotFound)/],
+      ['a secret file that is empty', () => ({ LIVEKIT_API_KEY: 'k', LIVEKIT_API_SECRET_FILE: secretFile('empty', '\n') }), /LIVEKIT_API_SECRET_FILE: .* is empty/],
+      ['a secret "file" that is a directory', () => ({ LIVEKIT_API_KEY: 'k', LIVEKIT_API_SECRET_FILE: secretsDir }), /LIVEKIT_API_SECRET_FILE: cannot read/],
+    ]
+    for (const [what, env, message] of failures) {
+      test(`stops with one line naming the variable, never the secret, on ${what}`, async () => {
+        const { code, output } = await runUntilExit(runtime, env(), readingFiles(runtime))
+        expect(code).toBe(1)
+        expect(output.trim().split('\n')).toEqual([expect.stringMatching(message)])
+        expect(output).not.toContain(credentials.apiSecret)
+      })
+    }
+
+    if (runtime === 'deno') {
+      test('says which permission Deno needs when run without --allow-read', async () => {
+        const path = secretFile('deno-no-permission', `${credentials.apiSecret}\n`)
+        const { code, output } = await runUntilExit('deno', { LIVEKIT_API_KEY: 'k', LIVEKIT_API_SECRET_FILE: path })
+        expect(code).toBe(1)
+        expect(output.trim().split('\n')).toEqual([`Configuration error: LIVEKIT_API_SECRET_FILE: cannot read "${path}" (NotCapable) (Deno needs --allow-read=${path})`])
+      })
+    }
+  })
+
+  describe(`${runtime}: several keys (LIVEKIT_KEYS), for rotation`, () => {
+    const previous = { ...testCredentials(), apiKey: 'previous-key' }
+    const current = { ...testCredentials(), apiKey: 'current-key' }
+    const keys = `${previous.apiKey}: ${previous.apiSecret}\n${current.apiKey}: ${current.apiSecret}\n`
+
+    test('verifies webhooks signed with any listed key, and signs tokens with LIVEKIT_API_KEY', async () => {
+      const server = await startServer(runtime, { LIVEKIT_KEYS: keys, LIVEKIT_API_KEY: current.apiKey })
+      try {
+        expect((await tokenClaims(server.url, current)).iss).toBe(current.apiKey)
+        expect(await webhookStatus(server.url, previous)).toBe(200)
+        expect(await webhookStatus(server.url, current)).toBe(200)
+        // A listed key's name with another key's secret, and an unlisted key, are refused.
+        expect(await webhookStatus(server.url, { apiKey: previous.apiKey, apiSecret: current.apiSecret })).toBe(401)
+        expect(await webhookStatus(server.url, { ...testCredentials(), apiKey: 'unknown-key' })).toBe(401)
+      } finally {
+        await server.stop()
+      }
+    })
+
+    test('reads the keys from LIVEKIT_KEYS_FILE too, and signs with the only one listed', async () => {
+      const path = secretFile(`${runtime}-keys`, `# the current key\n${current.apiKey}: ${current.apiSecret}\n`)
+      const server = await startServer(runtime, { LIVEKIT_KEYS_FILE: path }, readingFiles(runtime))
+      try {
+        expect((await tokenClaims(server.url, current)).iss).toBe(current.apiKey)
+        expect(await webhookStatus(server.url, current)).toBe(200)
+      } finally {
+        await server.stop()
+      }
+    })
+
+    const failures: [string, Record<string, string>, RegExp][] = [
+      ['LIVEKIT_KEYS beside LIVEKIT_API_SECRET', { LIVEKIT_KEYS: keys, LIVEKIT_API_KEY: current.apiKey, LIVEKIT_API_SECRET: current.apiSecret }, /LIVEKIT_KEYS and LIVEKIT_API_SECRET/],
+      ['several keys and no LIVEKIT_API_KEY to sign with', { LIVEKIT_KEYS: keys }, /LIVEKIT_API_KEY must name the key/],
+      ['a LIVEKIT_API_KEY that is not listed', { LIVEKIT_KEYS: keys, LIVEKIT_API_KEY: 'other-key' }, /"other-key" is not one of the keys/],
+      ['a line that is not "key: secret"', { LIVEKIT_KEYS: `${current.apiKey}: ${current.apiSecret}\n${previous.apiSecret}\n`, LIVEKIT_API_KEY: current.apiKey }, /LIVEKIT_KEYS line 2 is not "key: secret"/],
+    ]
+    for (const [what, env, message] of failures) {
+      test(`stops with one line, never a secret, on ${what}`, async () => {
+        const { code, output } = await runUntilExit(runtime, env)
+        expect(code).toBe(1)
+        expect(output.trim().split('\n')).toEqual([expect.stringMatching(message)])
+        expect(output).not.toContain(previous.apiSecret)
+        expect(output).not.toContain(current.apiSecret)
+      })
+    }
+  })
+
+  describe(`${runtime}: weak secrets and LOG_LEVEL`, () => {
+    test('warns once at start about a secret shorter than 32 characters, naming the key only', async () => {
+      const weakSecret = 'short-secret-0123456789' // 23 characters
+      const server = await startServer(runtime, { LIVEKIT_API_KEY: 'weak-key', LIVEKIT_API_SECRET: weakSecret })
+      try {
+        const warnings = server.logs().filter((entry) => entry.level === 'warn')
+        expect(warnings).toEqual([expect.objectContaining({ msg: expect.stringMatching(/"weak-key".*shorter than 32 characters/) })])
+        expect(server.lines.join('\n')).not.toContain(weakSecret)
+      } finally {
+        await server.stop()
+      }
+    })
+
+    test('LOG_LEVEL=warn quiets the per-request and per-event info lines, and keeps warnings', async () => {
+      const credentials = testCredentials()
+      const server = await startServer(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret, LOG_LEVEL: 'warn' })
+      try {
+        await tokenClaims(server.url, credentials)
+        expect(await webhookStatus(server.url, credentials)).toBe(200)
+        expect(await webhookStatus(server.url, { ...credentials, apiSecret: 'not-the-secret' })).toBe(401)
+        await waitForLog(server, (entry) => entry.msg === 'webhook refused')
+        await server.stop()
+        const lines = server.logs()
+        expect(lines.filter((entry) => entry.level === 'info').map((entry) => entry.msg)).toEqual([
+          expect.stringMatching(/^listening on/),
+          'SIGTERM received, finishing requests in flight',
+          'stopped',
+        ])
+      } finally {
+        server.child.kill()
+      }
+    })
+
+    test('LOG_LEVEL=error quiets warnings too', async () => {
+      const credentials = testCredentials()
+      const server = await startServer(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret, LOG_LEVEL: 'error' })
+      try {
+        expect(await webhookStatus(server.url, { ...credentials, apiSecret: 'not-the-secret' })).toBe(401)
+        await Bun.sleep(100)
+        expect(server.logs().filter((entry) => entry.level === 'warn')).toEqual([])
+      } finally {
+        await server.stop()
+      }
+    })
+
+    test('refuses a LOG_LEVEL it does not know', async () => {
+      const { code, output } = await runUntilExit(runtime, { LOG_LEVEL: 'verbose' })
+      expect(code).toBe(1)
+      expect(output.trim().split('\n')).toEqual(['Configuration error: LOG_LEVEL must be one of info, warn, error, got "verbose"'])
+    })
+  })
+}

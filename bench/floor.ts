@@ -8,7 +8,7 @@
 import { Elysia, status, t } from 'elysia'
 import { cors } from '@elysiajs/cors'
 import type { WebhookEvent } from 'livekit-server-sdk'
-import { createTokenMinter, createWebhookVerifier, loadConfig, log } from '../index.ts'
+import { corsSettings, createTokenMinter, createWebhookVerifier, loadConfig, log } from '../index.ts'
 
 // The one part of Deno's API used here; declared so this file type-checks under tsc (Bun's types).
 declare const Deno: {
@@ -29,9 +29,9 @@ const describeEvent = (event: WebhookEvent) => ({
 
 const withCors = process.env.FLOOR_CORS === '1'
 const app = new Elysia()
-// The server's CORS settings (index.ts, createApp); Elysia applies a plugin to the routes added after it.
+// The server's own CORS settings (index.ts's corsSettings); Elysia applies a plugin to the routes added after it.
 if (withCors) {
-  app.use(cors({ origin: '*', credentials: false, methods: ['GET', 'POST', 'OPTIONS'], exposeHeaders: ['Retry-After'], preflight: false }))
+  app.use(cors(corsSettings))
 }
 app
   .get('/health', () => ({ status: 'ok' }))

@@ -314,6 +314,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
    * path reached it (`/token/`, `/token?x`), no token request skips authentication or the rate limit.
    */
   async function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
+    requireHostName(request)
     if (authenticate || tokenRateLimit) await admitTokenRequest(request, server)
     requireJsonContentType(request)
     return parseJsonObject(await readBody(request, maxTokenBodyBytes))
@@ -342,6 +343,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   }
 
   async function receiveWebhook(request: Request) {
+    requireHostName(request)
     // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
     const body = await readBody(request, config.maxBodyBytes)
     let event: WebhookEvent
@@ -1163,6 +1165,14 @@ async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: num
     offset += chunk.byteLength
   }
   return body
+}
+
+/**
+ * Bun hands on a request whose Host header is no host name ("a b") with a URL that is only a path,
+ * where Elysia's router, counting from "http://", reads a shifted one (`/abcdef/token` as `/token`).
+ */
+function requireHostName(request: Request): void {
+  if (request.url.startsWith('/')) throw new HttpError(400, 'Invalid Host header')
 }
 
 function requireJsonContentType(request: Request): void {

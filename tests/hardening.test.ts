@@ -97,6 +97,14 @@ for (const runtime of runtimeNames) {
   describe(`${runtime}: POST /token rate limit, however the path is spelled`, () => {
     const running = serveDuringTests(runtime, { ...livekitEnv, TOKEN_RATE_LIMIT: '2' })
 
+    test('routes no request by a path shifted by a Host header that is no host name', async () => {
+      const shifted: [string, string][] = [['a b', '/abcdef/token'], ['a b', '/abcdef/livekit/webhook'], ['a/token', '/']]
+      for (const [host, path] of shifted) {
+        const answer = await postTokenAs(running.server.url, path, host)
+        expect([host, path, [400, 404].includes(answer.status)]).toEqual([host, path, true])
+      }
+    })
+
     test('counts /token/ and /token?x against the same allowance as /token', async () => {
       const statuses = []
       for (const path of ['/token', '/token/', '/token?x=1', '/token/', '/token']) statuses.push((await postTokenAs(running.server.url, path)).status)

@@ -56,6 +56,8 @@ export interface Config {
   trustedProxies: number
   /** Where handled webhook ids and rate-limit allowances are shared; this process's memory when unset. */
   redisUrl?: string
+  /** What Redis keys start with, so that deployments sharing one Redis do not see each other's. */
+  redisKeyPrefix: string
   /** How many processes (Bun) or threads (Deno) serve the port. */
   workers: number
 }
@@ -91,6 +93,8 @@ export function loadConfig(env: Env): Config {
     tokenRateLimit: env.TOKEN_RATE_LIMIT?.trim() ? parseInteger(env, 'TOKEN_RATE_LIMIT', 0, 1, 1_000_000) : undefined,
     trustedProxies: parseProxyCount(env, 'TRUST_PROXY'),
     redisUrl: parseRedisUrl(env, 'REDIS_URL'),
+    // By default per API key; set it to keep the same keys across a key rotation.
+    redisKeyPrefix: env.REDIS_KEY_PREFIX?.trim() || `livekit-server:${apiKey}:`,
     workers: parseWorkers(env, 'WORKERS'),
   }
   if (config.workers > 1 && !config.redisUrl) {
@@ -104,14 +108,15 @@ function parseRedisUrl(env: Env, name: string): string | undefined {
   const text = env[name]?.trim()
   if (!text) return undefined
   const url = URL.canParse(text) ? new URL(text) : undefined
-  const valid = url && /^rediss?:$/.test(url.protocol) && url.hostname && /^(\/\d*)?$/.test(url.pathname) && !url.search
-  if (!valid) throw new ConfigError(`${name} must be redis://[user:password@]host:port[/db] (rediss:// for TLS), got "${redactedUrl(text)}"`)
+  const valid = url && /^rediss?:$/.test(url.protocol) && url.hostname && /^(\/\d{0,5})?$/.test(url.pathname) && !url.search
+  // Not echoed: a password that is not URL-encoded may be what made it invalid.
+  if (!valid) throw new ConfigError(`${name} must be redis://[user:password@]host:port[/db] (rediss:// for TLS, db a number)`)
   return text
 }
 
 function parseWorkers(env: Env, name: string): number {
   const text = env[name]?.trim().toLowerCase()
-  if (text === 'auto') return availableParallelism()
+  if (text === 'auto') return Math.min(availableParallelism(), 64)
   return parseInteger(env, name, 1, 1, 64)
 }
 
@@ -288,11 +293,11 @@ function describeEvent(event: WebhookEvent): Record<string, string | undefined> 
 
 export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers) {
   const mintToken = createTokenMinter(config)
-  const verifyWebhook = createWebhookVerifier(config)
+  const verifyWebhookSigner = createWebhookSignerVerifier(config)
   const authenticate = config.auth && createCallerAuthenticator(config.auth)
   const tokenRateLimit = config.tokenRateLimit
   const memory = { ids: new RecentIds(), limiter: tokenRateLimit ? new RateLimiter(tokenRateLimit) : undefined }
-  const state = new SharedState(memory, config.redisUrl, `livekit-server:${config.apiKey}:`)
+  const state = new SharedState(memory, config.redisUrl, config.redisKeyPrefix)
   const readBody = createBodyReader(config.maxPendingBodyBytes)
   const maxTokenBodyBytes = Math.min(config.maxBodyBytes, tokenBodyLimit)
   // Who asked for each token request, once admitted; read by the /token handler.
@@ -317,7 +322,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
     requireHostName(request)
     if (authenticate || tokenRateLimit) await admitTokenRequest(request, server)
     requireJsonContentType(request)
-    return parseJsonObject(await readBody(request, maxTokenBodyBytes))
+    return parseJsonObject(await readBody(request, maxTokenBodyBytes, 'token'))
   }
 
   /** The identity and name a token gets: the authenticated caller's when there is one. */
@@ -344,12 +349,13 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
 
   async function receiveWebhook(request: Request) {
     requireHostName(request)
-    // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
-    const body = await readBody(request, config.maxBodyBytes)
     let event: WebhookEvent
     try {
-      event = verifyWebhook(body, request.headers.get('authorization'))
+      const claims = verifyWebhookSigner(request.headers.get('authorization'))
+      // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
+      event = eventFromBody(await readBody(request, config.maxBodyBytes, 'webhook'), claims)
     } catch (error) {
+      if (error instanceof HttpError) throw error
       log('warn', 'webhook refused', { reason: (error as Error).message })
       return status(401, errorBody('Webhook signature is missing or invalid'))
     }
@@ -396,7 +402,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
         // The JSON parser after ours is never reached; naming it keeps the body schema in the OpenAPI document.
         parse: [readTokenRequest, 'json'],
         body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
-        response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 413, 429, 503) },
+        response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
         detail: {
           summary: 'An access token for a LiveKit room',
           description:
@@ -406,7 +412,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
       })
       .post('/livekit/webhook', ({ request }) => receiveWebhook(request), {
         parse: 'none',
-        response: { 200: WebhookAnswer, ...errorAnswers(401, 413, 500, 503) },
+        response: { 200: WebhookAnswer, ...errorAnswers(401, 408, 413, 500, 503) },
         detail: {
           summary: 'An event posted by a LiveKit server',
           description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
@@ -521,7 +527,7 @@ function answerError({ code, error, set, path, request }: ErrorContext & { code:
   return status(500, errorBody('Internal server error'))
 }
 
-type ErrorStatus = 400 | 401 | 403 | 404 | 413 | 429 | 500 | 503
+type ErrorStatus = 400 | 401 | 403 | 404 | 408 | 413 | 429 | 500 | 503
 
 /** CORS preflights: any origin, and whatever headers the browser asks for ("*" would not cover Authorization). */
 function answerPreflight(request: Request): Response {
@@ -823,14 +829,23 @@ const unmapped = (address: string) => (address.startsWith('::ffff:') && isIP(add
 
 // Webhook verification and redeliveries
 
+const decodeJwt = createDecoder()
+
 /**
  * Verifies a webhook as livekit-server-sdk's WebhookReceiver does (`iss` = API key and `exp` required,
  * 10 s clock tolerance, `sha256` claim = base64 SHA-256 of the body), but synchronously and for
  * HS256 only: what LiveKit signs with, and all LiveKit servers since 1.13 accept.
  */
-const decodeJwt = createDecoder()
-
 export function createWebhookVerifier(config: Config) {
+  const verifySigner = createWebhookSignerVerifier(config)
+  return (body: Uint8Array, authorization: string | null): WebhookEvent => eventFromBody(body, verifySigner(authorization))
+}
+
+/**
+ * The claims of a webhook's Authorization header, checked before its body is read, so that only
+ * whoever holds an API secret can make the server read a webhook body at all.
+ */
+export function createWebhookSignerVerifier(config: Config) {
   // One verifier per key; the JWT's issuer (its API key) picks which, as LiveKit's own server does.
   const verifiers = new Map(
     [...config.keys].map(([apiKey, apiSecret]) => [
@@ -846,16 +861,22 @@ export function createWebhookVerifier(config: Config) {
   )
   const [onlyVerifier] = verifiers.values()
   const verifierFor = (jwt: string) => (verifiers.size === 1 ? onlyVerifier! : (verifiers.get(String(decodeJwt(jwt).iss)) ?? onlyVerifier!))
-  return function verifyWebhook(body: Uint8Array, authorization: string | null): WebhookEvent {
+  return function verifySigner(authorization: string | null): WebhookClaims {
     if (!authorization) throw new Error('authorization header is empty')
-    const claims = verifierFor(authorization)(authorization) as { sha256?: unknown }
-    const expected = Buffer.from(createHash('sha256').update(body).digest('base64'))
-    const signed = Buffer.from(typeof claims.sha256 === 'string' ? claims.sha256 : '')
-    if (signed.length !== expected.length || !timingSafeEqual(signed, expected)) {
-      throw new Error('sha256 checksum of body does not match')
-    }
-    return WebhookEvent.fromJson(JSON.parse(utf8.decode(body)), { ignoreUnknownFields: true })
+    return verifierFor(authorization)(authorization) as WebhookClaims
   }
+}
+
+type WebhookClaims = { sha256?: unknown }
+
+/** The event in a webhook body, once its SHA-256 matches the one the signed claims carry. */
+function eventFromBody(body: Uint8Array, claims: WebhookClaims): WebhookEvent {
+  const expected = Buffer.from(createHash('sha256').update(body).digest('base64'))
+  const signed = Buffer.from(typeof claims.sha256 === 'string' ? claims.sha256 : '')
+  if (signed.length !== expected.length || !timingSafeEqual(signed, expected)) {
+    throw new Error('sha256 checksum of body does not match')
+  }
+  return WebhookEvent.fromJson(JSON.parse(utf8.decode(body)), { ignoreUnknownFields: true })
 }
 
 /** What claiming an event id finds: a new event, one handled already, or one being handled now. */
@@ -962,12 +983,18 @@ if allowance < 1 then return math.ceil((1 - allowance) * 60 / perMinute) end
 redis.call('HSET', KEYS[1], 'allowance', tostring(allowance - 1), 'at', now)
 redis.call('PEXPIRE', KEYS[1], 60000)
 return 0`
-// Releases a claim only if it is still this process's (it may have expired and been taken since).
+// Claims an id unless it is claimed or handled already; returns what it found (nil: claimed now).
+// A script rather than SET NX GET, which Redis before 7.0 refuses.
+const claimScript = `local found = redis.call('GET', KEYS[1])
+if found then return found end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false`
+// Releases a claim only if it is still this one's (it may have expired and been taken since).
 const releaseScript = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`
 
 /** Handled ids and allowances: in Redis while it answers in time, else in this process's memory. */
 export class SharedState {
-  // Each process's claims carry its own mark, so that it only ever releases its own.
+  // This state's claims carry its own mark, so that it only ever releases its own.
   private readonly claimMark = `claimed:${crypto.randomUUID()}`
   private readonly scriptHashes = new Map<string, string>()
   private redis?: RedisConnection
@@ -993,7 +1020,7 @@ export class SharedState {
   async claim(id: string): Promise<Claim> {
     return this.use(
       async (redis) => {
-        const previous = await redis.send('SET', [`${this.keyPrefix}webhook:${id}`, this.claimMark, 'NX', 'PX', String(claimTtlMs), 'GET'])
+        const previous = await this.runScript(redis, claimScript, `${this.keyPrefix}webhook:${id}`, this.claimMark, String(claimTtlMs))
         if (previous === null) return 'new'
         return previous === 'handled' ? 'handled' : 'being handled'
       },
@@ -1019,7 +1046,10 @@ export class SharedState {
     )
   }
 
-  /** Runs the operation on Redis if it is in use and answers within 250 ms, else on memory. */
+  /**
+   * Runs the operation on Redis if it is in use and answers within 250 ms, else on memory (right
+   * after start, once the first attempt to connect has ended, at most 2 s).
+   */
   private async use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {
     if (this.status === 'connecting') await this.connected
     if (this.status !== 'ok' || !this.redis) return inMemory()
@@ -1032,15 +1062,15 @@ export class SharedState {
   }
 
   private async connect(url: string): Promise<void> {
-    this.redis = await openRedis(url)
     try {
+      this.redis = await openRedis(url)
       await withTimeout(this.redis.connect(), 1000)
       await withTimeout(this.redis.send('PING', []), 1000)
       this.status = 'ok'
     } catch (error) {
       this.status = 'unavailable'
       log('error', "redis unavailable at start: using this process's memory until it answers", { redis: redactedUrl(url), error: redacted(error, url) })
-      this.watchForRecovery()
+      if (this.redis) this.watchForRecovery()
     }
   }
 
@@ -1073,14 +1103,14 @@ export class SharedState {
   }
 
   /** EVALSHA, loading the script (EVAL) the first time or when Redis has forgotten it. */
-  private async runScript(redis: RedisConnection, script: string, key: string, arg: string): Promise<unknown> {
+  private async runScript(redis: RedisConnection, script: string, key: string, ...args: string[]): Promise<unknown> {
     let hash = this.scriptHashes.get(script)
     if (hash === undefined) this.scriptHashes.set(script, (hash = createHash('sha1').update(script).digest('hex')))
     try {
-      return await redis.send('EVALSHA', [hash, '1', key, arg])
+      return await redis.send('EVALSHA', [hash, '1', key, ...args])
     } catch (error) {
       if (!String(error).includes('NOSCRIPT')) throw error
-      return redis.send('EVAL', [script, '1', key, arg])
+      return redis.send('EVAL', [script, '1', key, ...args])
     }
   }
 }
@@ -1091,9 +1121,11 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
-/** The Redis URL without its password, for log lines and configuration errors. */
+/** The (valid) Redis URL without its password, for log lines. */
 function redactedUrl(url: string): string {
-  return url.replace(/\/\/([^/@]*)@/, (_, userInfo: string) => `//${userInfo.split(':')[0]}${userInfo.includes(':') ? ':***' : ''}@`)
+  const parsed = new URL(url)
+  if (parsed.password) parsed.password = '***'
+  return parsed.href
 }
 
 /** An error's text with the URL's password masked, should a client have put it there. */
@@ -1119,35 +1151,47 @@ const errorBody = (errorMessage: string) => ({ errorMessage })
 const utf8 = new TextDecoder()
 
 /**
- * Reads request bodies, each up to its route's limit, and bounds the bytes of all the bodies being
- * read at once (each counted at its declared length, or its route's limit when chunked): a crowd of
- * slow uploads cannot take the memory, since a body that does not fit is refused before it is read.
+ * Reads request bodies, each up to its route's limit, and bounds the bytes of the bodies each route
+ * is reading at once (each counted at its declared length, or the route's limit when chunked): a
+ * crowd of slow uploads cannot take the memory, since a body that does not fit is refused before it
+ * is read, and one that has not arrived within 10 s is given up. Each route has its own share, so
+ * that a crowd on /token cannot keep LiveKit's webhooks out.
  */
 function createBodyReader(maxPendingBytes: number) {
-  let pendingBytes = 0
-  return async function readBody(request: Request, maxBytes: number): Promise<Uint8Array> {
+  const pendingBytes = { token: 0, webhook: 0 }
+  return async function readBody(request: Request, maxBytes: number, route: keyof typeof pendingBytes): Promise<Uint8Array> {
     const contentLength = request.headers.get('content-length')
     const reservedBytes = contentLength === null ? maxBytes : Number(contentLength)
     if (!(reservedBytes <= maxBytes)) throw new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
-    if (pendingBytes + reservedBytes > maxPendingBytes) {
-      // Closing the connection stops the upload rather than draining it (Bun; Deno drains first).
+    if (pendingBytes[route] + reservedBytes > maxPendingBytes) {
+      // Closing the connection stops the upload rather than draining it.
       throw new HttpError(503, 'The server is busy receiving other requests, retry shortly', { 'retry-after': '1', connection: 'close' })
     }
-    pendingBytes += reservedBytes
+    pendingBytes[route] += reservedBytes
+    let timer: ReturnType<typeof setTimeout> | undefined
     try {
       // A declared length bounds the body (the HTTP server enforces it), so read it in one go.
-      if (contentLength !== null || !request.body) return new Uint8Array(await request.arrayBuffer())
-      return await readChunkedBody(request.body, maxBytes)
+      const reading = contentLength !== null || !request.body ? request.arrayBuffer().then((body) => new Uint8Array(body)) : readChunkedBody(request.body, maxBytes)
+      reading.catch(() => {}) // once given up, no one waits for it
+      const givenUp = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(bodyTimedOut), bodyTimeoutMs)))
+      return await Promise.race([reading, givenUp])
     } catch (error) {
       if (error instanceof HttpError) throw error
+      if (error === bodyTimedOut) {
+        throw new HttpError(408, `Request body must arrive within ${bodyTimeoutMs / 1000} s`, { connection: 'close' })
+      }
       // The upload broke off: nothing of ours failed, and no one is left to read the answer.
       log('info', 'request aborted by client', { reason: String(error) })
       throw new HttpError(400, 'Request body could not be read')
     } finally {
-      pendingBytes -= reservedBytes
+      clearTimeout(timer)
+      pendingBytes[route] -= reservedBytes
     }
   }
 }
+
+const bodyTimeoutMs = 10_000
+const bodyTimedOut = new Error('request body timed out')
 
 /** A chunked body has no declared length: count while reading, stop at the limit. */
 async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: number): Promise<Uint8Array> {
@@ -1288,8 +1332,8 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort:
     try {
       remoteAddresses.set(request, info.remoteAddr.hostname)
       const response = await app.fetch(request)
-      // An upload refused before it was read (503 while busy) closes its connection.
-      if (response.status === 503 && response.headers.get('connection') === 'close' && !request.bodyUsed) return cutShort(response)
+      // An upload refused (503 while busy) or given up (408) closes its connection.
+      if ((response.status === 503 || response.status === 408) && response.headers.get('connection') === 'close') return cutShort(response)
       return response
     } finally {
       inFlight -= 1
@@ -1333,6 +1377,8 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort:
       if (stopping) return
       if (!/os error 2[34]\)/.test(String(error))) {
         log('error', 'the server stopped accepting connections', { error: String(error) })
+        // process.exit() in a worker thread would end it silently: an error reaches the supervisor.
+        if (isWorkerThread) throw error
         process.exit(1)
       }
       log('warn', 'out of file descriptors: closing every connection and listening again', { error: String(error) })
@@ -1405,6 +1451,8 @@ const workerNumber: number | undefined = isWorkerThread ? Number(self.name) : pr
 interface WorkerHandle {
   /** Asks the worker to finish its requests in flight and stop. */
   stop(): void
+  /** Stops it now. */
+  kill(): void
   /** Resolves when the worker has stopped, with how it ended. */
   exited: Promise<string>
 }
@@ -1419,7 +1467,7 @@ function startWorker(number: number, onListening: () => void): WorkerHandle {
       stdio: ['ignore', 'inherit', 'inherit'],
       ipc: (message) => onMessage(message as WorkerMessage),
     })
-    return { stop: () => child.kill('SIGTERM'), exited: child.exited.then((code) => `code ${code ?? child.signalCode}`) }
+    return { stop: () => child.kill('SIGTERM'), kill: () => child.kill('SIGKILL'), exited: child.exited.then((code) => `code ${code ?? child.signalCode}`) }
   }
   const worker = new Worker(import.meta.url, { type: 'module', name: String(number) })
   const exited = Promise.withResolvers<string>()
@@ -1432,7 +1480,8 @@ function startWorker(number: number, onListening: () => void): WorkerHandle {
     worker.terminate()
     exited.resolve(`error ${event.message}`)
   }
-  return { stop: () => worker.postMessage('stop'), exited: exited.promise }
+  const kill = () => (worker.terminate(), exited.resolve('killed'))
+  return { stop: () => worker.postMessage('stop'), kill, exited: exited.promise }
 }
 
 async function superviseWorkers(config: Config): Promise<void> {
@@ -1443,7 +1492,14 @@ async function superviseWorkers(config: Config): Promise<void> {
   const stopWorkers = async (exitCode: number) => {
     stopping = true
     for (const worker of workers.values()) worker.stop()
-    await Promise.all([...workers.values()].map((worker) => worker.exited))
+    // Each worker gives its requests in flight 10 s; past that (and a second's grace), it is stuck.
+    const allExited = Promise.all([...workers.values()].map((worker) => worker.exited))
+    const stuck = await Promise.race([allExited.then(() => false), new Promise<boolean>((resolve) => setTimeout(resolve, 11_000, true))])
+    if (stuck) {
+      log('warn', 'workers still running after 11 s, stopping them now')
+      for (const worker of workers.values()) worker.kill()
+      exitCode = 1
+    }
     if (exitCode === 0) announce('stopped')
     process.exit(exitCode)
   }

@@ -42,12 +42,12 @@ for (const runtime of runtimeNames) {
       expect(openVidu.properties.roomName).toMatchObject({ type: 'string', minLength: 1, maxLength: 256 })
       expect(standard.properties.room_name).toMatchObject({ type: 'string', maxLength: 256 })
       expect(standard.properties.participant_attributes).toMatchObject({ maxProperties: 64 })
-      expect(Object.keys(token.responses).sort()).toEqual(['200', '400', '401', '403', '413', '429', '503'])
+      expect(Object.keys(token.responses).sort()).toEqual(['200', '400', '401', '403', '408', '413', '429', '503'])
       const answers = token.responses['200'].content['application/json'].schema.anyOf
       expect(answers.map((answer: { required: string[] }) => answer.required)).toEqual([['token'], ['server_url', 'participant_token']])
       expect(token.responses['429'].content['application/json'].schema).toMatchObject({ required: ['errorMessage'] })
       const webhook = paths['/livekit/webhook'].post
-      expect(Object.keys(webhook.responses).sort()).toEqual(['200', '401', '413', '500', '503'])
+      expect(Object.keys(webhook.responses).sort()).toEqual(['200', '401', '408', '413', '500', '503'])
       expect(Object.keys(paths).sort()).toEqual(['/health', '/livekit/webhook', '/token'])
     })
   })

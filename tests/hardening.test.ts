@@ -16,6 +16,9 @@ const jsonHeaders = { 'content-type': 'application/json', 'content-length': Stri
 const postTokenAs = (url: string, path: string, host?: string) =>
   rawRequest(url, host === undefined ? jsonHeaders : { ...jsonHeaders, host }, [tokenBody], { path })
 
+/** An Authorization header as LiveKit signs one (over a body the test may never finish sending). */
+const signedHeader = () => signWebhook('{}', credentials)
+
 /** A webhook signed as LiveKit signs it, over a raw socket, its body padded with spaces to `size` bytes. */
 function postWebhook(url: string, size = 0) {
   const body = JSON.stringify(webhookEvent('room_started')).padEnd(size, ' ')
@@ -211,9 +214,9 @@ for (const runtime of runtimeNames) {
     test('answers 503 with Retry-After before reading a body that does not fit beside those being read', async () => {
       const pending = await open(new URL(running.server.url))
       try {
-        pending.write(`POST /livekit/webhook HTTP/1.1\r\nhost: x\r\ncontent-length: ${900 * 1024}\r\n\r\n${' '.repeat(1024)}`)
+        pending.write(`POST /livekit/webhook HTTP/1.1\r\nhost: x\r\nauthorization: ${signedHeader()}\r\ncontent-length: ${900 * 1024}\r\n\r\n${' '.repeat(1024)}`)
         await Bun.sleep(200) // the server has started reading it
-        const refused = await rawRequest(running.server.url, { 'content-type': 'application/json', 'content-length': String(200 * 1024), origin: 'http://localhost:5080' }, [], { path: '/livekit/webhook' })
+        const refused = await rawRequest(running.server.url, { authorization: signedHeader(), 'content-length': String(200 * 1024), origin: 'http://localhost:5080' }, [], { path: '/livekit/webhook' })
         expect(refused.status).toBe(503)
         expect(refused.headers.get('retry-after')).toBe('1')
         expect(refused.headers.get('access-control-allow-origin')).toBe('*')
@@ -230,6 +233,42 @@ for (const runtime of runtimeNames) {
       expect((await postWebhook(running.server.url, 200 * 1024)).status).toBe(200)
       expect(running.server.logs().filter((entry) => entry.level === 'error')).toEqual([])
     })
+
+    test('refuses a webhook without a valid signature before reading its body, so it holds no share', async () => {
+      // Declares a megabyte and sends nothing: answered at once, not after waiting for the body.
+      const answer = await rawRequest(running.server.url, { 'content-length': String(1024 * 1024), authorization: 'not.a.jwt' }, [], { path: '/livekit/webhook', timeoutMs: 2000 })
+      expect(answer.status).toBe(401)
+    })
+
+    test('keeps a share for webhooks that a crowd of token requests cannot take', async () => {
+      const crowd = await Promise.all(Array.from({ length: 4 }, () => open(new URL(running.server.url))))
+      try {
+        for (const socket of crowd) socket.write(`POST /token HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${256 * 1024}\r\n\r\n{`)
+        await Bun.sleep(200) // 1 MiB of token bodies being read: the token route's share is full
+        const token = await rawRequest(running.server.url, { 'content-type': 'application/json', 'content-length': '2' }, ['{}'], { path: '/token' })
+        expect(token.status).toBe(503)
+        expect((await postWebhook(running.server.url, 200 * 1024)).status).toBe(200)
+      } finally {
+        for (const socket of crowd) socket.destroy()
+      }
+    })
+
+    test('gives up on a body that has not arrived within 10 s: 408, and its share is free again', async () => {
+      const socket = await open(new URL(running.server.url))
+      try {
+        const head = new Promise<string>((resolve) => socket.on('data', (data: Buffer) => resolve(data.toString('latin1'))))
+        socket.write(`POST /livekit/webhook HTTP/1.1\r\nhost: x\r\nauthorization: ${signedHeader()}\r\ncontent-length: ${900 * 1024}\r\n\r\n{"event":`)
+        const started = Date.now()
+        // Bun answers in full and closes; Deno sends the status and headers but keeps the connection
+        // until the client closes it (it has no way to close it), so the status line is what counts.
+        expect((await head).split('\r\n')[0]).toBe('HTTP/1.1 408 Request Timeout')
+        expect(Date.now() - started).toBeGreaterThanOrEqual(9_500)
+      } finally {
+        socket.destroy()
+      }
+      // 200 KiB more would not fit beside the 900 KiB, had they not been given back.
+      expect((await postWebhook(running.server.url, 200 * 1024)).status).toBe(200)
+    }, 20_000)
   })
 
   describe(`${runtime}: log lines`, () => {
@@ -248,7 +287,7 @@ for (const runtime of runtimeNames) {
 
     test('log a client that aborts its own upload as info, not as an error', async () => {
       const socket = await open(new URL(running.server.url))
-      socket.write(`POST /livekit/webhook HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n${' '.repeat(1000)}`)
+      socket.write(`POST /livekit/webhook HTTP/1.1\r\nhost: x\r\nauthorization: ${signedHeader()}\r\ncontent-length: 100000\r\n\r\n${' '.repeat(1000)}`)
       await Bun.sleep(200)
       socket.destroy()
       const [line] = await waitForLog(running.server, (entry) => entry.msg === 'request aborted by client')

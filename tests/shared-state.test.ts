@@ -537,6 +537,8 @@ for (const runtime of runtimeNames) {
       `redis://:${password}@`,
       `redis://:${password}@127.0.0.1:port`,
       `redis://user:${password}@127.0.0.1:6379/notanumber`,
+      `redis://:${password}/x@127.0.0.1:6379`, // a "/" in a password that is not URL-encoded
+      `redis://:${password}@127.0.0.1:6379/99999999999999999999`,
     ]
 
     test('stops the server with one line, "Configuration error: REDIS_URL …", exit code 1, and never the password', async () => {

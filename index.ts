@@ -1115,9 +1115,10 @@ export class SharedState {
   }
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+/** The promise's outcome, or `timedOut` (by default "no answer within …") once `ms` have passed. */
+function withTimeout<T>(promise: Promise<T>, ms: number, timedOut?: Error): Promise<T> {
   let timer: ReturnType<typeof setTimeout>
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)))
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(timedOut ?? new Error(`no answer within ${ms} ms`)), ms)))
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
@@ -1162,19 +1163,17 @@ function createBodyReader(maxPendingBytes: number) {
   return async function readBody(request: Request, maxBytes: number, route: keyof typeof pendingBytes): Promise<Uint8Array> {
     const contentLength = request.headers.get('content-length')
     const reservedBytes = contentLength === null ? maxBytes : Number(contentLength)
-    if (!(reservedBytes <= maxBytes)) throw new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
+    if (!(reservedBytes <= maxBytes)) throw tooLarge(maxBytes)
     if (pendingBytes[route] + reservedBytes > maxPendingBytes) {
       // Closing the connection stops the upload rather than draining it.
       throw new HttpError(503, 'The server is busy receiving other requests, retry shortly', { 'retry-after': '1', connection: 'close' })
     }
     pendingBytes[route] += reservedBytes
-    let timer: ReturnType<typeof setTimeout> | undefined
     try {
       // A declared length bounds the body (the HTTP server enforces it), so read it in one go.
       const reading = contentLength !== null || !request.body ? request.arrayBuffer().then((body) => new Uint8Array(body)) : readChunkedBody(request.body, maxBytes)
       reading.catch(() => {}) // once given up, no one waits for it
-      const givenUp = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(bodyTimedOut), bodyTimeoutMs)))
-      return await Promise.race([reading, givenUp])
+      return await withTimeout(reading, bodyTimeoutMs, bodyTimedOut)
     } catch (error) {
       if (error instanceof HttpError) throw error
       if (error === bodyTimedOut) {
@@ -1184,7 +1183,6 @@ function createBodyReader(maxPendingBytes: number) {
       log('info', 'request aborted by client', { reason: String(error) })
       throw new HttpError(400, 'Request body could not be read')
     } finally {
-      clearTimeout(timer)
       pendingBytes[route] -= reservedBytes
     }
   }
@@ -1192,6 +1190,7 @@ function createBodyReader(maxPendingBytes: number) {
 
 const bodyTimeoutMs = 10_000
 const bodyTimedOut = new Error('request body timed out')
+const tooLarge = (maxBytes: number) => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
 
 /** A chunked body has no declared length: count while reading, stop at the limit. */
 async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: number): Promise<Uint8Array> {
@@ -1199,7 +1198,7 @@ async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: num
   let size = 0
   for await (const chunk of stream) {
     size += chunk.byteLength
-    if (size > maxBytes) throw new HttpError(413, `Request body must be at most ${maxBytes} bytes`) // leaving the loop cancels the stream
+    if (size > maxBytes) throw tooLarge(maxBytes) // leaving the loop cancels the stream
     chunks.push(chunk)
   }
   const body = new Uint8Array(size)

@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util'
 import type { Subprocess } from 'bun'
 import { signWebhook, verifyAccessToken, webhookEvent, type Credentials, type TokenClaims } from '../tests/livekit.ts'
 import { startRedis, type RedisServer } from '../tests/redis.ts'
-import { denoPath, freePort, runtimes, startServer, type Runtime, type ServerProcess, type StartOptions } from '../tests/server.ts'
+import { denoCommandWith, denoPath, freePort, runtimes, startServer, type Runtime, type ServerProcess, type StartOptions } from '../tests/server.ts'
 
 // What is measured
 
@@ -78,7 +78,7 @@ const roundSeconds = 1
 const startupRuns = 5
 const luaScript = new URL('wrk.lua', import.meta.url).pathname
 /** Deno's workers are web workers (they read the entry file again) sharing the port. */
-const denoWorkersCommand = [...runtimes.deno.slice(0, -1), '--allow-read=.', '--unstable-net', 'index.ts']
+const denoWorkersCommand = denoCommandWith('--allow-read=.', '--unstable-net')
 // Non-default credentials, so the run also proves the server reads its configuration.
 const credentials: Credentials = { apiKey: 'bench-api-key', apiSecret: `bench-secret-${crypto.randomUUID()}` }
 const baseEnv = { SERVER_PORT: '0', LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }

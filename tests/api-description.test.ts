@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { Validator } from '@seriousme/openapi-schema-validator'
 import { chromium, type Browser } from 'playwright-core'
-import { runtimeNames, runtimes, serveDuringTests, testCredentials, type Runtime, type StartOptions } from './server'
+import { denoCommandWith, runtimeNames, serveDuringTests, testCredentials, type Runtime, type StartOptions } from './server'
 import { verifyAccessToken } from './livekit'
 import { health, openViduToken, standardToken } from './fixtures/typed-client'
 
@@ -13,7 +13,7 @@ const root = new URL('..', import.meta.url).pathname
 
 /** Deno serves the docs page's files only when it may read them from node_modules. */
 const readingNodeModules = (runtime: Runtime): StartOptions =>
-  runtime === 'deno' ? { command: [...runtimes.deno.slice(0, -1), '--allow-read=node_modules', 'index.ts'] } : {}
+  runtime === 'deno' ? { command: denoCommandWith('--allow-read=node_modules') } : {}
 
 test('a TypeScript client typed from App type-checks (tsc), wrong bodies included as errors', async () => {
   const tsc = Bun.spawn(['node_modules/.bin/tsc', '--noEmit', '-p', 'tsconfig.json'], { cwd: root, stdout: 'pipe', stderr: 'pipe' })

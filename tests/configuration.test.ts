@@ -4,7 +4,7 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { httpClient, runtimeNames, runtimes, runUntilExit, startServer, testCredentials, waitForLog, type Runtime, type StartOptions } from './server'
+import { denoCommandWith, httpClient, runtimeNames, runUntilExit, startServer, testCredentials, waitForLog, type Runtime, type StartOptions } from './server'
 import { signWebhook, verifyAccessToken, webhookEvent, type Credentials } from './livekit'
 
 const secretsDir = mkdtempSync(join(tmpdir(), 'livekit-secrets-'))
@@ -19,7 +19,7 @@ function secretFile(name: string, content: string): string {
 
 /** Deno reads files only with --allow-read; the README's default command goes without it. */
 const readingFiles = (runtime: Runtime): StartOptions =>
-  runtime === 'deno' ? { command: [...runtimes.deno.slice(0, -1), `--allow-read=${secretsDir}`, 'index.ts'] } : {}
+  runtime === 'deno' ? { command: denoCommandWith(`--allow-read=${secretsDir}`) } : {}
 
 /** Posts a webhook signed with the given key and secret; resolves to the status. */
 async function webhookStatus(url: string, signer: Credentials): Promise<number> {

@@ -21,6 +21,9 @@ export const runtimes = {
   binary: [binaryPath],
 } as const
 
+/** The README's Deno command with more permissions or flags, e.g. `--allow-read` for a secret file. */
+export const denoCommandWith = (...flags: string[]) => [...runtimes.deno.slice(0, -1), ...flags, 'index.ts']
+
 export type Runtime = keyof typeof runtimes
 export const runtimeNames = Object.keys(runtimes) as Runtime[]
 /** The runtimes that run a TypeScript entry file, as fixtures serving createApp with other handlers need. */

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { readdirSync, readFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
-import { assertNoLeaks, freePort, runtimes, runUntilExit, runtimeNames, startServer, testCredentials, waitForLog, type Runtime, type ServerProcess, type StartOptions } from './server'
+import { assertNoLeaks, denoCommandWith, freePort, runtimes, runUntilExit, runtimeNames, startServer, testCredentials, waitForLog, type Runtime, type ServerProcess, type StartOptions } from './server'
 import { signWebhook, webhookEvent } from './livekit'
 import { open, rawRequest, type RawAnswer } from './raw-http'
 import { startRedis, type RedisServer } from './redis'
@@ -16,7 +16,7 @@ const credentials = testCredentials()
 const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }
 
 /** With WORKERS, Deno needs to read the entry file again (its web workers) and to share the port. */
-const denoWorkersCommand = [...runtimes.deno.slice(0, -1), '--allow-read=.', '--unstable-net', 'index.ts'] as const
+const denoWorkersCommand = denoCommandWith('--allow-read=.', '--unstable-net')
 const workerOptions = (runtime: Runtime): StartOptions => (runtime === 'deno' ? { command: denoWorkersCommand } : {})
 const workersCommand = (runtime: Runtime) => (runtime === 'deno' ? denoWorkersCommand : runtimes[runtime])
 /** Bun (and its compiled binary) run each worker as a child process; Deno runs them as threads of its one process. */

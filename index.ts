@@ -318,11 +318,16 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
    * The token route's parser, so admission is bound to the handler itself: whatever spelling of the
    * path reached it (`/token/`, `/token?x`), no token request skips authentication or the rate limit.
    */
-  async function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
+  function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
     requireHostName(request)
-    if (authenticate || tokenRateLimit) await admitTokenRequest(request, server)
+    // Not async when there is no admission to wait for: each promise layer costs every request (issue 11).
+    if (authenticate || tokenRateLimit) return admitTokenRequest(request, server).then(() => readJsonObject(request))
+    return readJsonObject(request)
+  }
+
+  async function readJsonObject(request: Request): Promise<Record<string, unknown>> {
     requireJsonContentType(request)
-    return parseJsonObject(await readBody(request, maxTokenBodyBytes, 'token'))
+    return parseJsonObject(await readBody(request, maxTokenBodyBytes, 'token', 'text'))
   }
 
   /** The identity and name a token gets: the authenticated caller's when there is one. */
@@ -353,7 +358,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
     try {
       const claims = verifyWebhookSigner(request.headers.get('authorization'))
       // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
-      event = eventFromBody(await readBody(request, config.maxBodyBytes, 'webhook'), claims)
+      event = eventFromBody(await readBody(request, config.maxBodyBytes, 'webhook', 'bytes'), claims)
     } catch (error) {
       if (error instanceof HttpError) throw error
       log('warn', 'webhook refused', { reason: (error as Error).message })
@@ -423,18 +428,24 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
 
 /**
  * CORS: any origin, no credentials. Preflights are answered by a route of ours (with the headers the
- * browser asks for); on every other answer the plugin adds only the origin and fixed headers. By
- * default it lists each request's own headers back, and its methods, on every answer: a cost to
- * every request, and of use to preflights alone.
+ * browser asks for); on every other answer the plugin adds the origin (and `Vary`) alone, and an
+ * answer with a Retry-After exposes it (answerError). By default the plugin would list each
+ * request's own headers back, and its methods, on every answer; and every header costs every
+ * answer (on Deno, 2–3 µs each), while allowed headers and methods matter to preflights alone.
  */
 export const corsSettings = {
   origin: '*',
   credentials: false,
   methods: [],
-  allowedHeaders: ['Content-Type', 'Authorization'],
-  exposeHeaders: ['Retry-After'],
+  allowedHeaders: noHeader(),
+  exposeHeaders: noHeader(),
   preflight: false,
 } satisfies Parameters<typeof cors>[0]
+
+/** `false`: the plugin's code reads it as "send no such header", though its types leave it out (an empty list would send an empty header). */
+function noHeader(): string {
+  return false as unknown as string
+}
 
 /** What createApp returns, for typed clients: `treaty<App>(url).token.post(…)`. */
 export type App = ReturnType<typeof createApp>
@@ -514,6 +525,8 @@ function answerError({ code, error, set, path, request }: ErrorContext & { code:
   const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
   if (httpError instanceof HttpError) {
     Object.assign(set.headers, httpError.headers)
+    // A page on another origin may read it only if told so.
+    if (httpError.headers['retry-after']) set.headers['access-control-expose-headers'] = 'Retry-After'
     return status(httpError.status as ErrorStatus, errorBody(httpError.message))
   }
   if (code === 'VALIDATION' && path === '/token') {
@@ -879,6 +892,8 @@ function eventFromBody(body: Uint8Array, claims: WebhookClaims): WebhookEvent {
   return WebhookEvent.fromJson(JSON.parse(utf8.decode(body)), { ignoreUnknownFields: true })
 }
 
+type MaybePromise<T> = T | Promise<T>
+
 /** What claiming an event id finds: a new event, one handled already, or one being handled now. */
 export type Claim = 'new' | 'handled' | 'being handled'
 
@@ -1017,7 +1032,7 @@ export class SharedState {
     return this.status === 'ok' ? 'ok' : 'unavailable'
   }
 
-  async claim(id: string): Promise<Claim> {
+  claim(id: string): MaybePromise<Claim> {
     return this.use(
       async (redis) => {
         const previous = await this.runScript(redis, claimScript, `${this.keyPrefix}webhook:${id}`, this.claimMark, String(claimTtlMs))
@@ -1028,18 +1043,18 @@ export class SharedState {
     )
   }
 
-  async complete(id: string): Promise<void> {
+  complete(id: string): MaybePromise<void> {
     this.memory.ids.complete(id)
-    await this.use(async (redis) => void (await redis.send('SET', [`${this.keyPrefix}webhook:${id}`, 'handled', 'PX', String(handledTtlMs)])), () => {})
+    return this.use(async (redis) => void (await redis.send('SET', [`${this.keyPrefix}webhook:${id}`, 'handled', 'PX', String(handledTtlMs)])), () => {})
   }
 
-  async release(id: string): Promise<void> {
+  release(id: string): MaybePromise<void> {
     this.memory.ids.release(id)
-    await this.use(async (redis) => void (await this.runScript(redis, releaseScript, `${this.keyPrefix}webhook:${id}`, this.claimMark)), () => {})
+    return this.use(async (redis) => void (await this.runScript(redis, releaseScript, `${this.keyPrefix}webhook:${id}`, this.claimMark)), () => {})
   }
 
   /** Takes one token request from the caller's allowance; 0, or the seconds to wait for one. */
-  async take(caller: string, perMinute: number): Promise<number> {
+  take(caller: string, perMinute: number): MaybePromise<number> {
     return this.use(
       async (redis) => Number(await this.runScript(redis, takeTokenScript, `${this.keyPrefix}rate:${caller}`, String(perMinute))),
       () => this.memory.limiter!.take(caller),
@@ -1047,10 +1062,18 @@ export class SharedState {
   }
 
   /**
-   * Runs the operation on Redis if it is in use and answers within 250 ms, else on memory (right
-   * after start, once the first attempt to connect has ended, at most 2 s).
+   * Without REDIS_URL, the operation on memory, answered at once (no promise: every webhook and
+   * rate-limited token request comes here).
    */
-  private async use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {
+  private use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): MaybePromise<T> {
+    return this.redisUrl ? this.useRedis(onRedis, inMemory) : inMemory()
+  }
+
+  /**
+   * The operation on Redis if it is in use and answers within 250 ms, else on memory (right after
+   * start, once the first attempt to connect has ended, at most 2 s).
+   */
+  private async useRedis<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {
     if (this.status === 'connecting') await this.connected
     if (this.status !== 'ok' || !this.redis) return inMemory()
     try {
@@ -1117,9 +1140,14 @@ export class SharedState {
 
 /** The promise's outcome, or `timedOut` (by default "no answer within …") once `ms` have passed. */
 function withTimeout<T>(promise: Promise<T>, ms: number, timedOut?: Error): Promise<T> {
-  let timer: ReturnType<typeof setTimeout>
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(timedOut ?? new Error(`no answer within ${ms} ms`)), ms)))
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+  // One promise around the awaited one (not a race and a finally): every body read goes through here.
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(timedOut ?? new Error(`no answer within ${ms} ms`)), ms)
+    promise.then(
+      (value) => (clearTimeout(timer), resolve(value)),
+      (error) => (clearTimeout(timer), reject(error)),
+    )
+  })
 }
 
 /** The (valid) Redis URL without its password, for log lines. */
@@ -1160,7 +1188,12 @@ const utf8 = new TextDecoder()
  */
 function createBodyReader(maxPendingBytes: number) {
   const pendingBytes = { token: 0, webhook: 0 }
-  return async function readBody(request: Request, maxBytes: number, route: keyof typeof pendingBytes): Promise<Uint8Array> {
+  return async function readBody<As extends 'text' | 'bytes'>(
+    request: Request,
+    maxBytes: number,
+    route: keyof typeof pendingBytes,
+    as: As,
+  ): Promise<As extends 'text' ? string : Uint8Array> {
     const contentLength = request.headers.get('content-length')
     const reservedBytes = contentLength === null ? maxBytes : Number(contentLength)
     if (!(reservedBytes <= maxBytes)) throw tooLarge(maxBytes)
@@ -1170,10 +1203,10 @@ function createBodyReader(maxPendingBytes: number) {
     }
     pendingBytes[route] += reservedBytes
     try {
-      // A declared length bounds the body (the HTTP server enforces it), so read it in one go.
-      const reading = contentLength !== null || !request.body ? request.arrayBuffer().then((body) => new Uint8Array(body)) : readChunkedBody(request.body, maxBytes)
-      reading.catch(() => {}) // once given up, no one waits for it
-      return await withTimeout(reading, bodyTimeoutMs, bodyTimedOut)
+      // A declared length bounds the body (the HTTP server enforces it), so the runtime reads it in
+      // one go, decoding it too when text is wanted.
+      const reading = contentLength === null && request.body ? readChunkedBody(request.body, maxBytes, as) : as === 'text' ? request.text() : request.bytes()
+      return (await withTimeout<string | Uint8Array>(reading, bodyTimeoutMs, bodyTimedOut)) as As extends 'text' ? string : Uint8Array
     } catch (error) {
       if (error instanceof HttpError) throw error
       if (error === bodyTimedOut) {
@@ -1193,7 +1226,7 @@ const bodyTimedOut = new Error('request body timed out')
 const tooLarge = (maxBytes: number) => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
 
 /** A chunked body has no declared length: count while reading, stop at the limit. */
-async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: number): Promise<Uint8Array> {
+async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: number, as: 'text' | 'bytes'): Promise<string | Uint8Array> {
   const chunks: Uint8Array[] = []
   let size = 0
   for await (const chunk of stream) {
@@ -1207,7 +1240,7 @@ async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: num
     body.set(chunk, offset)
     offset += chunk.byteLength
   }
-  return body
+  return as === 'text' ? utf8.decode(body) : body
 }
 
 /**
@@ -1225,15 +1258,15 @@ function requireJsonContentType(request: Request): void {
   }
 }
 
-function parseJsonObject(bytes: Uint8Array): Record<string, unknown> {
+function parseJsonObject(text: string): Record<string, unknown> {
   // Deep nesting costs every step after parsing (Elysia's validation errors pretty-print the body),
-  // so refuse it first, in one pass over the bytes.
-  if (nestedDeeperThan(bytes, maxJsonDepth)) {
+  // so refuse it first, in one pass over the text.
+  if (nestedDeeperThan(text, maxJsonDepth)) {
     throw new HttpError(400, `Request body must be nested at most ${maxJsonDepth} levels deep`)
   }
   let value: unknown
   try {
-    value = JSON.parse(utf8.decode(bytes))
+    value = JSON.parse(text)
   } catch {
     throw new HttpError(400, 'Request body must be valid JSON')
   }
@@ -1244,15 +1277,15 @@ function parseJsonObject(bytes: Uint8Array): Record<string, unknown> {
 }
 
 const maxJsonDepth = 32
-// The bytes that matter: " \ { } [ ]
+// The characters that matter: " \ { } [ ]
 const [quote, backslash, openBrace, closeBrace, openBracket, closeBracket] = [0x22, 0x5c, 0x7b, 0x7d, 0x5b, 0x5d]
 
 /** Whether JSON text opens more than `levels` objects and arrays inside one another (strings skipped). */
-function nestedDeeperThan(json: Uint8Array, levels: number): boolean {
+function nestedDeeperThan(json: string, levels: number): boolean {
   let depth = 0
   let inString = false
   for (let i = 0; i < json.length; i++) {
-    const byte = json[i]
+    const byte = json.charCodeAt(i)
     if (inString) {
       if (byte === backslash) i++
       else if (byte === quote) inString = false

@@ -2,9 +2,11 @@
 // side by side with what it is compared against, in one run: a bare Elysia app doing the same work
 // (bench/floor.ts, issue 11), the server with its shared state on Redis and with WORKERS=2 (issue 9).
 // Each comparison is a ratio of two processes loaded by wrk in the same round, rounds interleaved.
-// Usage: bun run bench [--seconds N] [--deno]. The report (markdown) goes to stdout, progress to stderr.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+// With --costs, also copies of index.ts each without one behaviour (CORS, bounded reading, …), to say
+// what each costs. Usage: bun run bench [--seconds N] [--deno] [--costs]. The report (markdown) goes
+// to stdout, progress to stderr.
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import type { Subprocess } from 'bun'
@@ -12,10 +14,13 @@ import { signWebhook, verifyAccessToken, webhookEvent, type Credentials, type To
 import { startRedis, type RedisServer } from '../tests/redis.ts'
 import { denoCommandWith, denoPath, freePort, runtimes, startServer, type Runtime, type ServerProcess, type StartOptions } from '../tests/server.ts'
 
+const root = new URL('..', import.meta.url).pathname
+
 // What is measured
 
 type RouteKey = 'health' | 'openvidu' | 'standard' | 'webhook'
-type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'workers1' | 'workers2'
+type CostKey = 'cors' | 'bodyBounds' | 'tokenParser' | 'dedupe' | 'responseSchemas'
+type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'workers1' | 'workers2' | `without ${CostKey}`
 
 interface Variant {
   label: string
@@ -35,6 +40,48 @@ interface Variant {
 // here (one caller, the loopback address, would need over 16,000 requests/s for a minute).
 const limit = '1000000'
 
+/**
+ * With --costs, what each behaviour the server adds to the floor costs: a copy of index.ts without
+ * it (these edits, each of which must match index.ts exactly once), measured beside the server.
+ */
+const costs: Record<CostKey, { label: string; routes: RouteKey[]; edits: [find: string, replace: string][] }> = {
+  cors: { label: 'the CORS plugin', routes: ['health', 'openvidu', 'webhook'], edits: [['.use(cors(corsSettings))', '']] },
+  bodyBounds: {
+    label: 'bounded body reading (size, budget, 10 s)',
+    routes: ['openvidu', 'webhook'],
+    edits: [
+      ["await readBody(request, maxTokenBodyBytes, 'token', 'text')", 'await request.text()'],
+      ["await readBody(request, config.maxBodyBytes, 'webhook', 'bytes')", 'await request.bytes()'],
+    ],
+  },
+  tokenParser: {
+    label: "the token route's own parser (admission, Host, Content-Type and JSON checks, bounded reading) for Elysia's",
+    routes: ['openvidu'],
+    edits: [["parse: [readTokenRequest, 'json'],", '']],
+  },
+  dedupe: {
+    label: 'duplicate detection (webhook ids claimed and remembered, in memory)',
+    routes: ['webhook'],
+    edits: [
+      ["const claim = event.id ? await state.claim(event.id) : 'new'", "const claim = 'new' as Claim"],
+      ['if (event.id) await state.complete(event.id)', ''],
+    ],
+  },
+  responseSchemas: {
+    label: 'response schemas (validated on every answer)',
+    routes: ['health', 'openvidu', 'webhook'],
+    edits: [
+      ['response: { 200: HealthAnswer },', ''],
+      ['response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },', ''],
+      ['response: { 200: WebhookAnswer, ...errorAnswers(401, 408, 413, 500, 503) },', ''],
+    ],
+  },
+}
+const costKeys = Object.keys(costs) as CostKey[]
+/** Where the copies are written: inside the project, so that they import its node_modules. */
+const costsDir = '.bench-costs'
+const costEntry = (key: CostKey) => `${costsDir}/without-${key}.ts`
+
 /** Every process a run starts, per runtime. */
 const variants: Record<VariantKey, Variant> = {
   server:      { label: 'server',          entry: 'index.ts',       env: {},                            redis: false, workers: false, timeStartup: true },
@@ -44,6 +91,9 @@ const variants: Record<VariantKey, Variant> = {
   limitRedis:  { label: 'Redis on',        entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit },   redis: true,  workers: false, timeStartup: false },
   workers1:    { label: 'WORKERS=1',       entry: 'index.ts',       env: { WORKERS: '1' },              redis: true,  workers: true,  timeStartup: false },
   workers2:    { label: 'WORKERS=2',       entry: 'index.ts',       env: { WORKERS: '2' },              redis: true,  workers: true,  timeStartup: false },
+  ...(Object.fromEntries(
+    costKeys.map((key) => [`without ${key}`, { label: `server without ${key}`, entry: costEntry(key), env: {}, redis: false, workers: false, timeStartup: false }]),
+  ) as Record<`without ${CostKey}`, Variant>),
 }
 
 interface Comparison {
@@ -65,6 +115,32 @@ const comparisons: Record<'floor' | 'cors' | 'redis' | 'workers', Comparison> = 
   workers: { title: 'WORKERS=2 ÷ WORKERS=1',     numerator: 'workers2',   denominator: 'workers1',     routes: ['health', 'openvidu'] },
 }
 
+/** With --costs: the server without each behaviour ÷ the server. */
+const costComparisons: Comparison[] = costKeys.map((key) => ({
+  title: `without ${key} ÷ server`,
+  numerator: `without ${key}`,
+  denominator: 'server',
+  routes: costs[key].routes,
+}))
+
+/** The comparisons a run makes. */
+const activeComparisons = (options: Options) => [...Object.values(comparisons), ...(options.costs ? costComparisons : [])]
+
+/** Writes the copies of index.ts that --costs measures, each without one behaviour. */
+function writeCostVariants(): void {
+  const source = readFileSync(join(root, 'index.ts'), 'utf8')
+  mkdirSync(join(root, costsDir), { recursive: true })
+  for (const key of costKeys) {
+    let copy = source
+    for (const [find, replace] of costs[key].edits) {
+      const found = copy.split(find).length - 1
+      if (found !== 1) throw new Error(`--costs: index.ts holds ${found} copies of "${find}" (for ${key}), not one: update bench/bench.ts`)
+      copy = copy.replace(find, replace)
+    }
+    writeFileSync(join(root, costEntry(key)), copy)
+  }
+}
+
 /** Measured besides what the comparisons need: the server on every route, for its "vs /health" column. */
 const alsoMeasured: [VariantKey, RouteKey[]][] = [['server', ['health', 'openvidu', 'standard', 'webhook']]]
 
@@ -76,6 +152,14 @@ const warmupSeconds = 1
 // Short rounds, alternating between routes, processes and runtimes, spread whatever else the machine does.
 const roundSeconds = 1
 const startupRuns = 5
+// Every process measured alone (all but the WORKERS ones) runs on the last core, and wrk, Redis and
+// this script on the others: the measured process then has a core of its own, and its figures stop
+// swaying with whatever wrk and the log reading take. WORKERS processes may use every core.
+const cores = availableParallelism()
+const serverCore = String(cores - 1)
+const loadCores = cores > 2 ? `0-${cores - 2}` : '0'
+const allCores = `0-${cores - 1}`
+const pinnedTo = (core: string, command: readonly string[]) => ['taskset', '-c', core, ...command]
 const luaScript = new URL('wrk.lua', import.meta.url).pathname
 /** Deno's workers are web workers (they read the entry file again) sharing the port. */
 const denoWorkersCommand = denoCommandWith('--allow-read=.', '--unstable-net')
@@ -87,18 +171,19 @@ interface Options {
   seconds: number
   rounds: number
   runtimes: Runtime[]
+  costs: boolean
 }
 
 function parseOptions(): Options {
   const { values } = parseArgs({
     args: Bun.argv.slice(2),
-    options: { seconds: { type: 'string', default: '10' }, deno: { type: 'boolean', default: false } },
+    options: { seconds: { type: 'string', default: '10' }, deno: { type: 'boolean', default: false }, costs: { type: 'boolean', default: false } },
   })
   const seconds = Number(values.seconds)
   if (!Number.isInteger(seconds) || seconds < 1 || seconds > 300) {
     throw new Error(`--seconds must be a whole number from 1 to 300, got "${values.seconds}"`)
   }
-  return { seconds, rounds: Math.ceil(seconds / roundSeconds), runtimes: values.deno ? ['bun', 'deno'] : ['bun'] }
+  return { seconds, rounds: Math.ceil(seconds / roundSeconds), runtimes: values.deno ? ['bun', 'deno'] : ['bun'], costs: values.costs }
 }
 
 /** What is missing to run, and how to get it: this script installs nothing itself. */
@@ -107,6 +192,7 @@ function missingTools(): string[] {
     ['wrk', 'apt-get install -y wrk'],
     ['bun', 'npm install -g bun'],
     ['redis-server', 'apt-get install -y redis-server'],
+    ['taskset', 'apt-get install -y util-linux'],
   ]
   return needed.filter(([tool]) => !Bun.which(tool)).map(([tool, install]) => `${tool} is not on the PATH; install it with: ${install}`)
 }
@@ -124,14 +210,16 @@ async function variantEnv(variant: Variant): Promise<Record<string, string>> {
   return env
 }
 
-function variantOptions(runtime: Runtime, variant: Variant): StartOptions {
+function variantOptions(runtime: Runtime, variant: Variant, pinned: boolean): StartOptions {
   const command = variant.workers && runtime === 'deno' ? denoWorkersCommand : runtimes[runtime]
-  return { entry: variant.entry, command }
+  // Set either way: a child inherits this script's cores.
+  return { entry: variant.entry, command: pinnedTo(pinned ? serverCore : allCores, command) }
 }
 
-async function launch(runtime: Runtime, key: VariantKey): Promise<ServerProcess> {
+/** A variant's process, on a core of its own if `pinned` (never the WORKERS ones, which need them all). */
+async function launch(runtime: Runtime, key: VariantKey, { pinned = false } = {}): Promise<ServerProcess> {
   const variant = variants[key]
-  const server = await startServer(runtime, await variantEnv(variant), variantOptions(runtime, variant))
+  const server = await startServer(runtime, await variantEnv(variant), variantOptions(runtime, variant, pinned && !variant.workers))
   servers.add(server)
   if (variant.redis && !(await redisInUse(server))) throw new Error(`${runtime} ${variant.label}: /health says Redis is not in use; nothing measured`)
   return server
@@ -171,6 +259,23 @@ function treeRssMegabytes(pid: number): number {
   const children = read(`/proc/${pid}/task/${pid}/children`).split(' ').filter(Boolean).map(Number)
   return kilobytes / 1024 + children.reduce((total, child) => total + treeRssMegabytes(child), 0)
 }
+
+/** CPU time (user and system) a process and its descendants have used so far, in µs. */
+function treeCpuMicros(pid: number): number {
+  let stat: string
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  } catch {
+    return 0 // gone meanwhile
+  }
+  // Fields after the command (which may hold spaces): utime and stime are the 12th and 13th.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  const own = ((Number(fields[11]) + Number(fields[12])) * 1e6) / clockTicksPerSecond
+  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number)
+  return own + children.reduce((total, child) => total + treeCpuMicros(child), 0)
+}
+
+const clockTicksPerSecond = Number(Bun.spawnSync(['getconf', 'CLK_TCK']).stdout.toString().trim()) || 100
 
 // Requests
 
@@ -304,7 +409,7 @@ let wrkRuns = 0
 /** wrk wants an address: "localhost" may resolve to ::1 first, so name IPv4 loopback outright. */
 const loopbackUrl = (server: ServerProcess) => `http://127.0.0.1:${new URL(server.url).port}`
 
-async function runWrk(server: ServerProcess, perThread: HttpRequest[][], seconds: number, cycle: boolean): Promise<WrkResult> {
+async function runWrk(server: ServerProcess, perThread: HttpRequest[][], seconds: number, cycle: boolean, pinned: boolean): Promise<WrkResult> {
   wrkRuns += 1
   const prefix = join(workDir, `requests-${wrkRuns}`)
   const host = new URL(loopbackUrl(server)).host
@@ -314,7 +419,8 @@ async function runWrk(server: ServerProcess, perThread: HttpRequest[][], seconds
     return file
   })
   const args = [`-t${wrkThreads}`, `-c${wrkConnections}`, `-d${seconds}s`, '--timeout', '5s', '-s', luaScript]
-  const child = Bun.spawn(['wrk', ...args, loopbackUrl(server), '--', prefix, cycle ? 'cycle' : 'once'], {
+  const command = ['wrk', ...args, loopbackUrl(server), '--', prefix, cycle ? 'cycle' : 'once']
+  const child = Bun.spawn(pinned ? pinnedTo(loadCores, command) : command, {
     stdout: 'pipe',
     stderr: 'pipe',
   })
@@ -328,9 +434,10 @@ async function runWrk(server: ServerProcess, perThread: HttpRequest[][], seconds
 }
 
 /** Runs a scenario under wrk; distinct requests are sized per thread, so no two threads share one. */
-function runScenario(server: ServerProcess, scenario: Scenario, seconds: number, perThread: number): Promise<WrkResult> {
-  const requests = Array.from({ length: wrkThreads }, () => scenario.requests(scenario.distinct ? perThread : 1))
-  return runWrk(server, requests, seconds, !scenario.distinct)
+function runScenario(target: Target, seconds: number): Promise<WrkResult> {
+  const scenario = scenarios[target.route]
+  const requests = Array.from({ length: wrkThreads }, () => scenario.requests(scenario.distinct ? target.perThread : 1))
+  return runWrk(target.server, requests, seconds, !scenario.distinct, target.pinned)
 }
 
 // Checks around each measurement
@@ -386,6 +493,8 @@ function readServerLog(lines: string[]): ServerLog {
 
 interface Round {
   result: WrkResult
+  /** CPU time the measured process (and its workers) used during the round, in µs. */
+  cpuMicros: number
   log: ServerLog
   /** Why the round does not measure what its row claims: it is then left out of every figure. */
   problems: string[]
@@ -396,6 +505,7 @@ interface Running {
   runtime: Runtime
   variant: VariantKey
   server: ServerProcess
+  pinned: boolean
 }
 
 /** One route on one process of one runtime, measured over rounds that alternate with every other target's. */
@@ -404,6 +514,8 @@ interface Target {
   variant: VariantKey
   route: RouteKey
   server: ServerProcess
+  /** Whether the process runs on a core of its own (and wrk on the others). */
+  pinned: boolean
   /** Distinct requests each wrk thread gets per round. */
   perThread: number
   /** One per round, in order. */
@@ -413,14 +525,14 @@ interface Target {
 const where = (target: Target) => `${target.runtime} ${variants[target.variant].label} ${scenarios[target.route].label}`
 
 /** The routes each variant is measured on: what the comparisons and alsoMeasured name. */
-function routesByVariant(): Map<VariantKey, Set<RouteKey>> {
+function routesByVariant(options: Options): Map<VariantKey, Set<RouteKey>> {
   const needed = new Map<VariantKey, Set<RouteKey>>()
   const add = (variant: VariantKey, routes: RouteKey[]) => {
     const set = needed.get(variant) ?? new Set()
     routes.forEach((route) => set.add(route))
     needed.set(variant, set)
   }
-  for (const { numerator, denominator, routes } of Object.values(comparisons)) (add(numerator, routes), add(denominator, routes))
+  for (const { numerator, denominator, routes } of activeComparisons(options)) (add(numerator, routes), add(denominator, routes))
   for (const [variant, routes] of alsoMeasured) add(variant, routes)
   return needed
 }
@@ -428,17 +540,20 @@ function routesByVariant(): Map<VariantKey, Set<RouteKey>> {
 const variantKeys = Object.keys(variants) as VariantKey[]
 
 /** The variants something is measured on, in the order of the variants table. */
-const measuredVariants = (needed = routesByVariant()) => variantKeys.filter((variant) => needed.has(variant))
+const measuredVariants = (needed: Map<VariantKey, Set<RouteKey>>) => variantKeys.filter((variant) => needed.has(variant))
 
 /** Route by route, then runtime, then process: the two sides of every comparison run next to each other. */
 function planTargets(running: Running[], options: Options): Target[] {
-  const needed = routesByVariant()
-  const serverOf = (runtime: Runtime, variant: VariantKey) => running.find((one) => one.runtime === runtime && one.variant === variant)!.server
+  const needed = routesByVariant(options)
+  const processOf = (runtime: Runtime, variant: VariantKey) => running.find((one) => one.runtime === runtime && one.variant === variant)!
   return routeKeys.flatMap((route) =>
     options.runtimes.flatMap((runtime) =>
       measuredVariants(needed)
         .filter((variant) => needed.get(variant)!.has(route))
-        .map((variant) => ({ runtime, variant, route, server: serverOf(runtime, variant), perThread: 1, rounds: [] })),
+        .map((variant) => {
+          const { server, pinned } = processOf(runtime, variant)
+          return { runtime, variant, route, server, pinned, perThread: 1, rounds: [] }
+        }),
     ),
   )
 }
@@ -450,8 +565,8 @@ const warmupWebhookRate = 40_000
 async function warmUp(target: Target): Promise<void> {
   const scenario = scenarios[target.route]
   await verifySample(target.server, scenario, where(target))
-  const perThread = Math.ceil((warmupWebhookRate * warmupSeconds) / wrkThreads)
-  const warmup = await runScenario(target.server, scenario, warmupSeconds, perThread)
+  target.perThread = Math.ceil((warmupWebhookRate * warmupSeconds) / wrkThreads)
+  const warmup = await runScenario(target, warmupSeconds)
   if (warmup.statusErrors > 0) {
     throw new Error(`${where(target)}: ${warmup.statusErrors} error answers during the warm-up; nothing measured`)
   }
@@ -463,7 +578,9 @@ async function warmUp(target: Target): Promise<void> {
 async function measureRound(target: Target): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     const from = target.server.lines.length
-    const result = await runScenario(target.server, scenarios[target.route], roundSeconds, target.perThread)
+    const cpuBefore = treeCpuMicros(target.server.child.pid)
+    const result = await runScenario(target, roundSeconds)
+    const cpuMicros = treeCpuMicros(target.server.child.pid) - cpuBefore
     const log = readServerLog(await settledLines(target.server, from))
     // A server that gave up on Redis during the round measured its own memory, for part of it at least.
     const lostRedis = variants[target.variant].redis && !(await redisInUse(target.server))
@@ -473,7 +590,7 @@ async function measureRound(target: Target): Promise<void> {
       continue
     }
     const problems = [...roundProblems(target, result, log), ...(lostRedis ? ['/health says Redis was not in use at the end'] : [])]
-    target.rounds.push({ result, log, problems })
+    target.rounds.push({ result, cpuMicros, log, problems })
     return
   }
 }
@@ -528,6 +645,9 @@ function median(values: number[]): number | undefined {
   return sorted.length % 2 === 1 ? sorted[middle] : sorted.length === 0 ? undefined : (sorted[middle - 1]! + sorted[middle]!) / 2
 }
 const rate = (round: Round) => round.result.requests / (round.result.durationUs / 1e6)
+/** Requests answered per second of the process's CPU time: what the work of one request costs, whatever else ran. */
+const efficiency = (round: Round) => round.result.requests / (round.cpuMicros / 1e6)
+const cpuMicrosPerRequest = (round: Round) => round.cpuMicros / round.result.requests
 const isClean = (round: Round | undefined): round is Round => round !== undefined && round.problems.length === 0
 
 interface Ratio {
@@ -538,12 +658,12 @@ interface Ratio {
   rounds: number
 }
 
-/** The per-round ratio numerator ÷ denominator, over the rounds clean on both sides. */
-function ratio(numerator: Target | undefined, denominator: Target | undefined): Ratio | undefined {
+/** The per-round ratio numerator ÷ denominator of requests/s (or of another measure), over the rounds clean on both sides. */
+function ratio(numerator: Target | undefined, denominator: Target | undefined, measure = rate): Ratio | undefined {
   if (!numerator || !denominator) return undefined
   const ratios = numerator.rounds.flatMap((round, i) => {
     const other = denominator.rounds[i]
-    return isClean(round) && isClean(other) ? [rate(round) / rate(other)] : []
+    return isClean(round) && isClean(other) ? [measure(round) / measure(other)] : []
   })
   if (ratios.length === 0) return undefined
   return { median: median(ratios)!, low: Math.min(...ratios), high: Math.max(...ratios), rounds: ratios.length }
@@ -551,6 +671,7 @@ function ratio(numerator: Target | undefined, denominator: Target | undefined): 
 
 const cleanRounds = (target: Target) => target.rounds.filter(isClean)
 const medianRate = (target: Target | undefined) => target && median(cleanRounds(target).map(rate))
+const medianCpu = (target: Target | undefined) => target && median(cleanRounds(target).map(cpuMicrosPerRequest))
 const medianLatencyMs = (target: Target, pick: (result: WrkResult) => number) => {
   const value = median(cleanRounds(target).map((round) => pick(round.result)))
   return value === undefined ? undefined : value / 1000
@@ -578,8 +699,7 @@ async function describeMachine(runtimes: Runtime[]): Promise<string> {
   // Debian's wrk reports e.g. "wrk debian/4.1.0-3+b2 [epoll]".
   const wrk = /wrk (?:\w+\/)?([\d.]+)/.exec(await commandOutput(['wrk', '--version']))?.[1] ?? '?'
   const redisVersion = /v=(\S+)/.exec(await commandOutput(['redis-server', '--version']))?.[1] ?? '?'
-  const cores = (await commandOutput(['nproc'])).trim()
-  return `${cores} cores (nproc), ${process.platform} ${process.arch}; ${versions.join(', ')}; wrk ${wrk}; redis-server ${redisVersion}`
+  return `${cores} cores, ${process.platform} ${process.arch}; ${versions.join(', ')}; wrk ${wrk}; redis-server ${redisVersion}`
 }
 
 type Align = 'left' | 'right'
@@ -594,6 +714,7 @@ function markdownTable(header: string[], align: Align[], rows: string[][]): stri
 
 const none = '—'
 const integer = (value: number | undefined) => (value === undefined ? none : Math.round(value).toLocaleString('en-US'))
+const micros = (value: number | undefined) => (value === undefined ? none : `${value.toFixed(1)} µs`)
 const latency = (target: Target) => {
   const [p50, p99] = [medianLatencyMs(target, (r) => r.p50Us), medianLatencyMs(target, (r) => r.p99Us)]
   return p50 === undefined || p99 === undefined ? none : `${p50.toFixed(2)} / ${p99.toFixed(2)} ms`
@@ -607,6 +728,11 @@ const howToRead = (rounds: number) =>
   `(${wrkThreads} threads, ${wrkConnections} connections) for ${rounds} rounds of ${roundSeconds} s, after a ${warmupSeconds} s warm-up, ` +
   `and every round measured every row once, route by route with the two sides of each comparison back to back ` +
   `(the order reversed every other round), so that whatever else the machine did weighed on all rows alike. ` +
+  `Every process but the WORKERS ones ran on a core of its own (the last, \`taskset\`), wrk, Redis and this script on the others. ` +
+  `"CPU/req" is the CPU time (user and system) the process used in a round divided by the requests it answered there, ` +
+  `median over the rounds; a "(CPU)" ratio is B's CPU per request divided by A's, per round, so that like the requests/s ` +
+  `ratio 0.70× means A does 30 % less in the same time, and it holds even when wrk, not the process, sets the pace ` +
+  `(which it can for /health: wrk has one core). ` +
   `Requests/s and latencies are medians over the rounds. A ratio "A ÷ B" is A's requests/s divided by B's in the same round, ` +
   `median over the rounds, with the lowest and highest round in brackets: 1.00× means no difference, 0.70× that A answers 30 % fewer ` +
   `requests than B, and a wide bracket means a noisy machine rather than a real difference. Absolute figures drift from run to run ` +
@@ -628,19 +754,36 @@ function floorTable(runtime: Runtime, find: Find): string {
     .map((route) => {
       const server = find(runtime, 'server', route)!
       const floor = find(runtime, 'floor', route)
+      const floorCors = find(runtime, 'floorCors', route)
       return [
         scenarios[route].label,
         integer(medianRate(server)),
         integer(medianRate(floor)),
         times(ratio(server, floor)),
-        times(ratio(find(runtime, 'floorCors', route), floor)),
+        micros(medianCpu(server)),
+        micros(medianCpu(floor)),
+        times(ratio(server, floor, efficiency)),
+        times(ratio(floorCors, floor)),
+        times(ratio(floorCors, floor, efficiency)),
         times(ratio(server, find(runtime, 'server', 'health'))),
         latency(server),
       ]
     })
   return markdownTable(
-    ['route', 'server req/s', 'floor req/s', comparisons.floor.title, comparisons.cors.title, 'server vs /health', 'server p50 / p99'],
-    ['left', 'right', 'right', 'right', 'right', 'right', 'right'],
+    [
+      'route',
+      'server req/s',
+      'floor req/s',
+      `${comparisons.floor.title} (req/s)`,
+      'server CPU/req',
+      'floor CPU/req',
+      `${comparisons.floor.title} (CPU)`,
+      `${comparisons.cors.title} (req/s)`,
+      `${comparisons.cors.title} (CPU)`,
+      'server vs /health',
+      'server p50 / p99',
+    ],
+    ['left', ...Array<Align>(10).fill('right')],
     rows,
   )
 }
@@ -660,6 +803,26 @@ function comparisonTable(comparison: Comparison, runtimes: Runtime[], find: Find
   const header = ['runtime', 'route', `${variants[denominator].label} req/s`, `${variants[numerator].label} req/s`, comparison.title]
   const goalColumn = goal ? [`goal: ≥ ${goal.atLeast.toFixed(2)}× on ${goal.runtime}`] : []
   return markdownTable([...header, ...goalColumn], [...header.map((_, i) => (i < 2 ? 'left' : 'right') as Align), ...goalColumn.map(() => 'right' as Align)], rows)
+}
+
+/** With --costs: per behaviour, the server without it against the server, in requests/s and in CPU per request. */
+function costsSection(runtimes: Runtime[], find: Find): string {
+  const rows = costKeys.flatMap((key) =>
+    runtimes.flatMap((runtime) =>
+      costs[key].routes.map((route) => {
+        const [without, server] = [find(runtime, `without ${key}`, route), find(runtime, 'server', route)]
+        return [costs[key].label, runtime, scenarios[route].label, times(ratio(without, server)), times(ratio(without, server, efficiency))]
+      }),
+    ),
+  )
+  return [
+    '#### What each behaviour costs: the server without it ÷ the server (issue 11)',
+    '',
+    markdownTable(['without', 'runtime', 'route', 'req/s', 'CPU'], ['left', 'left', 'left', 'right', 'right'], rows),
+    '',
+    '1.10× means the server answers 10 % more without it: that is what the behaviour costs.',
+    '',
+  ].join('\n')
 }
 
 interface ProcessFigures {
@@ -710,7 +873,7 @@ function report({ options, machine, targets, processes, problems }: Report): str
   return [
     `### Benchmark, ${new Date().toISOString().slice(0, 10)}`,
     '',
-    `- Machine: ${machine}; wrk, Redis, every process measured and this script share the cores.`,
+    `- Machine: ${machine}; the measured process on core ${serverCore} (WORKERS: all cores), wrk, Redis and this script on ${loadCores}.`,
     `- ${options.rounds} rounds of ${roundSeconds} s per row (\`--seconds ${options.seconds}\`).`,
     '',
     howToRead(options.rounds),
@@ -726,6 +889,7 @@ function report({ options, machine, targets, processes, problems }: Report): str
     '',
     comparisonTable(comparisons.workers, options.runtimes, find),
     '',
+    ...(options.costs ? [costsSection(options.runtimes, find)] : []),
     '#### Processes',
     '',
     processTable(processes),
@@ -756,9 +920,10 @@ async function timeStartups(options: Options): Promise<Map<string, number>> {
 async function launchAll(options: Options): Promise<Running[]> {
   const running: Running[] = []
   for (const runtime of options.runtimes) {
-    for (const variant of measuredVariants()) {
+    for (const variant of measuredVariants(routesByVariant(options))) {
       console.error(`Starting ${runtime} ${variants[variant].label}…`)
-      running.push({ runtime, variant, server: await launch(runtime, variant) })
+      const pinned = !variants[variant].workers
+      running.push({ runtime, variant, pinned, server: await launch(runtime, variant, { pinned }) })
     }
   }
   return running
@@ -789,7 +954,7 @@ async function main(): Promise<number> {
   try {
     options = parseOptions()
   } catch (error) {
-    console.error(`${(error as Error).message}\nUsage: bun run bench [--seconds N] [--deno]`)
+    console.error(`${(error as Error).message}\nUsage: bun run bench [--seconds N] [--deno] [--costs]`)
     return 2
   }
   const missing = missingTools()
@@ -798,9 +963,12 @@ async function main(): Promise<number> {
     return 1
   }
   const machine = await describeMachine(options.runtimes)
+  // This script (every thread of it) and what it starts unpinned (Redis) share wrk's cores, not the measured process's.
+  Bun.spawnSync(['taskset', '-a', '-p', '-c', loadCores, String(process.pid)], { stdout: 'ignore' })
   const startups = await timeStartups(options)
 
   redis = await startRedis()
+  if (options.costs) writeCostVariants()
   // Every process stays up, and every round measures each target once, so that whatever else the
   // machine is doing weighs on all rows alike.
   const running = await launchAll(options)
@@ -829,6 +997,7 @@ async function main(): Promise<number> {
 async function cleanUp(): Promise<void> {
   await stopEverything()
   rmSync(workDir, { recursive: true, force: true })
+  rmSync(join(root, costsDir), { recursive: true, force: true })
 }
 
 let interrupted = false

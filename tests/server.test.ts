@@ -117,6 +117,16 @@ for (const runtime of runtimeNames) {
         expect(ok.headers.get('access-control-allow-origin')).toBe('*')
         expect(refused.headers.get('access-control-allow-origin')).toBe('*')
       })
+
+      test('adds the origin alone to other answers: allowed headers are for preflights, and no Retry-After to expose', async () => {
+        const ok = await running.http.postJson('/token', { roomName: 'room1', participantName: 'alice' }, { origin: browserOrigin })
+        expect(ok.status).toBe(200)
+        expect(ok.headers.get('access-control-allow-origin')).toBe('*')
+        // Each header costs every answer (on Deno, measured by bench/bench.ts): only those that mean something here.
+        expect(ok.headers.get('access-control-allow-headers')).toBeNull()
+        expect(ok.headers.get('access-control-expose-headers')).toBeNull()
+        expect(ok.headers.get('access-control-allow-methods')).toBeNull()
+      })
     })
 
     describe('POST /livekit/webhook', () => {

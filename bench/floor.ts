@@ -28,7 +28,7 @@ const describeEvent = (event: WebhookEvent) => ({
 })
 
 const withCors = process.env.FLOOR_CORS === '1'
-export const app = new Elysia()
+const app = new Elysia()
 // The server's own CORS settings (index.ts's corsSettings); Elysia applies a plugin to the routes added after it.
 if (withCors) {
   app.use(cors(corsSettings))
@@ -61,9 +61,7 @@ app
 
 const sayListening = (port: number) => log('info', `listening on http://localhost:${port}`, { port, cors: withCors })
 
-if (!import.meta.main) {
-  // imported (bench/micro.ts): the app alone
-} else if ('Bun' in globalThis) {
+if ('Bun' in globalThis) {
   app.listen({ port: config.port })
   sayListening(app.server!.port!)
 } else {

@@ -320,7 +320,8 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
    */
   function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
     requireHostName(request)
-    // Not async when there is no admission to wait for: each promise layer costs every request (issue 11).
+    // Not an async function: with no admission to wait for, the body's promise is handed on as it
+    // is, as each promise layer around it costs every token request (issue 11).
     if (authenticate || tokenRateLimit) return admitTokenRequest(request, server).then(() => readJsonObject(request))
     return readJsonObject(request)
   }
@@ -1285,14 +1286,14 @@ function nestedDeeperThan(json: string, levels: number): boolean {
   let depth = 0
   let inString = false
   for (let i = 0; i < json.length; i++) {
-    const byte = json.charCodeAt(i)
+    const code = json.charCodeAt(i)
     if (inString) {
-      if (byte === backslash) i++
-      else if (byte === quote) inString = false
-    } else if (byte === quote) inString = true
-    else if (byte === openBrace || byte === openBracket) {
+      if (code === backslash) i++
+      else if (code === quote) inString = false
+    } else if (code === quote) inString = true
+    else if (code === openBrace || code === openBracket) {
       if (++depth > levels) return true
-    } else if (byte === closeBrace || byte === closeBracket) depth--
+    } else if (code === closeBrace || code === closeBracket) depth--
   }
   return false
 }

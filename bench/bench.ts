@@ -263,15 +263,16 @@ function treeRssMegabytes(pid: number): number {
 /** CPU time (user and system) a process and its descendants have used so far, in µs. */
 function treeCpuMicros(pid: number): number {
   let stat: string
+  let children: number[]
   try {
     stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number)
   } catch {
     return 0 // gone meanwhile
   }
   // Fields after the command (which may hold spaces): utime and stime are the 12th and 13th.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   const own = ((Number(fields[11]) + Number(fields[12])) * 1e6) / clockTicksPerSecond
-  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number)
   return own + children.reduce((total, child) => total + treeCpuMicros(child), 0)
 }
 

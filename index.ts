@@ -1415,7 +1415,7 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort:
         process.exit(1)
       }
       log('warn', 'out of file descriptors: closing every connection and listening again', { error: String(error) })
-      await Promise.race([deadServer.shutdown().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 2000))])
+      await withTimeout(deadServer.shutdown(), 2000).catch(() => {})
       setTimeout(listen, 100)
     }
     listen()
@@ -1527,7 +1527,7 @@ async function superviseWorkers(config: Config): Promise<void> {
     for (const worker of workers.values()) worker.stop()
     // Each worker gives its requests in flight 10 s; past that (and a second's grace), it is stuck.
     const allExited = Promise.all([...workers.values()].map((worker) => worker.exited))
-    const stuck = await Promise.race([allExited.then(() => false), new Promise<boolean>((resolve) => setTimeout(resolve, 11_000, true))])
+    const stuck = await withTimeout(allExited, 11_000).then(() => false, () => true)
     if (stuck) {
       log('warn', 'workers still running after 11 s, stopping them now')
       for (const worker of workers.values()) worker.kill()

@@ -237,6 +237,32 @@ for (const runtime of runtimeNames) {
     }, 20_000)
   })
 
+  if (workerProcesses(runtime) > 0) {
+    describe(`${runtime}: WORKERS=2 with a worker that does not stop`, () => {
+      test('SIGTERM: a frozen worker is killed 11 s later, with a warn line, and the first process exits 1 leaving no process behind', async () => {
+        const redis = await startRedis()
+        const port = await freePort()
+        const server = await startServer(runtime, { ...livekitEnv, WORKERS: '2', SERVER_PORT: String(port), REDIS_URL: redis.url }, workerOptions(runtime))
+        const children = childPids(server.child.pid)
+        try {
+          expect(children).toHaveLength(2)
+          process.kill(children[0]!, 'SIGSTOP') // it will not see the SIGTERM passed on to it
+          const stopped = Date.now()
+          server.child.kill('SIGTERM')
+          expect(await exitWithin(server, 15_000)).toBe(1)
+          expect(Date.now() - stopped).toBeGreaterThanOrEqual(10_500)
+          expect(server.logs().filter((entry) => entry.level === 'warn' && !('worker' in entry)).map((entry) => entry.msg)).toEqual(['workers still running after 11 s, stopping them now'])
+          await eventually('no worker process left', () => children.every((pid) => !isRunning(pid)), 2000)
+        } finally {
+          server.child.kill('SIGKILL')
+          for (const pid of children) if (isRunning(pid)) process.kill(pid, 'SIGKILL')
+          await server.exited
+          await redis.stop()
+        }
+      }, 30_000)
+    })
+  }
+
   describe(`${runtime}: WORKERS configuration errors`, () => {
     const expectOneLine = (output: string, ...fragments: string[]) => {
       const lines = output.split('\n').filter((line) => line.trim())

@@ -246,34 +246,33 @@ async function stopEverything(): Promise<void> {
   redis = undefined
 }
 
-/** Resident memory of a process and its descendants (Bun's workers are child processes), in MB. */
-function treeRssMegabytes(pid: number): number {
-  const read = (path: string) => {
-    try {
-      return readFileSync(path, 'utf8')
-    } catch {
-      return '' // gone meanwhile
-    }
+/** A file under /proc, or "" once its process is gone. */
+function readProc(path: string): string {
+  try {
+    return readFileSync(path, 'utf8')
+  } catch {
+    return '' // gone meanwhile
   }
-  const kilobytes = Number(/^VmRSS:\s+(\d+) kB/m.exec(read(`/proc/${pid}/status`))?.[1] ?? 0)
-  const children = read(`/proc/${pid}/task/${pid}/children`).split(' ').filter(Boolean).map(Number)
-  return kilobytes / 1024 + children.reduce((total, child) => total + treeRssMegabytes(child), 0)
 }
 
+/** A process and its descendants (Bun's workers are child processes). */
+function processTree(pid: number): number[] {
+  const children = readProc(`/proc/${pid}/task/${pid}/children`).split(' ').filter(Boolean).map(Number)
+  return [pid, ...children.flatMap(processTree)]
+}
+
+/** Resident memory of a process and its descendants, in MB. */
+const treeRssMegabytes = (pid: number) => sum(processTree(pid).map((one) => Number(/^VmRSS:\s+(\d+) kB/m.exec(readProc(`/proc/${one}/status`))?.[1] ?? 0) / 1024))
+
 /** CPU time (user and system) a process and its descendants have used so far, in µs. */
-function treeCpuMicros(pid: number): number {
-  let stat: string
-  let children: number[]
-  try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number)
-  } catch {
-    return 0 // gone meanwhile
-  }
+const treeCpuMicros = (pid: number) => sum(processTree(pid).map(cpuMicros))
+
+function cpuMicros(pid: number): number {
+  const stat = readProc(`/proc/${pid}/stat`)
+  if (!stat) return 0
   // Fields after the command (which may hold spaces): utime and stime are the 12th and 13th.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  const own = ((Number(fields[11]) + Number(fields[12])) * 1e6) / clockTicksPerSecond
-  return own + children.reduce((total, child) => total + treeCpuMicros(child), 0)
+  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / clockTicksPerSecond
 }
 
 const clockTicksPerSecond = Number(Bun.spawnSync(['getconf', 'CLK_TCK']).stdout.toString().trim()) || 100

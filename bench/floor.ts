@@ -1,14 +1,13 @@
 // The floor the benchmark measures the server against (issue 11): a bare Elysia app doing the same
 // work as index.ts in the plainest way. Same token minter, same webhook verifier, same log line, but
 // Elysia's default JSON parsing and validation, no body bounds, no rate limit, no hooks, no CORS
-// (FLOOR_CORS=1 adds the server's CORS plugin call, so that plugin's cost shows on its own).
+// (FLOOR_CORS=1 adds the CORS plugin as the server applies it, so that plugin's cost shows on its own).
 // Run it as the server runs: `bun run bench/floor.ts`, or `deno run --allow-net --allow-env bench/floor.ts`,
 // with SERVER_PORT (0 for a free port) and LIVEKIT_API_KEY / LIVEKIT_API_SECRET; it prints the same
 // `listening on http://localhost:PORT` JSON line as the server.
 import { Elysia, status, t } from 'elysia'
-import { cors } from '@elysiajs/cors'
 import type { WebhookEvent } from 'livekit-server-sdk'
-import { corsSettings, createTokenMinter, createWebhookVerifier, loadConfig, log } from '../index.ts'
+import { corsPlugin, createTokenMinter, createWebhookVerifier, loadConfig, log } from '../index.ts'
 
 // The one part of Deno's API used here; declared so this file type-checks under tsc (Bun's types).
 declare const Deno: {
@@ -29,9 +28,9 @@ const describeEvent = (event: WebhookEvent) => ({
 
 const withCors = process.env.FLOOR_CORS === '1'
 const app = new Elysia()
-// The server's own CORS settings (index.ts's corsSettings); Elysia applies a plugin to the routes added after it.
+// The CORS plugin as the server configures and applies it; Elysia applies a plugin to the routes added after it.
 if (withCors) {
-  app.use(cors(corsSettings))
+  app.use(corsPlugin())
 }
 app
   .get('/health', () => ({ status: 'ok' }))

@@ -2,6 +2,7 @@
 import { describe, expect, test } from 'bun:test'
 import { RateLimiter } from '../index'
 import { httpClient, runtimeNames, startServer, testCredentials } from './server'
+import { rawRequest } from './raw-http'
 import { idToken, makeKey, startIdentityProvider } from './identity-provider'
 
 const credentials = testCredentials()
@@ -33,6 +34,18 @@ for (const runtime of runtimeNames) {
         expect(refused.headers.get('access-control-expose-headers')).toContain('Retry-After')
         expect((await http.request('/health')).status).toBe(200)
       }))
+
+    test('gives each connecting address an allowance of its own', async () => {
+      const server = await startServer(runtime, { ...livekitEnv, TOKEN_RATE_LIMIT: '2' })
+      try {
+        const body = JSON.stringify(request)
+        const headers = { 'content-type': 'application/json', 'content-length': String(body.length), connection: 'close' }
+        const from = async (localAddress: string) => (await rawRequest(`${server.url}/token`, headers, [body], { localAddress })).status
+        expect([await from('127.0.0.2'), await from('127.0.0.2'), await from('127.0.0.2'), await from('127.0.0.3')]).toEqual([200, 200, 429, 200])
+      } finally {
+        await server.stop()
+      }
+    })
 
     test('ignores X-Forwarded-For unless TRUST_PROXY is set', () =>
       withServer(runtime, { TOKEN_RATE_LIMIT: '2' }, async (http) => {

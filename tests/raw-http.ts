@@ -23,6 +23,8 @@ export interface RawRequestOptions {
   timeoutMs?: number
   /** The request target exactly as written on the request line (by default the URL's path and query). */
   path?: string
+  /** The address to connect from (any of 127.0.0.0/8 reaches a server on loopback). */
+  localAddress?: string
 }
 
 /** One piece of a chunked (Transfer-Encoding: chunked) body; `chunk('')` is the last one. */
@@ -40,10 +42,10 @@ export async function rawRequest(
   url: string,
   headers: Record<string, string>,
   body: BodyPiece[] = [],
-  { method = 'POST', delayMs = 0, timeoutMs = 5000, path }: RawRequestOptions = {},
+  { method = 'POST', delayMs = 0, timeoutMs = 5000, path, localAddress }: RawRequestOptions = {},
 ): Promise<RawAnswer> {
   const target = new URL(url)
-  const socket = await open(target)
+  const socket = await open(target, localAddress)
   const reader = readAnswer(socket, timeoutMs)
   try {
     const head = Object.entries({ host: target.host, ...headers }).map(([name, value]) => `${name}: ${value}\r\n`)
@@ -65,9 +67,9 @@ export async function rawRequest(
 }
 
 /** Opens a TCP connection; rejects (e.g. ECONNREFUSED) when nothing accepts it. */
-export function open(target: URL): Promise<Socket> {
+export function open(target: URL, localAddress?: string): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: target.hostname, port: Number(target.port) })
+    const socket = connect({ host: target.hostname, port: Number(target.port), localAddress })
     socket.once('connect', () => {
       socket.off('error', reject)
       resolve(socket)

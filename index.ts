@@ -453,6 +453,7 @@ const corsSettings = {
  */
 export function corsPlugin() {
   const plugin = cors(corsSettings)
+  // Where Elysia keeps its guesses, so that it does not guess.
   for (const hook of plugin.event.request ?? []) Object.assign(hook, { isAsync: false, hasReturn: false })
   return plugin
 }

@@ -1256,6 +1256,7 @@ function createBodyReader(maxPendingBytes: number) {
 
 const bodyTimeoutMs = 10_000
 const bodyTimedOut = new Error('request body timed out')
+const tooLarge = (maxBytes: number) => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
 
 /**
  * Makes body reads fail with bodyTimedOut once they have run 10 s (at most 11 s). One timer a second
@@ -1263,11 +1264,12 @@ const bodyTimedOut = new Error('request body timed out')
  * read cost Deno 10 % of its /token throughput (issue 11).
  */
 function createBodyTimeouts() {
-  // The reads running, each as the function that fails it and when; oldest first, as each gets the same time.
+  // The reads running, each as the function that fails it and when; oldest first, as each gets the
+  // same time on a clock that never goes back.
   const deadlines = new Map<(reason: Error) => void, number>()
   let checking = false
   const failOverdue = () => {
-    const now = Date.now()
+    const now = performance.now()
     for (const [fail, deadline] of deadlines) {
       if (deadline > now) break
       deadlines.delete(fail)
@@ -1281,14 +1283,13 @@ function createBodyTimeouts() {
         const timer = setInterval(failOverdue, 1000)
         ;(timer as { unref?: () => void }).unref?.()
       }
-      deadlines.set(reject, Date.now() + bodyTimeoutMs)
+      deadlines.set(reject, performance.now() + bodyTimeoutMs)
       reading.then(
         (value) => (deadlines.delete(reject), resolve(value)),
         (error) => (deadlines.delete(reject), reject(error)),
       )
     })
 }
-const tooLarge = (maxBytes: number) => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
 
 /** A chunked body has no declared length: count while reading, stop at the limit. */
 async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: number, as: 'text' | 'bytes'): Promise<string | Uint8Array> {

@@ -40,7 +40,9 @@ for (const runtime of runtimeNames) {
       try {
         const body = JSON.stringify(request)
         const headers = { 'content-type': 'application/json', 'content-length': String(body.length), connection: 'close' }
-        const from = async (localAddress: string) => (await rawRequest(`${server.url}/token`, headers, [body], { localAddress })).status
+        // To 127.0.0.1 by number: "localhost" may resolve to ::1, which no IPv4 address can reach.
+        const url = `http://127.0.0.1:${new URL(server.url).port}/token`
+        const from = async (localAddress: string) => (await rawRequest(url, headers, [body], { localAddress })).status
         expect([await from('127.0.0.2'), await from('127.0.0.2'), await from('127.0.0.2'), await from('127.0.0.3')]).toEqual([200, 200, 429, 200])
       } finally {
         await server.stop()

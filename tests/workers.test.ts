@@ -85,6 +85,25 @@ async function untilWorkersUseRedis(url: string) {
   }, 10_000)
 }
 
+/**
+ * Serves WORKERS=2 sharing a Redis of its own, hands the server and its worker processes to `use`,
+ * and then kills whatever is left of them and stops Redis, even when `use` failed.
+ */
+async function withTwoWorkers(runtime: Runtime, use: (server: ServerProcess, children: number[]) => Promise<void>): Promise<void> {
+  const redis = await startRedis()
+  const port = await freePort()
+  const server = await startServer(runtime, { ...livekitEnv, WORKERS: '2', SERVER_PORT: String(port), REDIS_URL: redis.url }, workerOptions(runtime))
+  const children = childPids(server.child.pid)
+  try {
+    await use(server, children)
+  } finally {
+    server.child.kill('SIGKILL')
+    for (const pid of children) if (isRunning(pid)) process.kill(pid, 'SIGKILL')
+    await server.exited
+    await redis.stop()
+  }
+}
+
 /** Sends `count` webhooks, each on its own connection, four at a time; returns their ids and answers. */
 async function sendWebhooksAlone(url: string, count: number) {
   const events = Array.from({ length: count }, () => webhookEvent('participant_joined', { participant: { sid: 'PA_1', identity: 'alice' } }))
@@ -215,12 +234,8 @@ for (const runtime of runtimeNames) {
   })
 
   describe(`${runtime}: WORKERS=2 on SIGINT`, () => {
-    test('every worker stops, the first process exits 0 and leaves no process behind', async () => {
-      const redis = await startRedis()
-      const port = await freePort()
-      const server = await startServer(runtime, { ...livekitEnv, WORKERS: '2', SERVER_PORT: String(port), REDIS_URL: redis.url }, workerOptions(runtime))
-      const children = childPids(server.child.pid)
-      try {
+    test('every worker stops, the first process exits 0 and leaves no process behind', () =>
+      withTwoWorkers(runtime, async (server, children) => {
         expect(children).toHaveLength(workerProcesses(runtime))
         expect((await postTokenAlone(server.url)).status).toBe(200)
         server.child.kill('SIGINT')
@@ -228,23 +243,13 @@ for (const runtime of runtimeNames) {
         await eventually('no worker process left', () => children.every((pid) => !isRunning(pid)), 2000)
         expect(await open(new URL(server.url)).then((socket) => (socket.destroy(), 'still listening')).catch(() => 'closed')).toBe('closed')
         assertNoLeaks(`${runtime} server log`, server.lines.join('\n'), { tokensAllowed: false })
-      } finally {
-        server.child.kill('SIGKILL')
-        for (const pid of children) if (isRunning(pid)) process.kill(pid, 'SIGKILL')
-        await server.exited
-        await redis.stop()
-      }
-    }, 20_000)
+      }), 20_000)
   })
 
   if (workerProcesses(runtime) > 0) {
     describe(`${runtime}: WORKERS=2 with a worker that does not stop`, () => {
-      test('SIGTERM: a frozen worker is killed 11 s later, with a warn line, and the first process exits 1 leaving no process behind', async () => {
-        const redis = await startRedis()
-        const port = await freePort()
-        const server = await startServer(runtime, { ...livekitEnv, WORKERS: '2', SERVER_PORT: String(port), REDIS_URL: redis.url }, workerOptions(runtime))
-        const children = childPids(server.child.pid)
-        try {
+      test('SIGTERM: a frozen worker is killed 11 s later, with a warn line, and the first process exits 1 leaving no process behind', () =>
+        withTwoWorkers(runtime, async (server, children) => {
           expect(children).toHaveLength(2)
           process.kill(children[0]!, 'SIGSTOP') // it will not see the SIGTERM passed on to it
           const stopped = Date.now()
@@ -253,13 +258,7 @@ for (const runtime of runtimeNames) {
           expect(Date.now() - stopped).toBeGreaterThanOrEqual(10_500)
           expect(server.logs().filter((entry) => entry.level === 'warn' && !('worker' in entry)).map((entry) => entry.msg)).toEqual(['workers still running after 11 s, stopping them now'])
           await eventually('no worker process left', () => children.every((pid) => !isRunning(pid)), 2000)
-        } finally {
-          server.child.kill('SIGKILL')
-          for (const pid of children) if (isRunning(pid)) process.kill(pid, 'SIGKILL')
-          await server.exited
-          await redis.stop()
-        }
-      }, 30_000)
+        }), 30_000)
     })
   }
 

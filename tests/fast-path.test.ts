@@ -93,7 +93,7 @@ describe('the webhook verifier', () => {
   // Tokens are signed when a test runs, not when the file loads, so clock-tolerance cases stay exact.
   const nowSeconds = () => Math.floor(Date.now() / 1000)
   const valid = () => signWebhook(body, credentials)
-  const sign = (overrides: (now: number) => object, header?: { alg: string; typ?: string }, secret = credentials.apiSecret) => {
+  const sign = (overrides: (now: number) => object, header?: { alg: string; [name: string]: unknown }, secret = credentials.apiSecret) => {
     const now = nowSeconds()
     return signJwt({ iss: credentials.apiKey, nbf: now, exp: now + 300, sha256, ...overrides(now) }, secret, header)
   }
@@ -137,6 +137,11 @@ describe('the webhook verifier', () => {
     ['a body hash that is a number', () => [body, sign(() => ({ sha256: 42 }))]],
     ['an alg: none token', () => [body, sign(() => ({}), { alg: 'none', typ: 'JWT' })]],
     ['an HS256 token with the JS SDK header', () => [body, sign(() => ({}), { alg: 'HS256' })]],
+    ['a token with a critical header extension', () => [body, sign(() => ({}), { alg: 'HS256', typ: 'JWT', crit: ['exp'], exp: 1 })]],
+    ['a token whose exp is a string', () => [body, sign((now) => ({ exp: String(now + 300) }))]],
+    ['a token whose nbf is a string', () => [body, sign((now) => ({ nbf: String(now) }))]],
+    ['a token whose iat is not a number', () => [body, sign(() => ({ iat: 'yesterday' }))]],
+    ['a token with a fourth segment', () => [body, `${valid()}.${valid().split('.')[2]}`]],
     ['a truncated token', () => [body, valid().slice(0, -10)]],
     ['a token without its signature', () => [body, valid().split('.').slice(0, 2).join('.') + '.']],
     ['a token with a Bearer prefix', () => [body, `Bearer ${valid()}`]],

@@ -7,7 +7,7 @@ const base64url = (data: string | Uint8Array) => Buffer.from(data).toString('bas
 const hmacHashes: Record<string, string> = { HS256: 'sha256', HS384: 'sha384', HS512: 'sha512' }
 
 /** A compact JWT, HS256 with the header LiveKit's Go minter writes unless told otherwise. */
-export function signJwt(claims: object, secret: string, header: { alg: string; typ?: string } = { alg: 'HS256', typ: 'JWT' }): string {
+export function signJwt(claims: object, secret: string, header: { alg: string; [name: string]: unknown } = { alg: 'HS256', typ: 'JWT' }): string {
   const signingInput = `${base64url(JSON.stringify(header))}.${base64url(JSON.stringify(claims))}`
   const hash = hmacHashes[header.alg]
   const signature = hash ? createHmac(hash, secret).update(signingInput).digest('base64url') : ''

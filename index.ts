@@ -880,14 +880,13 @@ export function createWebhookSignerVerifier(config: Config) {
   const secrets = new Map([...config.keys].map(([apiKey, apiSecret]) => [apiKey, Buffer.from(apiSecret)]))
   return function verifySigner(authorization: string | null): WebhookClaims {
     if (!authorization) throw new Error('authorization header is empty')
-    const [header, claims, signature, ...rest] = authorization.split('.')
-    if (rest.length > 0 || !signature || !isBase64url(header!) || !isBase64url(claims!) || !isBase64url(signature)) {
-      throw new Error('authorization header is not a JWT')
-    }
-    const { alg, crit } = jsonObjectFrom(header!, 'header')
+    const segments = authorization.split('.')
+    if (segments.length !== 3 || !segments.every(isBase64url)) throw new Error('authorization header is not a JWT')
+    const [header, claims, signature] = segments as [string, string, string]
+    const { alg, crit } = jsonObjectFrom(header, 'header')
     // No extension is understood here, so none may be critical (RFC 7515, 4.1.11).
     if (alg !== 'HS256' || crit !== undefined) throw new Error('JWT must be signed with HS256 and nothing else')
-    const payload = jsonObjectFrom(claims!, 'claims')
+    const payload = jsonObjectFrom(claims, 'claims')
     const secret = typeof payload.iss === 'string' ? secrets.get(payload.iss) : undefined
     if (!secret) throw new Error('JWT iss must be a known API key')
     const expected = createHmac('sha256', secret).update(`${header}.${claims}`).digest()
@@ -899,6 +898,7 @@ export function createWebhookSignerVerifier(config: Config) {
 }
 
 const clockToleranceSeconds = 10
+// Base64url as LiveKit writes it: no padding, no whitespace, no standard-base64 characters.
 const isBase64url = (segment: string) => /^[\w-]+$/.test(segment)
 
 function jsonObjectFrom(segment: string, what: string): Record<string, unknown> {

@@ -908,8 +908,8 @@ function jsonObjectFrom(segment: string, what: string): Record<string, unknown> 
   } catch {
     throw new Error(`JWT ${what} is not JSON`)
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`JWT ${what} is not a JSON object`)
-  return value as Record<string, unknown>
+  if (!isJsonObject(value)) throw new Error(`JWT ${what} is not a JSON object`)
+  return value
 }
 
 /** exp required, and with nbf and iat numbers of seconds; exp and nbf checked with 10 s to spare, as jose does. */
@@ -1360,11 +1360,12 @@ function parseJsonObject(text: string): Record<string, unknown> {
   } catch {
     throw new HttpError(400, 'Request body must be valid JSON')
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new HttpError(400, 'Request body must be a JSON object')
-  }
-  return value as Record<string, unknown>
+  if (!isJsonObject(value)) throw new HttpError(400, 'Request body must be a JSON object')
+  return value
 }
+
+/** Whether parsed JSON is an object: not null, not an array. */
+const isJsonObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
 
 const maxJsonDepth = 32
 // The characters that matter: " \ { } [ ]

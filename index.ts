@@ -1,14 +1,13 @@
 // The application server for LiveKit and OpenVidu apps: it mints access tokens for clients and
 // receives the webhooks a LiveKit server posts. Runs with `bun run index.ts`, or under Deno 2.
-import { Elysia, getSchemaValidator, status, t, type ErrorContext, type ValidationError } from 'elysia'
+import { Elysia, getSchemaValidator, status, t, type ErrorContext } from 'elysia'
 import { cors } from '@elysiajs/cors'
 import { openapi } from '@elysiajs/openapi'
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose'
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
-import { isIP } from 'node:net'
+import { createServer as createNetServer, isIP } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { readFileSync } from 'node:fs'
-import { createRequire } from 'node:module'
 import {
   claimsToJwtPayload,
   RoomConfiguration,
@@ -307,7 +306,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
     const caller = authenticate && (await authenticate(request))
     if (caller) callers.set(request, caller)
     if (!tokenRateLimit) return
-    const waitSeconds = await state.take(caller?.identity ?? `address:${clientAddress(request, server, config.trustedProxies)}`, tokenRateLimit)
+    const waitSeconds = await state.take(caller?.identity ?? `address:${addressKey(clientAddress(request, server, config.trustedProxies))}`, tokenRateLimit)
     if (waitSeconds) {
       throw new HttpError(429, `Too many token requests, retry in ${waitSeconds} s`, { 'retry-after': String(waitSeconds) })
     }
@@ -327,7 +326,11 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
 
   async function readJsonObject(request: Request): Promise<Record<string, unknown>> {
     requireJsonContentType(request)
-    return parseJsonObject(await readBody(request, maxTokenBodyBytes, 'token', 'text'))
+    const body = parseJsonObject(await readBody(request, maxTokenBodyBytes, 'token', 'text'))
+    // Refused here, so that Elysia never builds its validation error: that pretty-prints the whole
+    // body, and costs a large wide body 5–10× its acceptance.
+    if (!tokenRequestValidator.Check(body)) throw new HttpError(400, describeTokenRequestError(body))
+    return body
   }
 
   /** The identity and name a token gets: the authenticated caller's when there is one. */
@@ -405,7 +408,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
     .post('/token', ({ body, request }) => answerTokenRequest(body, request), {
       // The JSON parser after ours is never reached; naming it keeps the body schema in the OpenAPI document.
       parse: [readTokenRequest, 'json'],
-      body: t.Union([OpenViduTokenRequest, StandardTokenRequest]),
+      body: TokenRequest,
       response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
       detail: {
         summary: 'An access token for a LiveKit room',
@@ -423,8 +426,10 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
       },
     })
   // Deno hands a request's connecting address to its serve handler alone, and reading it costs
-  // every request (2 µs, issue 11): it is kept only for the apps whose rate limit needs it.
+  // every request: it is kept only for the apps whose rate limit needs it.
   if (tokenRateLimit) appsNeedingAddresses.add(app)
+  // No request waits for Redis: serving starts once the first attempt to reach it has ended.
+  appsConnecting.set(app, state.connected)
   return app
 }
 
@@ -502,33 +507,26 @@ function apiDocumentation() {
     .get('/openapi/swagger-ui.css', () => docsFile('swagger-ui.css', 'text/css'))
 }
 
-const docsFiles = new Map<string, Promise<Uint8Array | undefined>>()
+const docsFiles = new Map<string, Promise<string>>()
 
-/** One of Swagger UI's files: embedded by Bun (and in the binary); read from node_modules on Deno. */
+/** One of Swagger UI's files, read once. */
 async function docsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css', contentType: string): Promise<Response> {
   if (!docsFiles.has(name)) docsFiles.set(name, loadDocsFile(name))
-  const content = await docsFiles.get(name)
-  if (!content) return Response.json(errorBody('The docs page needs --allow-read for node_modules under Deno'), { status: 404 })
-  return new Response(content as Uint8Array<ArrayBuffer>, { headers: { 'content-type': contentType, 'cache-control': 'public, max-age=86400' } })
+  return new Response(await docsFiles.get(name), { headers: { 'content-type': contentType, 'cache-control': 'public, max-age=86400' } })
 }
 
-async function loadDocsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css'): Promise<Uint8Array | undefined> {
-  if ('Bun' in globalThis) {
-    // Literal specifiers, so that `bun build --compile` embeds both files. Each is imported as the
-    // path of its (embedded) copy, which no type declaration describes.
-    const { default: path }: { default: string } =
-      name === 'swagger-ui.css'
-        ? // @ts-ignore
-          await import('swagger-ui-dist/swagger-ui.css', { with: { type: 'file' } })
-        : // @ts-ignore
-          await import('swagger-ui-dist/swagger-ui-bundle.js', { with: { type: 'file' } })
-    return Bun.file(path).bytes()
-  }
-  try {
-    return readFileSync(createRequire(import.meta.url).resolve(`swagger-ui-dist/${name}`))
-  } catch {
-    return undefined // no --allow-read: the page stays blank, the document is still served
-  }
+/**
+ * Imported as text, with literal specifiers: `bun build --compile` embeds both files, and Deno reads
+ * them as modules, which needs no --allow-read. No type declaration describes a text import.
+ */
+async function loadDocsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css'): Promise<string> {
+  const { default: text }: { default: string } =
+    name === 'swagger-ui.css'
+      ? // @ts-ignore
+        await import('swagger-ui-dist/swagger-ui.css', { with: { type: 'text' } })
+      : // @ts-ignore
+        await import('swagger-ui-dist/swagger-ui-bundle.js', { with: { type: 'text' } })
+  return text
 }
 
 /**
@@ -543,10 +541,6 @@ function answerError({ code, error, set, path, request }: ErrorContext & { code:
     // A page on another origin may read it only if told so.
     if (httpError.headers['retry-after']) set.headers['access-control-expose-headers'] = 'Retry-After'
     return status(httpError.status as ErrorStatus, errorBody(httpError.message))
-  }
-  if (code === 'VALIDATION' && path === '/token') {
-    // The parser only lets JSON objects through.
-    return status(400, errorBody(describeTokenRequestError((error as ValidationError).value as Record<string, unknown>)))
   }
   if (code === 'NOT_FOUND') return status(404, errorBody(`No route for ${request.method} ${path}`))
   if (code === 'VALIDATION' || code === 'PARSE') return status(400, errorBody('Invalid request'))
@@ -614,7 +608,10 @@ const StandardTokenRequest = t.Object(
 type OpenViduTokenRequest = typeof OpenViduTokenRequest.static
 type StandardTokenRequest = typeof StandardTokenRequest.static
 
+const TokenRequest = t.Union([OpenViduTokenRequest, StandardTokenRequest])
+
 const openViduRequestError = 'roomName and participantName are required'
+const tokenRequestValidator = getSchemaValidator(TokenRequest)
 const standardRequestValidator = getSchemaValidator(StandardTokenRequest)
 
 const isOpenViduRequest = (body: object): body is OpenViduTokenRequest =>
@@ -838,6 +835,7 @@ export class RateLimiter {
 // only for the apps in appsNeedingAddresses.
 const remoteAddresses = new WeakMap<Request, string>()
 const appsNeedingAddresses = new WeakSet<object>()
+const appsConnecting = new WeakMap<object, Promise<void>>()
 
 type BunServer = { requestIP(request: Request): { address: string } | null } | null
 
@@ -849,13 +847,35 @@ function clientAddress(request: Request, server: BunServer, trustedProxies: numb
   const connectionAddress = unmapped(remoteAddresses.get(request) ?? server?.requestIP(request)?.address ?? 'unknown')
   if (trustedProxies === 0) return connectionAddress
   const hops = request.headers.get('x-forwarded-for')?.split(',') ?? []
-  const hop = hops[hops.length - trustedProxies]?.trim()
+  const hop = withoutPort(hops[hops.length - trustedProxies]?.trim() ?? '')
   // Only a real address: it becomes a rate-limit key, so nothing long or made-up.
-  return hop && isIP(hop) ? unmapped(hop) : connectionAddress
+  return isIP(hop) ? unmapped(hop) : connectionAddress
+}
+
+/** A hop as some proxies write it, with a port ("203.0.113.7:5678", "[2001:db8::1]:443"), without it. */
+function withoutPort(hop: string): string {
+  const bracketed = /^\[([^\]]+)\](:\d+)?$/.exec(hop)
+  if (bracketed) return bracketed[1]!
+  const ipv4WithPort = /^(\d+\.\d+\.\d+\.\d+):\d+$/.exec(hop)
+  return ipv4WithPort ? ipv4WithPort[1]! : hop
 }
 
 /** An IPv4 client as "1.2.3.4" on every runtime: Bun, listening on IPv6 too, sees "::ffff:1.2.3.4". */
 const unmapped = (address: string) => (address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address)
+
+/**
+ * Whom an address counts as: an IPv4 client by its address, an IPv6 one by its /64, the block a
+ * provider hands one home or host (counted by address, a /64 would have 2^64 allowances).
+ */
+function addressKey(address: string): string {
+  if (isIP(address) !== 6) return address
+  // The URL parser writes every spelling of an address one way (zeros compressed, IPv4 tails in hex).
+  const url = `http://[${address.replace(/%.*$/, '')}]`
+  if (!URL.canParse(url)) return address
+  const [head, tail] = new URL(url).hostname.slice(1, -1).split('::').map((part) => (part ? part.split(':') : []))
+  const groups = tail ? [...head!, ...Array(8 - head!.length - tail.length).fill('0'), ...tail] : head!
+  return `${groups.slice(0, 4).join(':')}::/64`
+}
 
 // Webhook verification and redeliveries
 
@@ -1030,14 +1050,21 @@ async function openRedis(url: string): Promise<RedisConnection> {
   const { createClient } = await import('@redis/client')
   const client = createClient({ url, disableOfflineQueue: true, socket: { connectTimeout: 1000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 1000) } })
   client.on('error', () => {}) // a lost connection is noticed, and logged, by the commands that fail
-  // node-redis reconnects by itself once it has connected; the first connection is asked for once.
-  const firstConnection = client.connect().then(() => {})
-  firstConnection.catch(() => {})
+  // node-redis keeps retrying a refused first connection, and reconnects by itself after: the first
+  // attempt ends at its first error (as Bun's does), and later ones wait for it to be ready.
+  const firstAttempt = new Promise<void>((resolve, reject) => {
+    client.once('error', reject)
+    client.connect().then(() => resolve(), reject)
+  })
+  firstAttempt.catch(() => {})
+  let attempted = false
+  let ready: Promise<void> | undefined
+  const whenReady = () => (ready ??= new Promise<void>((resolve) => client.once('ready', () => ((ready = undefined), resolve()))))
   return {
     send: (command, args) => client.sendCommand([command, ...args]),
     connect: async () => {
-      await firstConnection
-      if (!client.isReady) await new Promise((resolve) => client.once('ready', resolve))
+      if (!attempted) return (attempted = true), firstAttempt
+      if (!client.isReady) await whenReady()
     },
   }
 }
@@ -1070,7 +1097,8 @@ export class SharedState {
   private readonly scriptHashes = new Map<string, string>()
   private redis?: RedisConnection
   private status: 'connecting' | 'ok' | 'unavailable' | 'not configured'
-  private readonly connected: Promise<void>
+  /** Settles once the first attempt to reach Redis has ended, either way; startServer waits for it. */
+  readonly connected: Promise<void>
 
   constructor(
     private readonly memory: { ids: RecentIds; limiter?: RateLimiter },
@@ -1126,8 +1154,9 @@ export class SharedState {
   }
 
   /**
-   * The operation on Redis if it is in use and answers within 250 ms, else on memory (right after
-   * start, once the first attempt to connect has ended, at most 2 s).
+   * The operation on Redis if it is in use and answers within 250 ms, else on memory. (startServer
+   * serves once the first attempt to connect has ended: only an app handling requests by itself
+   * waits for it here.)
    */
   private async useRedis<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {
     if (this.status === 'connecting') await this.connected
@@ -1349,11 +1378,7 @@ function requireJsonContentType(request: Request): void {
 }
 
 function parseJsonObject(text: string): Record<string, unknown> {
-  // Deep nesting costs every step after parsing (Elysia's validation errors pretty-print the body),
-  // so refuse it first, in one pass over the text.
-  if (nestedDeeperThan(text, maxJsonDepth)) {
-    throw new HttpError(400, `Request body must be nested at most ${maxJsonDepth} levels deep`)
-  }
+  refuseCostlyJson(text)
   let value: unknown
   try {
     value = JSON.parse(text)
@@ -1367,13 +1392,21 @@ function parseJsonObject(text: string): Record<string, unknown> {
 /** Whether parsed JSON is an object: not null, not an array. */
 const isJsonObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
 
+// Parsing costs per value, and every step after it per level: 256 KiB of tiny nested arrays cost ten
+// times 256 KiB of long strings. The largest token request the field bounds allow holds some 200 values.
 const maxJsonDepth = 32
-// The characters that matter: " \ { } [ ]
-const [quote, backslash, openBrace, closeBrace, openBracket, closeBracket] = [0x22, 0x5c, 0x7b, 0x7d, 0x5b, 0x5d]
+const maxJsonValues = 1000
+// The characters that matter: " \ { } [ ] ,
+const [quote, backslash, openBrace, closeBrace, openBracket, closeBracket, comma] = [0x22, 0x5c, 0x7b, 0x7d, 0x5b, 0x5d, 0x2c]
 
-/** Whether JSON text opens more than `levels` objects and arrays inside one another (strings skipped). */
-function nestedDeeperThan(json: string, levels: number): boolean {
+/**
+ * Refuses JSON text nested more than maxJsonDepth levels deep or holding more than maxJsonValues
+ * values (objects, arrays, members and elements, counted by their brackets and commas), in one pass
+ * over the text before parsing it (strings skipped).
+ */
+function refuseCostlyJson(json: string): void {
   let depth = 0
+  let values = 0
   let inString = false
   for (let i = 0; i < json.length; i++) {
     const code = json.charCodeAt(i)
@@ -1382,10 +1415,12 @@ function nestedDeeperThan(json: string, levels: number): boolean {
       else if (code === quote) inString = false
     } else if (code === quote) inString = true
     else if (code === openBrace || code === openBracket) {
-      if (++depth > levels) return true
+      if (++depth > maxJsonDepth) throw new HttpError(400, `Request body must be nested at most ${maxJsonDepth} levels deep`)
+      if (++values > maxJsonValues) break
     } else if (code === closeBrace || code === closeBracket) depth--
+    else if (code === comma && ++values > maxJsonValues) break
   }
-  return false
+  if (values > maxJsonValues) throw new HttpError(400, `Request body must hold at most ${maxJsonValues} JSON values`)
 }
 
 // Logging: one JSON object per line, so logs stay greppable and machine-readable.
@@ -1432,6 +1467,7 @@ export interface RunningServer {
  * `sharedPort` (workers): Elysia would otherwise share it with whatever else listens there.
  */
 export async function startServer(app: ReturnType<typeof createApp>, port: number, { sharedPort = false } = {}): Promise<RunningServer> {
+  await appsConnecting.get(app)
   if (!('Bun' in globalThis)) return serveOnDeno(app, port, sharedPort)
   app.listen({ port, reusePort: sharedPort })
   const server = app.server!
@@ -1608,11 +1644,21 @@ function startWorker(number: number, onListening: () => void): WorkerHandle {
   return { stop: () => worker.postMessage('stop'), kill, exited: exited.promise }
 }
 
+// A worker that keeps crashing is restarted later each time; workers crashing more often than this
+// stop the server, so that whatever runs it sees a failed service rather than a spinning one.
+const maxCrashesPerMinute = 3
+const firstRestartDelayMs = 1000
+const longestRestartDelayMs = 30_000
+
 async function superviseWorkers(config: Config): Promise<void> {
+  // The workers share the port with whoever else asks to share it: only an exclusive probe tells.
+  if (!(await portIsFree(config.port))) return exitPortInUse(config.port)
   let stopping = false
   let announced = false
   const workers = new Map<number, WorkerHandle>()
   const listening = new Set<number>()
+  const crashTimes: number[] = []
+  const restartDelays = new Map<number, number>()
   const stopWorkers = async (exitCode: number) => {
     stopping = true
     for (const worker of workers.values()) worker.stop()
@@ -1629,8 +1675,10 @@ async function superviseWorkers(config: Config): Promise<void> {
   }
   const run = (number: number) => {
     let listened = false
+    let listenedAt = 0
     const worker = startWorker(number, () => {
       listened = true
+      listenedAt = Date.now()
       listening.add(number)
       if (listening.size === config.workers && !announced) {
         announced = true
@@ -1645,9 +1693,19 @@ async function superviseWorkers(config: Config): Promise<void> {
         log('error', `worker ${number} could not start (${how}): stopping`)
         return void stopWorkers(1)
       }
-      // It served, then crashed or was killed: capacity must not silently shrink.
-      log('warn', `worker ${number} exited (${how}), restarting it`)
-      setTimeout(() => stopping || run(number), 1000)
+      // It served, then crashed or was killed: capacity must not silently shrink, unless crashing is all it does.
+      const now = Date.now()
+      crashTimes.push(now)
+      while (crashTimes[0]! <= now - 60_000) crashTimes.shift()
+      if (crashTimes.length > maxCrashesPerMinute) {
+        log('error', `workers crashed ${crashTimes.length} times within a minute (worker ${number}: ${how}): stopping`)
+        return void stopWorkers(1)
+      }
+      // Twice as long each time, back to the first delay once the worker had served for a minute.
+      const delay = now - listenedAt >= 60_000 ? firstRestartDelayMs : (restartDelays.get(number) ?? firstRestartDelayMs)
+      restartDelays.set(number, Math.min(delay * 2, longestRestartDelayMs))
+      log('warn', `worker ${number} exited (${how}), restarting it in ${delay / 1000} s`)
+      setTimeout(() => stopping || run(number), delay)
     })
   }
   for (let number = 1; number <= config.workers; number++) run(number)
@@ -1685,6 +1743,21 @@ function warnAboutCredentials(config: Config): void {
 
 const isPortInUse = (error: unknown) => /EADDRINUSE|AddrInUse/.test(`${(error as { code?: string })?.code} ${(error as Error)?.name}`)
 
+/** Whether nothing listens on the port, shared or not: bound for a moment, without sharing it. */
+function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createNetServer()
+    // Any other failure (a port below 1024, say) is the workers' to report.
+    probe.once('error', (error) => resolve(!isPortInUse(error)))
+    probe.listen({ port, exclusive: true }, () => probe.close(() => resolve(true)))
+  })
+}
+
+function exitPortInUse(port: number): never {
+  log('error', `port ${port} is already in use`)
+  process.exit(1)
+}
+
 async function main(): Promise<void> {
   let config: Config
   try {
@@ -1702,9 +1775,9 @@ async function main(): Promise<void> {
     server = await startServer(createApp(config), config.port, { sharedPort: config.workers > 1 })
   } catch (error) {
     if (!isPortInUse(error)) throw error
+    if (!isWorkerThread) exitPortInUse(config.port)
     log('error', `port ${config.port} is already in use`)
-    if (isWorkerThread) throw new Error('could not listen') // the first process stops, with exit code 1
-    process.exit(1)
+    throw new Error('could not listen') // the first process stops, with exit code 1
   }
   if (workerNumber !== undefined) return reportToSupervisor(server)
   // Handle signals before saying so: whoever waits for this line may stop the server at once.

@@ -143,6 +143,20 @@ for (const runtime of runtimeNames) {
       expect(await statusesFor('2', [hops('203.0.113.1', '1.1.1.1'), hops('203.0.113.1', '2.2.2.2'), hops('203.0.113.1', '3.3.3.3'), hops('203.0.113.2', '1.1.1.1')])).toEqual([200, 200, 429, 200])
     })
 
+    test('counts IPv6 clients by their /64: every address in one /64 shares an allowance, the next /64 has its own', async () => {
+      const hops = ['2001:db8:1:2::1', '2001:DB8:1:2:ffff:ffff:ffff:9', '2001:db8:1:2:0:0:0:abcd', '2001:db8:1:3::1']
+      expect(await statusesFor('1', hops)).toEqual([200, 200, 429, 200])
+    })
+
+    test('counts an IPv4 client by its address however it is written (IPv4-mapped IPv6 included)', async () => {
+      expect(await statusesFor('1', ['::ffff:203.0.113.9', '203.0.113.9', '::ffff:203.0.113.9', '203.0.113.10'])).toEqual([200, 200, 429, 200])
+    })
+
+    test('takes the address of a hop written with a port, IPv4 or bracketed IPv6, dropping the port', async () => {
+      expect(await statusesFor('1', ['203.0.113.7:5678', '203.0.113.7:9999', '203.0.113.7', '203.0.113.8:5678'])).toEqual([200, 200, 429, 200])
+      expect(await statusesFor('1', ['[2001:db8::1]:443', '[2001:db8::2]:80', '2001:db8::3', '[2001:db9::1]:443'])).toEqual([200, 200, 429, 200])
+    })
+
     test('falls back to the connection address when the hop is not an IP address', async () => {
       const garbage = ['not-an-address', 'x'.repeat(15_000), '999.1.1.1', '203.0.113.1 extra']
       expect(await statusesFor('1', garbage)).toEqual([200, 200, 429, 429])
@@ -163,7 +177,8 @@ for (const runtime of runtimeNames) {
 
     const refusals: [string, unknown[], number, RegExp][] = [
       ['9 agents', Array.from({ length: 9 }, (_, i) => ({ agent_name: `a${i}` })), 400, /at most 8 agents/],
-      ['5,000 agents', Array.from({ length: 5000 }, (_, i) => ({ agent_name: `a${i}` })), 400, /at most 8 agents/],
+      // Refused before it is parsed, by the bound on JSON values.
+      ['5,000 agents', Array.from({ length: 5000 }, (_, i) => ({ agent_name: `a${i}` })), 400, /at most 1000 JSON values/],
       ['an agent name of 257 characters', [{ agent_name: 'a'.repeat(257) }], 400, /at most 256 characters/],
       ['more than 64 KiB of agent metadata in all', [{ agent_name: 'a', metadata: 'm'.repeat(40_000) }, { agent_name: 'b', metadata: 'm'.repeat(40_000) }], 400, /at most 65536 bytes/],
       ['an agent deployment', [{ agent_name: 'a', deployment: 'staging' }], 403, /deployment/],
@@ -197,14 +212,24 @@ for (const runtime of runtimeNames) {
       expect((await postWebhook(running.server.url, size)).status).toBe(200)
     })
 
-    test('refuses the worst-shaped body it accepts to read (deep, wide, invalid room_config) with 400', async () => {
-      // 28 arrays in agents in room_config in the body: 31 levels, one short of the limit.
+    const postText = (body: string) => running.http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body })
+
+    test('refuses the worst-shaped body it parses (deep, wide, invalid room_config, 1,000 JSON values) with 400', async () => {
+      // 28 arrays in agents in room_config in the body: 31 levels, one short of the limit, and under 1,000 values.
       const nest = `${'['.repeat(28)}${']'.repeat(28)}`
-      const wide = Array.from({ length: Math.floor((250 * 1024) / (nest.length + 1)) }, () => nest).join(',')
-      const body = `{"room_config":{"agents":[${wide}]}}`
-      const answer = await running.http.request('/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body })
+      const body = `{"room_config":{"agents":[${Array(34).fill(nest).join(',')}]},"padding":"${'x'.repeat(250 * 1024)}"}`
+      const answer = await postText(body)
       expect(answer.status).toBe(400)
       expect(answer.json().errorMessage).toMatch(/room_config/)
+    })
+
+    test('reads a body of 1,000 JSON values, and refuses one of 1,001 with 400 before parsing it', async () => {
+      // Two members, and the elements of one of them: count + 2 values.
+      const withElements = (count: number) => `{"room_name":"r","x":[${Array(count).fill(0).join(',')}]}`
+      expect((await postText(withElements(998))).status).toBe(200)
+      const answer = await postText(withElements(999))
+      expect(answer.status).toBe(400)
+      expect(answer.json()).toEqual({ errorMessage: 'Request body must hold at most 1000 JSON values' })
     })
   })
 

@@ -451,6 +451,13 @@ for (const runtime of runtimeNames) {
       await redis?.stop()
     })
 
+    // First in this block: nothing has been asked of the server yet.
+    test('answers the first requests, sent as soon as it says it listens, within 1 s: a rate-limited token, and /health', async () => {
+      expect((await postToken(node, 1000)).status).toBe(200)
+      const health = await node.http.request('/health', { signal: AbortSignal.timeout(1000) })
+      expect(health.text).toBe('{"status":"ok","redis":"unavailable"}')
+    })
+
     test('starts anyway, logs one error line about redis, and /health says "unavailable"', async () => {
       await settleLogs([node], (entry) => entry.level === 'error')
       expect(node.server.logs().filter((entry) => entry.level === 'error').map((entry) => /redis/i.test(String(entry.msg)))).toEqual([true])

@@ -344,6 +344,63 @@ for (const runtime of runtimeNames) {
   })
 }
 
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: WORKERS=2 on the port of another WORKERS=2 server`, () => {
+    test('the second exits with code 1 and one line saying the port is in use, and the first still serves', () =>
+      withTwoWorkers(runtime, async (first) => {
+        const port = new URL(first.url).port
+        const redis = await startRedis()
+        try {
+          const { code, output } = await runFor(workersCommand(runtime), { ...livekitEnv, WORKERS: '2', SERVER_PORT: port, REDIS_URL: redis.url }, 10_000)
+          const lines = output.split('\n').filter((line) => line.trim())
+          expect({ code, lines }).toEqual({ code: 1, lines: [expect.stringContaining(`port ${port} is already in use`)] })
+          // Every request still reaches the first server's workers.
+          await untilWorkersUseRedis(first.url)
+        } finally {
+          await redis.stop()
+        }
+      }),
+    30_000)
+  })
+}
+
+// Bun's workers are processes the test can kill; Deno's are threads of one process.
+for (const runtime of runtimeNames.filter((runtime) => workerProcesses(runtime) > 0)) {
+  describe(`${runtime}: WORKERS=2 with a worker that keeps crashing`, () => {
+    test('restarts it 1 s, then 2 s, then 4 s later, and at the fourth crash in a minute stops every worker with one error line and exit code 1', () =>
+      withTwoWorkers(runtime, async (server) => {
+        const restartLines = () => server.logs().filter((entry) => entry.level === 'warn' && /restarting/.test(String(entry.msg)))
+        // The same worker each time: the one started in place of the last one killed.
+        let [pid] = childPids(server.child.pid)
+        for (const [crash, delaySeconds] of [1, 2, 4].entries()) {
+          const others = childPids(server.child.pid).filter((child) => child !== pid)
+          process.kill(pid!, 'SIGKILL')
+          const killedAt = Date.now()
+          await eventually('a restart line', () => restartLines().length === crash + 1, 5000)
+          expect(String(restartLines().at(-1)!.msg)).toEndWith(`restarting it in ${delaySeconds} s`)
+          await eventually('two worker processes again', () => childPids(server.child.pid).length === 2 && !childPids(server.child.pid).includes(pid!), 10_000)
+          // Not before its time (later is the machine's doing).
+          expect(Date.now() - killedAt).toBeGreaterThanOrEqual(delaySeconds * 1000 - 50)
+          ;[pid] = childPids(server.child.pid).filter((child) => !others.includes(child))
+          // Serving, as a worker must be to count as crashing (one that never listened stops the server).
+          const number = Number(/^worker (\d+)/.exec(String(restartLines().at(-1)!.msg))![1])
+          await eventually('the restarted worker handles a webhook', async () => {
+            const { ids } = await sendWebhooksAlone(server.url, 4)
+            await Bun.sleep(100)
+            return handledBy(server, ids).some((entry) => entry.worker === number)
+          }, 10_000)
+        }
+        const children = childPids(server.child.pid)
+        process.kill(pid!, 'SIGKILL')
+        expect(await exitWithin(server, 15_000)).toBe(1)
+        const errors = server.logs().filter((entry) => entry.level === 'error')
+        expect(errors.map((entry) => entry.msg)).toEqual([expect.stringMatching(/^workers crashed 4 times within a minute .*: stopping$/)])
+        expect(children.filter(isRunning)).toEqual([])
+      }),
+    60_000)
+  })
+}
+
 describe('bun: WORKERS=auto', () => {
   test('starts one worker per core, as its listening line says', async () => {
     const redis = await startRedis()

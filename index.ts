@@ -1380,18 +1380,24 @@ export class EventStream {
   /** Appends the outbox in order, from its oldest event, waiting for Redis whenever it does not answer. */
   private async drain(): Promise<void> {
     let appended = 0
+    // It starts after a failed append, and after any failure asks with a PING first: the attempts
+    // sent to a frozen Redis would each keep a body in memory until it answers.
+    let failed = true
     while (this.outbox.length > 0 && Date.now() < this.drainDeadline) {
       const entry = this.outbox[0]!
       try {
         const redis = await this.redis
-        // A frozen Redis would keep each attempt's body: ask with a PING first.
-        await withTimeout(redis.connect(), 1000)
-        await withTimeout(redis.send('PING', []), 500)
+        if (failed) {
+          await withTimeout(redis.connect(), 1000)
+          await withTimeout(redis.send('PING', []), 500)
+        }
         await withTimeout(this.run(entry), 1000)
       } catch {
+        failed = true
         await new Promise((resolve) => setTimeout(resolve, 500))
         continue
       }
+      failed = false
       this.outbox.shift()
       this.outboxBodyBytes -= entry.bytes
       this.held.delete(entry.id)

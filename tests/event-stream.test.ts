@@ -312,6 +312,29 @@ for (const runtime of runtimeNames) {
     })
   })
 
+  describe(`${runtime}: a stream key that holds something else`, () => {
+    test('events wait in the outbox while Redis refuses the append (WRONGTYPE, in one warn line); a redelivery meanwhile is a duplicate; once the key is free, each is appended once', async () => {
+      const redis = await startRedis()
+      const server = await startStreaming(runtime, redis)
+      try {
+        await redis.command('SET', streamKey, 'not a stream')
+        const events = Array.from({ length: 3 }, (_, n) => mixedEvent(n))
+        for (const event of events) expect((await post(server, event)).text).toBe(received)
+        expect((await post(server, events[0]!)).text).toBe(duplicate)
+        expect(handledLines(server, events[0]!.id)).toHaveLength(1)
+        const warnings = server.logs().filter((entry) => entry.level === 'warn' && /redis stream/.test(String(entry.msg)))
+        expect(warnings).toHaveLength(1)
+        expect(warnings[0]!.error).toContain('WRONGTYPE')
+        await redis.command('DEL', streamKey)
+        await eventually('every event in the stream', async () => (await streamLength(redis)) >= events.length, 5000)
+        expectEachOnce(await streamEntries(redis), events)
+      } finally {
+        await server.stop()
+        await redis.stop()
+      }
+    })
+  })
+
   describe(`${runtime}: EVENTS_STREAM misconfigured`, () => {
     test('without REDIS_URL: one line, "Configuration error: EVENTS_STREAM …", and exit code 1', async () => {
       const { code, output } = await runUntilExit(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret, EVENTS_STREAM: streamKey })

@@ -280,11 +280,14 @@ for (const runtime of runtimeNames) {
       const redis = await startRedis()
       const server = await startStreaming(runtime, redis)
       try {
+        const events = Array.from({ length: 6 }, (_, n) => mixedEvent(n))
+        // One appended first, so that the appends during the freeze wait on an open connection (and run once it thaws).
+        expect((await post(server, events[0]!)).text).toBe(received)
+        expect(await streamLength(redis)).toBe(1)
         redis.freeze()
-        const events = Array.from({ length: 5 }, (_, n) => mixedEvent(n))
-        for (const event of events) expect((await post(server, event)).text).toBe(received)
-        expect((await post(server, events[0]!)).text).toBe(duplicate)
-        expect(handledLines(server, events[0]!.id)).toHaveLength(1)
+        for (const event of events.slice(1)) expect((await post(server, event)).text).toBe(received)
+        expect((await post(server, events[1]!)).text).toBe(duplicate)
+        expect(handledLines(server, events[1]!.id)).toHaveLength(1)
         const stopped = server.stop()
         await Bun.sleep(1000)
         redis.thaw()

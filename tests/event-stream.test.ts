@@ -276,7 +276,7 @@ for (const runtime of sourceRuntimes) {
 
 for (const runtime of runtimeNames) {
   describe(`${runtime}: stopping with events in the outbox`, () => {
-    test('a redelivery of an event held in the outbox is a duplicate, not handled again; SIGTERM while Redis is frozen, thawed 1 s later: the held events are appended before the server exits', async () => {
+    test('a redelivery of an event held in the outbox is a duplicate, not handled again; SIGTERM while Redis is frozen, thawed 1 s later: the held events are appended, in order, before the server exits', async () => {
       const redis = await startRedis()
       const server = await startStreaming(runtime, redis)
       try {
@@ -292,7 +292,10 @@ for (const runtime of runtimeNames) {
         await Bun.sleep(1000)
         redis.thaw()
         expect(await stopped).toBe(0)
-        expectEachOnce(await streamEntries(redis), events)
+        const entries = await streamEntries(redis)
+        expectEachOnce(entries, events)
+        // The outbox is appended in the order its events were taken.
+        expect(entries.map((fields) => fields[1])).toEqual(events.map((event) => event.id))
       } finally {
         await server.stop()
         await redis.stop()

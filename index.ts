@@ -58,6 +58,8 @@ export interface Config {
   redisKeyPrefix: string
   /** How many processes (Bun) or threads (Deno) serve the port. */
   workers: number
+  /** Set when each verified event is appended to a Redis Stream (EVENTS_STREAM). */
+  eventStream?: EventStreamConfig
 }
 
 export interface AuthConfig {
@@ -94,6 +96,7 @@ export function loadConfig(env: Env): Config {
     // By default per API key; set it to keep the same keys across a key rotation.
     redisKeyPrefix: env.REDIS_KEY_PREFIX?.trim() || `livekit-server:${apiKey}:`,
     workers: parseWorkers(env, 'WORKERS'),
+    eventStream: parseEventStream(env),
   }
   if (config.workers > 1 && !config.redisUrl) {
     throw new ConfigError('WORKERS above 1 needs REDIS_URL: without it the workers would not share handled webhook ids and rate limits')
@@ -296,6 +299,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   const tokenRateLimit = config.tokenRateLimit
   const memory = { ids: new RecentIds(), limiter: tokenRateLimit ? new RateLimiter(tokenRateLimit) : undefined }
   const state = new SharedState(memory, config.redisUrl, config.redisKeyPrefix)
+  const events = config.eventStream && new EventStream(config.eventStream, config.redisUrl!, config.redisKeyPrefix, memory.ids, state)
   const readBody = createBodyReader(config.maxPendingBodyBytes)
   const maxTokenBodyBytes = Math.min(config.maxBodyBytes, tokenBodyLimit)
   // Who asked for each token request, once admitted; read by the /token handler.
@@ -358,16 +362,18 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   async function receiveWebhook(request: Request) {
     requireHostName(request)
     let event: WebhookEvent
+    let body: Uint8Array
     try {
       const claims = verifyWebhookSigner(request.headers.get('authorization'))
       // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
-      event = eventFromBody(await readBody(request, config.maxBodyBytes, 'webhook', 'bytes'), claims)
+      event = eventFromBody((body = await readBody(request, config.maxBodyBytes, 'webhook', 'bytes')), claims)
     } catch (error) {
       if (error instanceof HttpError) throw error
       log('warn', 'webhook refused', { reason: (error as Error).message })
       return status(401, errorBody('Webhook signature is missing or invalid'))
     }
-    const claim = event.id ? await state.claim(event.id) : 'new'
+    // An event waiting in the outbox is handled: its redelivery must not run the handlers again.
+    const claim = event.id ? (events?.holds(event.id) ? 'handled' : await state.claim(event.id)) : 'new'
     if (claim === 'handled') {
       log('info', 'webhook duplicate', describeEvent(event))
       return { received: 'duplicate' as const }
@@ -386,6 +392,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
       log('error', 'webhook handler failed', { ...describeEvent(event), error: String(error) })
       return status(500, errorBody('Webhook handler failed'))
     }
+    if (events) return events.append(event, body)
     if (event.id) await state.complete(event.id)
     return { received: true as const }
   }
@@ -429,7 +436,8 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   // every request: it is kept only for the apps whose rate limit needs it.
   if (tokenRateLimit) appsNeedingAddresses.add(app)
   // No request waits for Redis: serving starts once the first attempt to reach it has ended.
-  appsConnecting.set(app, state.connected)
+  appsConnecting.set(app, Promise.all([state.connected, events?.connected]))
+  if (events) eventStreams.set(app, events)
   return app
 }
 
@@ -835,7 +843,7 @@ export class RateLimiter {
 // only for the apps in appsNeedingAddresses.
 const remoteAddresses = new WeakMap<Request, string>()
 const appsNeedingAddresses = new WeakSet<object>()
-const appsConnecting = new WeakMap<object, Promise<void>>()
+const appsConnecting = new WeakMap<object, Promise<unknown>>()
 
 type BunServer = { requestIP(request: Request): { address: string } | null } | null
 
@@ -1248,6 +1256,193 @@ function redacted(error: unknown, url: string): string {
   return password ? String(error).replaceAll(password, '***') : String(error)
 }
 
+// Events onward: with EVENTS_STREAM, each verified event whose handlers succeeded is appended to a
+// Redis Stream, for apps in any language to read. Appending it and remembering its id as handled
+// are one script, so that no interleaving of processes, redeliveries and crashes appends an event
+// twice. While Redis does not answer, events wait in a bounded outbox, in order, and are appended
+// through the same script once it answers again; a 200 always means in the stream or in the outbox.
+
+export interface EventStreamConfig {
+  /** The stream's key, exactly as given (not prefixed), so that consumers know it. */
+  key: string
+  /** Trims the stream to about this many entries (MAXLEN ~). */
+  maxLength: number
+  /** The most events the outbox holds while Redis does not answer (besides outboxBytes). */
+  outboxEvents: number
+}
+
+function parseEventStream(env: Env): EventStreamConfig | undefined {
+  const key = env.EVENTS_STREAM?.trim()
+  if (!key) {
+    const dependent = ['EVENTS_STREAM_MAXLEN', 'EVENTS_OUTBOX'].find((name) => env[name]?.trim())
+    if (dependent) throw new ConfigError(`${dependent} has no effect without EVENTS_STREAM`)
+    return undefined
+  }
+  if (!env.REDIS_URL?.trim()) throw new ConfigError('EVENTS_STREAM needs REDIS_URL: the stream is kept in Redis')
+  if (key.length > 256 || /\s/.test(key)) throw new ConfigError('EVENTS_STREAM must be a Redis key of at most 256 characters, without spaces')
+  return {
+    key,
+    maxLength: parseInteger(env, 'EVENTS_STREAM_MAXLEN', 100_000, 1, 1_000_000_000),
+    outboxEvents: parseInteger(env, 'EVENTS_OUTBOX', 10_000, 1, 1_000_000),
+  }
+}
+
+// KEYS: the id's dedupe key (SharedState's), the stream. ARGV: the id ('' for an event without one),
+// MAXLEN, how long the id stays handled (ms), then the entry's fields. XADD first: a script that
+// fails midway keeps what it wrote, and an id marked handled without its entry would be lost.
+const appendEventScript = `if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == 'handled' then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], 'handled', 'PX', ARGV[3]) end
+return 1`
+const appendEventHash = createHash('sha1').update(appendEventScript).digest('hex')
+
+// The bodies the outbox holds at most, in bytes, whatever EVENTS_OUTBOX says.
+const outboxBytes = 64 * 1024 * 1024
+// How long the last appends may take when the server stops.
+const flushTimeoutMs = 5000
+
+interface HeldEvent {
+  id: string
+  /** The script's keys and arguments. */
+  args: (string | Buffer)[]
+  bytes: number
+}
+
+/** The stream of one app; the outbox lives in this process's memory. */
+export class EventStream {
+  private readonly outbox: HeldEvent[] = []
+  private outboxBodyBytes = 0
+  /** The ids in the outbox. */
+  private readonly held = new Set<string>()
+  private readonly redis: Promise<RedisConnection>
+  /** Settles once the first attempt to reach Redis has ended, either way; startServer waits for it. */
+  readonly connected: Promise<unknown>
+  private connecting = true
+  /** Set once an append failed, until the outbox is appended: one warn line an outage. */
+  private away = false
+  private draining?: Promise<void>
+  /** When the drainer gives up (the server is stopping); until then it keeps trying. */
+  private drainDeadline = Infinity
+
+  constructor(
+    private readonly settings: EventStreamConfig,
+    private readonly redisUrl: string,
+    private readonly keyPrefix: string,
+    private readonly ids: RecentIds,
+    private readonly state: SharedState,
+  ) {
+    this.redis = openRedis(redisUrl).then(async (redis) => {
+      await withTimeout(redis.connect(), 1000).catch(() => {}) // the first append says whether it worked
+      this.connecting = false
+      return redis
+    })
+    this.connected = this.redis
+  }
+
+  /** Whether the event with this id waits in the outbox. */
+  holds(id: string): boolean {
+    return this.held.has(id)
+  }
+
+  /** Appends the event, or holds it in the outbox; a 503 to retry when the outbox is full. */
+  async append(event: WebhookEvent, body: Uint8Array): Promise<{ received: true }> {
+    const entry = this.entryFor(event, body)
+    if (this.connecting) await this.redis
+    // Behind events already waiting, never before them.
+    if (this.outbox.length === 0) {
+      try {
+        await withTimeout(this.run(entry), 250)
+        return { received: true }
+      } catch (error) {
+        if (!this.away) log('warn', 'redis stream unavailable: holding events in the outbox until it answers', { stream: this.settings.key, error: redacted(error, this.redisUrl) })
+        this.away = true
+      }
+    }
+    if (this.outbox.length >= this.settings.outboxEvents || this.outboxBodyBytes + entry.bytes > outboxBytes) {
+      // Its redelivery runs the handlers again, as after any 5xx.
+      if (event.id) await this.state.release(event.id)
+      log('warn', 'webhook refused: the event outbox is full', { ...describeEvent(event), stream: this.settings.key, held: this.outbox.length })
+      throw new HttpError(503, 'The event stream is unavailable and the outbox is full, retry later', { 'retry-after': '5' })
+    }
+    this.outbox.push(entry)
+    this.outboxBodyBytes += entry.bytes
+    if (entry.id) (this.held.add(entry.id), this.ids.complete(entry.id))
+    this.drainSoon()
+    return { received: true }
+  }
+
+  /** On stop: the outbox appended if Redis answers within 5 s; else one line saying what was lost. */
+  async flush(): Promise<void> {
+    if (this.outbox.length === 0) return
+    this.drainDeadline = Date.now() + flushTimeoutMs
+    this.drainSoon()
+    await this.draining
+    if (this.outbox.length === 0) return
+    log('error', `${this.outbox.length} events were not appended to the stream: Redis did not answer, and they are lost with this process`, {
+      stream: this.settings.key,
+      notAppended: this.outbox.length,
+    })
+  }
+
+  private entryFor(event: WebhookEvent, body: Uint8Array): HeldEvent {
+    const { room = '', participant = '' } = describeEvent(event)
+    const fields = ['id', event.id, 'event', event.event, 'room', room, 'participant', participant, 'created_at', String(event.createdAt)]
+    // The exact bytes LiveKit signed, as bytes: both clients send a Buffer as it is.
+    const bytes = Buffer.from(body.buffer, body.byteOffset, body.byteLength)
+    const args = [`${this.keyPrefix}webhook:${event.id}`, this.settings.key, event.id, String(this.settings.maxLength), String(handledTtlMs), ...fields, 'body', bytes]
+    return { id: event.id, args, bytes: body.byteLength }
+  }
+
+  /** The script, loaded (EVAL) the first time or when Redis has forgotten it. */
+  private async run(entry: HeldEvent): Promise<void> {
+    const redis = await this.redis
+    // The clients' types say strings; each sends a Buffer's bytes as they are.
+    const args = entry.args as string[]
+    await redis.send('EVALSHA', [appendEventHash, '2', ...args]).catch((error) => {
+      if (!String(error).includes('NOSCRIPT')) throw error
+      return redis.send('EVAL', [appendEventScript, '2', ...args])
+    })
+    if (entry.id) this.ids.complete(entry.id)
+  }
+
+  private drainSoon(): void {
+    this.draining ??= this.drain().finally(() => (this.draining = undefined))
+  }
+
+  /** Appends the outbox in order, from its oldest event, waiting for Redis whenever it does not answer. */
+  private async drain(): Promise<void> {
+    let appended = 0
+    // It starts after a failed append, and after any failure asks with a PING first: the attempts
+    // sent to a frozen Redis would each keep a body in memory until it answers.
+    let failed = true
+    while (this.outbox.length > 0 && Date.now() < this.drainDeadline) {
+      const entry = this.outbox[0]!
+      try {
+        const redis = await this.redis
+        if (failed) {
+          await withTimeout(redis.connect(), 1000)
+          await withTimeout(redis.send('PING', []), 500)
+        }
+        await withTimeout(this.run(entry), 1000)
+      } catch {
+        failed = true
+        await new Promise((resolve) => setTimeout(resolve, 500))
+        continue
+      }
+      failed = false
+      this.outbox.shift()
+      this.outboxBodyBytes -= entry.bytes
+      this.held.delete(entry.id)
+      appended += 1
+    }
+    if (this.outbox.length === 0) this.away = false
+    if (appended > 0) announce('redis stream available again: held events appended', { stream: this.settings.key, appended, held: this.outbox.length })
+  }
+}
+
+/** Each app's stream, for its server's stop to flush. */
+const eventStreams = new WeakMap<object, EventStream>()
+
 // Request bodies and errors: every error answers the OpenVidu clients' shape, { "errorMessage": … }
 
 class HttpError extends Error {
@@ -1472,7 +1667,7 @@ export async function startServer(app: ReturnType<typeof createApp>, port: numbe
   app.listen({ port, reusePort: sharedPort })
   const server = app.server!
   // Bun's stop() closes the listener and resolves once the requests in flight are answered.
-  return { port: server.port!, stop: () => server.stop() }
+  return { port: server.port!, stop: () => server.stop().then(() => eventStreams.get(app)?.flush()) }
 }
 
 function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort: boolean): Promise<RunningServer> {
@@ -1507,6 +1702,7 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort:
       stopping = true
       if (inFlight > 0) await new Promise<void>((resolve) => (onIdle = resolve))
       await server.shutdown()
+      await eventStreams.get(app)?.flush()
     }
     let listening = false
     const onListen = (address: { port: number }) => {

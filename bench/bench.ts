@@ -1,6 +1,7 @@
 // Measures the server as a user runs it (`bun run index.ts`, and with --deno the Deno command too),
 // side by side with what it is compared against, in one run: a bare Elysia app doing the same work
-// (bench/floor.ts, issue 11), the server with its shared state on Redis and with WORKERS=2 (issue 9).
+// (bench/floor.ts, issue 11), the server with its shared state on Redis and with WORKERS=2 (issue 9),
+// and with each webhook appended to a Redis Stream (EVENTS_STREAM) against Redis dedupe alone.
 // Each comparison is a ratio of two processes loaded by wrk in the same round, rounds interleaved.
 // With --costs, also copies of index.ts each without one behaviour (CORS, bounded reading, …), to say
 // what each costs. Usage: bun run bench [--seconds N] [--deno] [--costs]. The report (markdown) goes
@@ -20,7 +21,7 @@ const root = new URL('..', import.meta.url).pathname
 
 type RouteKey = 'health' | 'openvidu' | 'standard' | 'webhook'
 type CostKey = 'cors' | 'bodyBounds' | 'tokenParser' | 'dedupe' | 'responseSchemas'
-type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'workers1' | 'workers2' | `without ${CostKey}`
+type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | `without ${CostKey}`
 
 interface Variant {
   label: string
@@ -39,6 +40,7 @@ interface Variant {
 // TOKEN_RATE_LIMIT's largest value: the limiter runs on every token request, and never refuses one
 // here (one caller, the loopback address, would need over 16,000 requests/s for a minute).
 const limit = '1000000'
+const streamKey = 'bench-events'
 
 /**
  * With --costs, what each behaviour the server adds to the floor costs: a copy of index.ts without
@@ -89,6 +91,7 @@ const variants: Record<VariantKey, Variant> = {
   floorCors:   { label: 'floor + cors',    entry: 'bench/floor.ts', env: { FLOOR_CORS: '1' },           redis: false, workers: false, timeStartup: false },
   limitMemory: { label: 'Redis off',       entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit },   redis: false, workers: false, timeStartup: false },
   limitRedis:  { label: 'Redis on',        entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit },   redis: true,  workers: false, timeStartup: false },
+  stream:      { label: 'EVENTS_STREAM',   entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit, EVENTS_STREAM: streamKey }, redis: true, workers: false, timeStartup: false },
   workers1:    { label: 'WORKERS=1',       entry: 'index.ts',       env: { WORKERS: '1' },              redis: true,  workers: true,  timeStartup: false },
   workers2:    { label: 'WORKERS=2',       entry: 'index.ts',       env: { WORKERS: '2' },              redis: true,  workers: true,  timeStartup: false },
   ...(Object.fromEntries(
@@ -107,11 +110,13 @@ interface Comparison {
 }
 
 /** Every ratio the report gives (besides the server's own "vs /health"); a variant is measured on the routes its comparisons name. */
-const comparisons: Record<'floor' | 'cors' | 'redis' | 'workers', Comparison> = {
+const comparisons: Record<'floor' | 'cors' | 'redis' | 'stream' | 'workers', Comparison> = {
   floor:   { title: 'server ÷ floor',            numerator: 'server',     denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
   cors:    { title: 'floor+cors ÷ floor',        numerator: 'floorCors',  denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
   redis:   { title: 'Redis on ÷ off',            numerator: 'limitRedis', denominator: 'limitMemory',  routes: ['openvidu', 'webhook'],
              goal: { runtime: 'bun', atLeast: 0.75, meaning: 'shared state costs at most 25 % of throughput on Bun' } },
+  stream:  { title: 'stream ÷ Redis dedupe',     numerator: 'stream',     denominator: 'limitRedis',   routes: ['webhook'],
+             goal: { runtime: 'bun', atLeast: 0.85, meaning: 'appending each event to a Redis Stream costs at most 15 % of webhook throughput on Bun' } },
   workers: { title: 'WORKERS=2 ÷ WORKERS=1',     numerator: 'workers2',   denominator: 'workers1',     routes: ['health', 'openvidu'] },
 }
 
@@ -884,6 +889,10 @@ function report({ options, machine, targets, processes, problems }: Report): str
     comparisonTable(comparisons.redis, options.runtimes, find),
     '',
     `Goal: ${comparisons.redis.goal!.meaning} (${comparisons.redis.title} ≥ ${comparisons.redis.goal!.atLeast.toFixed(2)}×).`,
+    '',
+    `#### Events onward: ${comparisons.stream.title}, EVENTS_STREAM=${streamKey} against REDIS_URL alone, TOKEN_RATE_LIMIT on both`,
+    '',
+    comparisonTable(comparisons.stream, options.runtimes, find),
     '',
     `#### Workers: ${comparisons.workers.title}, REDIS_URL on both (issue 9)`,
     '',

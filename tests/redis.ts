@@ -1,6 +1,9 @@
 // A real redis-server (Debian's) for the tests of REDIS_URL: on a free loopback port, with a random
-// password, no persistence; it can be killed, frozen, thawed and restarted on the same port.
+// password, no persistence (unless durable); it can be killed, frozen, thawed and restarted on the same port.
 import { connect } from 'node:net'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import type { Subprocess } from 'bun'
 import { freePort } from './server'
 
@@ -17,7 +20,7 @@ export interface RedisServer {
   freeze(): void
   /** SIGCONT after freeze(). */
   thaw(): void
-  /** Starts it again on the same port with the same password (killing it first if it still runs); empty. */
+  /** Starts it again on the same port with the same password (killing it first if it still runs); empty unless durable. */
   restart(): Promise<void>
   /** Sends one command (after AUTH) and resolves with the raw RESP answer. */
   command(...args: string[]): Promise<string>
@@ -36,7 +39,7 @@ export const randomPassword = () => `redis-pw-${crypto.randomUUID().replaceAll('
  * Starts redis-server (on a free port with a random password, unless given) and resolves once it
  * answers AUTH and PING. Throws (never skips) if it is not installed.
  */
-export async function startRedis(options: { port?: number; password?: string } = {}): Promise<RedisServer> {
+export async function startRedis(options: { port?: number; password?: string; durable?: boolean } = {}): Promise<RedisServer> {
   if (!Bun.which(binary)) {
     throw new Error(`${binary} is not installed, and the REDIS_URL tests need a real one: apt-get install -y redis-server`)
   }
@@ -44,10 +47,14 @@ export async function startRedis(options: { port?: number; password?: string } =
   const password = options.password ?? randomPassword()
   let child: Subprocess
   let output: string[] = []
+  // durable: every write in an append-only file, synced before Redis answers, so that what it
+  // acknowledged survives a SIGKILL and restart (as a Redis holding a stream would be run).
+  const dataDir = options.durable ? mkdtempSync(join(tmpdir(), 'redis-test-')) : undefined
+  const persistence = dataDir ? ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', dataDir] : ['--appendonly', 'no']
 
   const spawn = async () => {
     output = []
-    child = Bun.spawn([binary, '--port', String(port), '--bind', '127.0.0.1', '--requirepass', password, '--save', '', '--appendonly', 'no'], {
+    child = Bun.spawn([binary, '--port', String(port), '--bind', '127.0.0.1', '--requirepass', password, '--save', '', ...persistence], {
       stdout: 'pipe',
       stderr: 'pipe',
       stdin: 'ignore',
@@ -94,6 +101,7 @@ export async function startRedis(options: { port?: number; password?: string } =
     stop: async () => {
       child.kill('SIGCONT')
       await killNow()
+      if (dataDir) rmSync(dataDir, { recursive: true, force: true })
     },
   }
 }

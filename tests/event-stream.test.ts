@@ -1,0 +1,351 @@
+// EVENTS_STREAM: every verified event whose handlers succeeded is appended to a Redis Stream (a real
+// redis-server, frozen, killed and restarted by these tests), exactly once; and none is lost while
+// Redis is away: the server holds it in its outbox, or answers a 5xx so that LiveKit delivers it again.
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
+import { RedisClient } from 'bun'
+import { runUntilExit, runtimeNames, sourceRuntimes, startServer, testCredentials, type Runtime, type ServerProcess } from './server'
+import { signWebhook, webhookEvent } from './livekit'
+import { startRedis, type RedisServer } from './redis'
+
+setDefaultTimeout(30_000)
+
+const credentials = testCredentials()
+// The key exactly as configured: the server must not prefix it.
+const streamKey = 'livekit:events'
+const customHandlers = 'tests/fixtures/custom-handlers-server.ts'
+
+function startStreaming(runtime: Runtime, redis: RedisServer, env: Record<string, string> = {}, entry?: string): Promise<ServerProcess> {
+  const settings = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret, REDIS_URL: redis.url, EVENTS_STREAM: streamKey }
+  return startServer(runtime, { ...settings, ...env }, { entry })
+}
+
+/** An event as LiveKit posts it: the exact bytes of its body, their signature, and what the entry must say. */
+interface SignedEvent {
+  id: string
+  body: string
+  authorization: string
+  /** The entry's fields, in order, as the stream must hold them. */
+  entry: string[]
+}
+
+function signed(event: Record<string, unknown>, expected: { room: string; participant: string }, indent?: string | number): SignedEvent {
+  const body = JSON.stringify(event, null, indent)
+  const id = event.id as string
+  const entry = ['id', id, 'event', event.event as string, 'room', expected.room, 'participant', expected.participant, 'created_at', event.createdAt as string, 'body', body]
+  return { id, body, authorization: signWebhook(body, credentials), entry }
+}
+
+/** Event n of a varied mix: four names (one no handler knows), the room from where LiveKit puts it, bodies formatted four ways. */
+function mixedEvent(n: number): SignedEvent {
+  switch (n % 4) {
+    case 0:
+      return signed(webhookEvent('room_started'), { room: 'room1', participant: '' })
+    case 1:
+      return signed(webhookEvent('participant_joined', { participant: { sid: `PA_${n}`, identity: `zoë-${n}` } }), { room: 'room1', participant: `zoë-${n}` }, 1)
+    case 2:
+      return signed(webhookEvent('egress_ended', { room: undefined, egressInfo: { egressId: `EG_${n}`, roomName: 'recorded room' } }), { room: 'recorded room', participant: '' }, '\t')
+    default:
+      return signed(webhookEvent('agent_job_started'), { room: 'room1', participant: '' }, 2)
+  }
+}
+
+/** A room_started event whose first delivery the custom handlers fail (a 500), in the flaky room. */
+const flakyEvent = () => signed(webhookEvent('room_started', { room: { sid: 'RM_flaky', name: 'flaky-room' } }), { room: 'flaky-room', participant: '' })
+
+interface Attempt {
+  status: number
+  retryAfter: string | null
+  text: string
+  ms: number
+}
+
+async function post(server: ServerProcess, event: SignedEvent, timeoutMs = 5000): Promise<Attempt> {
+  const started = performance.now()
+  try {
+    const response = await fetch(`${server.url}/livekit/webhook`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/webhook+json', authorization: event.authorization },
+      body: event.body,
+      signal: AbortSignal.timeout(timeoutMs),
+    })
+    const text = await response.text()
+    return { status: response.status, retryAfter: response.headers.get('retry-after'), text, ms: performance.now() - started }
+  } catch (error) {
+    return { status: 0, retryAfter: null, text: String(error), ms: performance.now() - started }
+  }
+}
+
+const received = '{"received":true}'
+const duplicate = '{"received":"duplicate"}'
+
+/** What is wrong with an answer, if anything: only a 200, a failing handler's 500, or a 503 with Retry-After are allowed. */
+function problemWith(attempt: Attempt, withinMs = Infinity): string | undefined {
+  const said = `${attempt.status} ${attempt.retryAfter ?? '-'} ${attempt.text.slice(0, 80)} after ${Math.round(attempt.ms)} ms`
+  if (attempt.ms >= withinMs) return said
+  if (attempt.status === 200 && (attempt.text === received || attempt.text === duplicate)) return undefined
+  if (attempt.status === 500 && attempt.text === '{"errorMessage":"Webhook handler failed"}') return undefined
+  if (attempt.status === 503 && /^\d+$/.test(attempt.retryAfter ?? '')) return undefined
+  return said
+}
+
+/**
+ * Delivers as LiveKit does (go-retryablehttp): again after a 5xx or a failed request, waiting 1, 2, 4
+ * and 8 s, five attempts in all; then, unlike LiveKit, again every 8 s until `giveUpAt`, so that a
+ * test outlasts its outage, and counts the events LiveKit itself would have given up on.
+ */
+async function deliverLikeLiveKit(server: ServerProcess, event: SignedEvent, everyAttempt: Attempt[], giveUpAt: number): Promise<Attempt[]> {
+  const waitsMs = [1000, 2000, 4000, 8000]
+  const attempts: Attempt[] = []
+  for (;;) {
+    const attempt = await post(server, event, 3000)
+    attempts.push(attempt)
+    everyAttempt.push(attempt)
+    if ((attempt.status > 0 && attempt.status < 500) || Date.now() > giveUpAt) return attempts
+    await Bun.sleep(waitsMs[Math.min(attempts.length - 1, waitsMs.length - 1)]!)
+  }
+}
+
+/** The stream's entries, each as its fields in order, read with Bun's own Redis client. */
+async function streamEntries(redis: RedisServer): Promise<string[][]> {
+  const client = new RedisClient(redis.url)
+  try {
+    const reply = (await client.send('XRANGE', [streamKey, '-', '+'])) as [string, string[]][]
+    return reply.map(([, fields]) => fields)
+  } finally {
+    client.close()
+  }
+}
+
+/** Exactly one entry per event, in the entry's fields the event's own, its body the bytes signed. */
+function expectEachOnce(entries: string[][], events: SignedEvent[]): void {
+  expect(entries.length).toBe(events.length)
+  const byId = new Map(entries.map((fields) => [fields[1], fields]))
+  expect(byId.size).toBe(events.length)
+  const mismatched = events.filter((event) => !Bun.deepEquals(byId.get(event.id), event.entry))
+  expect(mismatched.map((event) => ({ expected: event.entry, found: byId.get(event.id) }))).toEqual([])
+}
+
+async function eventually(what: string, condition: () => Promise<boolean> | boolean, timeoutMs: number) {
+  const deadline = Date.now() + timeoutMs
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`)
+    await Bun.sleep(100)
+  }
+}
+
+const streamLength = async (redis: RedisServer) => Number((await redis.command('XLEN', streamKey)).slice(1))
+const handledLines = (server: ServerProcess, id: string) => server.logs().filter((entry) => entry.msg === 'webhook' && entry.id === id)
+
+describe('EVENTS_STREAM: bun and deno sharing one Redis', () => {
+  let redis: RedisServer
+  let servers: ServerProcess[] = []
+
+  beforeAll(async () => {
+    redis = await startRedis()
+    servers = await Promise.all([startStreaming('bun', redis), startStreaming('deno', redis)])
+  })
+
+  afterAll(async () => {
+    await Promise.all(servers.map((server) => server.stop()))
+    await redis?.stop()
+  })
+
+  test('1,000 distinct events, each delivered one to three times at once to either: 1,000 entries, one per event, with its fields and the exact bytes signed', async () => {
+    const events = Array.from({ length: 1000 }, (_, n) => mixedEvent(n))
+    const deliveries = events.flatMap((event, n) => Array.from({ length: 1 + (n % 3) }, () => event))
+    // Shuffled within windows of 60, so that the deliveries of one event are in flight together.
+    for (let start = 0; start < deliveries.length; start += 60) {
+      for (let i = Math.min(start + 60, deliveries.length) - 1; i > start; i--) {
+        const j = start + Math.floor(Math.random() * (i - start + 1))
+        ;[deliveries[i], deliveries[j]] = [deliveries[j]!, deliveries[i]!]
+      }
+    }
+    const attempts: { event: SignedEvent; attempt: Attempt }[] = []
+    let next = 0
+    const sender = async () => {
+      while (next < deliveries.length) {
+        const event = deliveries[next++]!
+        attempts.push({ event, attempt: await post(servers[Math.floor(Math.random() * 2)]!, event) })
+      }
+    }
+    await Promise.all(Array.from({ length: 32 }, sender))
+    expect(attempts.map(({ attempt }) => problemWith(attempt)).filter(Boolean)).toEqual([])
+    // Each event handled by one delivery; the others were duplicates, or 503s while it was being handled.
+    expect(attempts.filter(({ attempt }) => attempt.text === received).length).toBe(1000)
+    // LiveKit delivers a 503'd event again: by now a duplicate, wherever it goes.
+    const retried = attempts.filter(({ attempt }) => attempt.status === 503).map(({ event }) => event)
+    for (const event of retried) expect((await post(servers[Math.floor(Math.random() * 2)]!, event)).text).toBe(duplicate)
+    expectEachOnce(await streamEntries(redis), events)
+  })
+})
+
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: Redis frozen, then killed, mid-delivery (an outbox of 20 events)`, () => {
+    test('with deliveries as LiveKit makes them, every event ends in the stream once; each answer was a 200 or a 503 with Retry-After, within 1 s', async () => {
+      const redis = await startRedis({ durable: true })
+      const server = await startStreaming(runtime, redis, { EVENTS_OUTBOX: '20' })
+      try {
+        const events = Array.from({ length: 60 }, (_, n) => mixedEvent(n))
+        const everyAttempt: Attempt[] = []
+        const giveUpAt = Date.now() + 40_000
+        // One new event every 100 ms, each redelivered until it is taken.
+        const deliveries = Promise.all(events.map(async (event, n) => (await Bun.sleep(n * 100), deliverLikeLiveKit(server, event, everyAttempt, giveUpAt))))
+        await Bun.sleep(1000)
+        redis.freeze()
+        await Bun.sleep(1500)
+        await redis.kill()
+        await Bun.sleep(1500)
+        await redis.restart()
+        const attemptsPerEvent = await deliveries
+        await eventually('every event in the stream', async () => (await streamLength(redis)) >= events.length, 10_000)
+        expectEachOnce(await streamEntries(redis), events)
+        expect(everyAttempt.map((attempt) => problemWith(attempt, 1000)).filter(Boolean)).toEqual([])
+        const counts = {
+          attempts: everyAttempt.length,
+          refused: everyAttempt.filter((attempt) => attempt.status === 503).length,
+          beyondLiveKitsFive: attemptsPerEvent.filter((attempts) => attempts.length > 5).length,
+        }
+        console.log(`${runtime}, 3 s outage: ${JSON.stringify(counts)}`)
+        // The outbox filled, and the 503s kept those events with LiveKit, which never had to give up.
+        expect(counts.refused).toBeGreaterThan(0)
+        expect(counts.beyondLiveKitsFive).toBe(0)
+        expect(server.logs().filter((entry) => entry.level === 'warn' && entry.msg === 'redis stream unavailable: holding events in the outbox until it answers')).toHaveLength(1)
+      } finally {
+        await server.stop()
+        await redis.stop()
+      }
+    })
+  })
+}
+
+describe('bun, with handlers that fail once: Redis frozen for 30 s, then killed for 30 s', () => {
+  test('an outage of 60 s, longer than LiveKit retries, loses nothing: every event ends in the stream once; each answer was a 200, a 500 or a 503, within 1 s', async () => {
+    const redis = await startRedis({ durable: true })
+    const server = await startStreaming('bun', redis, {}, customHandlers)
+    try {
+      const events = Array.from({ length: 160 }, (_, n) => (n % 10 === 5 ? flakyEvent() : mixedEvent(n)))
+      const everyAttempt: Attempt[] = []
+      const giveUpAt = Date.now() + 100_000
+      // One new event every 400 ms, from before the outage to after it.
+      const deliveries = Promise.all(events.map(async (event, n) => (await Bun.sleep(n * 400), deliverLikeLiveKit(server, event, everyAttempt, giveUpAt))))
+      await Bun.sleep(1000)
+      redis.freeze()
+      await Bun.sleep(30_000)
+      await redis.kill()
+      await Bun.sleep(30_000)
+      await redis.restart()
+      const attemptsPerEvent = await deliveries
+      await eventually('every event in the stream', async () => (await streamLength(redis)) >= events.length, 10_000)
+      expectEachOnce(await streamEntries(redis), events)
+      expect(everyAttempt.map((attempt) => problemWith(attempt, 1000)).filter(Boolean)).toEqual([])
+      const counts = {
+        attempts: everyAttempt.length,
+        failedHandlers: everyAttempt.filter((attempt) => attempt.status === 500).length,
+        refused: everyAttempt.filter((attempt) => attempt.status === 503).length,
+        beyondLiveKitsFive: attemptsPerEvent.filter((attempts) => attempts.length > 5).length,
+      }
+      console.log(`bun, 60 s outage: ${JSON.stringify(counts)}`)
+      expect(counts.failedHandlers).toBe(16)
+      expect(counts.beyondLiveKitsFive).toBe(0)
+    } finally {
+      await server.stop()
+      await redis.stop()
+    }
+  }, 110_000)
+})
+
+for (const runtime of sourceRuntimes) {
+  describe(`${runtime}: EVENTS_STREAM with a handler that throws`, () => {
+    test('a 500 appends nothing; the redelivery, handled, appends the event once, and a repeat nothing more', async () => {
+      const redis = await startRedis()
+      const server = await startStreaming(runtime, redis, {}, customHandlers)
+      try {
+        const event = flakyEvent()
+        expect((await post(server, event)).status).toBe(500)
+        expect(await streamLength(redis)).toBe(0)
+        expect((await post(server, event)).text).toBe(received)
+        expect((await post(server, event)).text).toBe(duplicate)
+        expectEachOnce(await streamEntries(redis), [event])
+      } finally {
+        await server.stop()
+        await redis.stop()
+      }
+    })
+  })
+}
+
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: stopping with events in the outbox`, () => {
+    test('a redelivery of an event held in the outbox is a duplicate, not handled again; SIGTERM while Redis is frozen, thawed 1 s later: the held events are appended, in order, before the server exits', async () => {
+      const redis = await startRedis()
+      const server = await startStreaming(runtime, redis)
+      try {
+        const events = Array.from({ length: 6 }, (_, n) => mixedEvent(n))
+        // One appended first, so that the appends during the freeze wait on an open connection (and run once it thaws).
+        expect((await post(server, events[0]!)).text).toBe(received)
+        expect(await streamLength(redis)).toBe(1)
+        redis.freeze()
+        for (const event of events.slice(1)) expect((await post(server, event)).text).toBe(received)
+        expect((await post(server, events[1]!)).text).toBe(duplicate)
+        expect(handledLines(server, events[1]!.id)).toHaveLength(1)
+        const stopped = server.stop()
+        await Bun.sleep(1000)
+        redis.thaw()
+        expect(await stopped).toBe(0)
+        const entries = await streamEntries(redis)
+        expectEachOnce(entries, events)
+        // The outbox is appended in the order its events were taken.
+        expect(entries.map((fields) => fields[1])).toEqual(events.map((event) => event.id))
+      } finally {
+        await server.stop()
+        await redis.stop()
+      }
+    })
+
+    test('SIGTERM while Redis is gone: one line says how many events were not appended and that they are lost', async () => {
+      const redis = await startRedis()
+      const server = await startStreaming(runtime, redis)
+      try {
+        await redis.kill()
+        for (const event of Array.from({ length: 3 }, (_, n) => mixedEvent(n))) expect((await post(server, event)).text).toBe(received)
+        await server.stop()
+        const lost = server.logs().filter((entry) => /not appended/.test(String(entry.msg)))
+        expect(lost).toHaveLength(1)
+        expect(lost[0]).toMatchObject({ level: 'error', stream: streamKey, notAppended: 3, msg: expect.stringContaining('lost') })
+      } finally {
+        await redis.stop()
+      }
+    })
+  })
+
+  describe(`${runtime}: a stream key that holds something else`, () => {
+    test('events wait in the outbox while Redis refuses the append (WRONGTYPE, in one warn line); a redelivery meanwhile is a duplicate; once the key is free, each is appended once', async () => {
+      const redis = await startRedis()
+      const server = await startStreaming(runtime, redis)
+      try {
+        await redis.command('SET', streamKey, 'not a stream')
+        const events = Array.from({ length: 3 }, (_, n) => mixedEvent(n))
+        for (const event of events) expect((await post(server, event)).text).toBe(received)
+        expect((await post(server, events[0]!)).text).toBe(duplicate)
+        expect(handledLines(server, events[0]!.id)).toHaveLength(1)
+        const warnings = server.logs().filter((entry) => entry.level === 'warn' && /redis stream/.test(String(entry.msg)))
+        expect(warnings).toHaveLength(1)
+        expect(warnings[0]!.error).toContain('WRONGTYPE')
+        await redis.command('DEL', streamKey)
+        await eventually('every event in the stream', async () => (await streamLength(redis)) >= events.length, 5000)
+        expectEachOnce(await streamEntries(redis), events)
+      } finally {
+        await server.stop()
+        await redis.stop()
+      }
+    })
+  })
+
+  describe(`${runtime}: EVENTS_STREAM misconfigured`, () => {
+    test('without REDIS_URL: one line, "Configuration error: EVENTS_STREAM …", and exit code 1', async () => {
+      const { code, output } = await runUntilExit(runtime, { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret, EVENTS_STREAM: streamKey })
+      const lines = output.split('\n').filter((line) => line.trim())
+      expect({ code, lines }).toEqual({ code: 1, lines: ['Configuration error: EVENTS_STREAM needs REDIS_URL: the stream is kept in Redis'] })
+    })
+  })
+}

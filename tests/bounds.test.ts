@@ -187,7 +187,7 @@ for (const runtime of runtimeNames) {
           return running.http.request('/livekit/webhook', { method: 'POST', headers: { 'content-type': 'application/webhook+json', authorization }, body: event })
         })
         expect(answer.status).toBe(status)
-      })
+      }, 15_000)
     }
   })
 }
@@ -215,7 +215,7 @@ describe('POST /token with TOKEN_RATE_LIMIT=60: a full allowance is the cap', ()
   })
 
   for (const runtime of runtimeNames) {
-    test(`${runtime}: after one request and 30 s idle, allows exactly 60 more in a row and answers the 61st 429`, () => {
+    test(`${runtime}: after one request and 30 s idle, allows exactly 60 of 61 more sent at once, and answers the other 429`, () => {
       const [first, ...rest] = statuses.get(runtime)!
       expect(first).toBe(200)
       expect(rest.filter((status) => status === 200)).toHaveLength(60)

@@ -2,7 +2,7 @@
 // handler however the request is spelled, the proxy's hop rather than the client's, agent dispatch
 // bounds, the token route's body limit, bodies in flight, and what log lines may carry.
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { httpClient, runtimeNames, serveDuringTests, startServer, testCredentials, waitForLog } from './server'
+import { httpClient, runtimeNames, serveDuringTests, startServer, testCredentials, waitForLog, warningLinesCaughtUp } from './server'
 import { signWebhook, verifyAccessToken, webhookEvent } from './livekit'
 import { idToken, makeKey, startIdentityProvider, type SigningKey } from './identity-provider'
 import { open, rawRequest } from './raw-http'
@@ -317,7 +317,7 @@ for (const runtime of runtimeNames) {
       socket.destroy()
       const [line] = await waitForLog(running.server, (entry) => entry.msg === 'request aborted by client')
       expect(line!.level).toBe('info')
-      await Bun.sleep(100)
+      await warningLinesCaughtUp(running.server)
       expect(running.server.logs().filter((entry) => entry.level === 'error')).toEqual([])
     })
   })

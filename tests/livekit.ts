@@ -70,3 +70,18 @@ export function webhookEvent(event: string, fields: Record<string, unknown> = {}
     ...fields,
   }
 }
+
+/**
+ * Runs `attempt` with the current second, starting right after the clock ticks over, until it starts
+ * and ends within that second: whoever checks a time meanwhile (the server, on this machine's clock)
+ * saw that same second, so an edge such as "exp = now - 9" is exact whatever the load.
+ */
+export async function withinOneSecond<T>(attempt: (nowSeconds: number) => T | Promise<T>): Promise<T> {
+  for (let tries = 0; tries < 10; tries++) {
+    await Bun.sleep(1000 - (Date.now() % 1000))
+    const nowSeconds = Math.floor(Date.now() / 1000)
+    const result = await attempt(nowSeconds)
+    if (Math.floor(Date.now() / 1000) === nowSeconds) return result
+  }
+  throw new Error('10 attempts in a row each took more than the rest of a second')
+}

@@ -2,6 +2,7 @@
 import { afterAll, beforeAll } from 'bun:test'
 import type { Subprocess } from 'bun'
 import { existsSync } from 'node:fs'
+import { signJwt, signWebhook, webhookEvent, type Credentials } from './livekit'
 
 const root = new URL('..', import.meta.url).pathname
 export const binaryPath = `${root}dist/livekit-server`
@@ -167,6 +168,38 @@ export async function waitForLog(server: ServerProcess, predicate: (entry: Recor
     await Bun.sleep(20)
   }
   throw new Error(`no log line matched within ${timeoutMs} ms:\n${server.lines.join('\n')}`)
+}
+
+/**
+ * Waits until the server has written every info line that what it did before would write: it posts
+ * a webhook that logs an info line of its own and waits for that line, since a process writes each
+ * stream's lines in order (info lines to stdout).
+ */
+export async function infoLinesCaughtUp(server: ServerProcess, credentials: Credentials): Promise<void> {
+  const body = JSON.stringify(webhookEvent('room_started', { room: { sid: 'RM_marker', name: 'marker-room' } }))
+  const { id } = JSON.parse(body)
+  const headers = { 'content-type': 'application/webhook+json', authorization: signWebhook(body, credentials) }
+  const response = await fetch(new URL('/livekit/webhook', server.url), { method: 'POST', headers, body })
+  if (response.status !== 200) throw new Error(`the marker webhook was answered ${response.status}: ${await response.text()}`)
+  await waitForLog(server, (entry) => entry.msg === 'webhook' && entry.id === id)
+}
+
+// What the warning marker's refusal logs: a JWT signed with HS512, refused before anything else is looked at.
+const markerReason = 'JWT must be signed with HS256 and nothing else'
+
+/**
+ * Waits until the server has written every warning and error line that what it did before would
+ * write: it posts a webhook it refuses with a warning of its own (warnings and errors go to stderr,
+ * in order) and waits for that line.
+ */
+export async function warningLinesCaughtUp(server: ServerProcess): Promise<void> {
+  const markers = () => server.logs().filter((entry) => entry.msg === 'webhook refused' && entry.reason === markerReason).length
+  const before = markers()
+  const authorization = signJwt({ iss: 'marker', exp: Math.floor(Date.now() / 1000) + 60 }, 'marker', { alg: 'HS512', typ: 'JWT' })
+  const response = await fetch(new URL('/livekit/webhook', server.url), { method: 'POST', headers: { authorization }, body: '{}' })
+  await response.text()
+  if (response.status !== 401) throw new Error(`the marker webhook was answered ${response.status}`)
+  await waitForLog(server, () => markers() > before)
 }
 
 /** Test credentials: never the dev defaults, and a secret long and random enough to search for. */

@@ -2,7 +2,7 @@
 // handled and the callers' token allowances; when Redis fails they keep answering from their own
 // memory, and share again once it is back.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
-import { freePort, httpClient, runUntilExit, runtimeNames, startServer, testCredentials, type Answer, type Runtime, type ServerProcess } from './server'
+import { freePort, httpClient, infoLinesCaughtUp, runUntilExit, runtimeNames, startServer, testCredentials, type Answer, type Runtime, type ServerProcess } from './server'
 import { signWebhook, webhookEvent, type Credentials } from './livekit'
 import { randomPassword, startRedis, type RedisServer } from './redis'
 
@@ -152,7 +152,8 @@ for (const [runtimeA, runtimeB] of pairs) {
       const answers = await Promise.all(events.map((event) => Promise.all([postWebhook(nodes.a, event), postWebhook(nodes.b, event)])))
       const handledCount = (event: Record<string, unknown>) => handledLines(nodes.a, event.id).length + handledLines(nodes.b, event.id).length
       await eventually('a handled line for every event', () => events.every((event) => handledCount(event) > 0), 5000).catch(() => {})
-      await Bun.sleep(200) // a second handled line would come about now
+      // A second handled line, on either, would come before each one's marker line.
+      await Promise.all([infoLinesCaughtUp(nodes.a.server, credentials), infoLinesCaughtUp(nodes.b.server, credentials)])
       for (const [index, event] of events.entries()) {
         const outcomes = answers[index]!.map(outcome).sort()
         expect([['duplicate', 'handled'], ['being handled', 'handled']]).toContainEqual(outcomes)

@@ -1,6 +1,6 @@
 // The traffic of the load test and the soak script: half token requests (both contracts), half
 // webhooks, each a distinct event signed as LiveKit signs it, sent by a pool of fetch() workers.
-import { readFile } from 'node:fs/promises'
+import { readdir, readFile } from 'node:fs/promises'
 import { signWebhook, webhookEvent, type Credentials } from './livekit.ts'
 
 export interface Counts {
@@ -80,4 +80,9 @@ export async function rssMegabytes(pid: number): Promise<number> {
   const kilobytes = /^VmRSS:\s+(\d+) kB/m.exec(status)?.[1]
   if (kilobytes === undefined) throw new Error(`no VmRSS for process ${pid}`)
   return Number(kilobytes) / 1024
+}
+
+/** How many file descriptors the process holds open right now. */
+export async function openDescriptors(pid: number): Promise<number> {
+  return (await readdir(`/proc/${pid}/fd`)).length
 }

@@ -1473,7 +1473,7 @@ const knownEventNames = new Set([...Object.keys(webhookHandlers), 'agent_job_sta
  */
 export async function startMetrics(config: Config): Promise<void> {
   if (config.prometheusPort === undefined) return
-  const { Registry, AggregatorRegistry } = await import('prom-client')
+  const { Registry, AggregatorRegistry } = await loadPromClient()
   const registry = new Registry()
   const recorder = createMetricsRecorder(registry)
   metrics = recorder
@@ -1483,6 +1483,17 @@ export async function startMetrics(config: Config): Promise<void> {
       ? async () => AggregatorRegistry.aggregate([await registry.getMetricsAsJSON(), ...(await askWorkers(recorder.workers()))]).metrics()
       : () => registry.metrics()
   await serveMetrics(config.prometheusPort, scrape, registry.contentType)
+}
+
+/**
+ * prom-client's registry (text format) and aggregation alone: its index also loads every metric class,
+ * its default metrics, the push gateway and OpenTelemetry, which made the import 10 times slower.
+ * Literal specifiers, so that `bun build --compile` embeds them.
+ */
+async function loadPromClient(): Promise<Pick<typeof import('prom-client'), 'Registry' | 'AggregatorRegistry'>> {
+  // @ts-ignore: the package declares types for its index alone
+  const [registry, cluster] = await Promise.all([import('prom-client/lib/registry.js'), import('prom-client/lib/cluster.js')])
+  return { Registry: registry.default, AggregatorRegistry: cluster.default }
 }
 
 function createMetricsRecorder(registry: import('prom-client').Registry) {
@@ -1549,18 +1560,20 @@ function createMetricsRecorder(registry: import('prom-client').Registry) {
   } satisfies Metrics & { workers: () => WorkerHandle[] }
 }
 
-/** The route label of a request: one of the app's routes, or "other" (never a path a client made up). */
-function routeOf(url: string): string {
-  const path = pathOf(url)
-  return path === '/token' || path === '/livekit/webhook' || path === '/health' ? path : 'other'
-}
+const routeLabels = ['/token', '/livekit/webhook', '/health']
 
-/** The path as Elysia routes it: no query, no trailing slash. */
-function pathOf(url: string): string {
+/**
+ * The route label of a request: one of the app's routes (the path as Elysia routes it: no query, no
+ * trailing slash), or "other", never a path a client made up. Compared in place: cutting the path
+ * out, and then looking up a string made for each request, cost 0.6 µs.
+ */
+function routeOf(url: string): string {
   const start = url.indexOf('/', url.indexOf('//') + 2)
-  const query = url.indexOf('?', start)
-  const path = url.slice(start, query === -1 ? url.length : query)
-  return path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path
+  let end = url.indexOf('?', start)
+  if (end === -1) end = url.length
+  if (end - start > 1 && url.charCodeAt(end - 1) === 47) end-- // a trailing "/"
+  for (const route of routeLabels) if (end - start === route.length && url.startsWith(route, start)) return route
+  return 'other'
 }
 
 function webhookOutcome(status: number, duplicate = false): string {
@@ -1570,9 +1583,12 @@ function webhookOutcome(status: number, duplicate = false): string {
   return 'refused'
 }
 
-/** Counts by two label values. */
+/**
+ * Counts by two label values. Nested maps rather than one keyed by the two joined: building that key
+ * for every answer cost more (0.3 µs) than all the rest of the counting.
+ */
 class Tally {
-  private readonly counts = new Map<string, MetricValue>()
+  private readonly counts = new Map<string, Map<string | number, MetricValue>>()
 
   constructor(
     private readonly firstLabel: string,
@@ -1580,25 +1596,27 @@ class Tally {
   ) {}
 
   add(first: string, second: string | number): void {
-    const key = `${first} ${second}`
-    const entry = this.counts.get(key)
+    let bySecond = this.counts.get(first)
+    if (!bySecond) this.counts.set(first, (bySecond = new Map()))
+    const entry = bySecond.get(second)
     if (entry) entry.value++
-    else this.counts.set(key, { labels: { [this.firstLabel]: first, [this.secondLabel]: String(second) }, value: 1 })
+    else bySecond.set(second, { labels: { [this.firstLabel]: first, [this.secondLabel]: String(second) }, value: 1 })
   }
 
   values(): MetricValue[] {
-    return [...this.counts.values()].map((entry) => ({ ...entry }))
+    return [...this.counts.values()].flatMap((bySecond) => [...bySecond.values()].map((entry) => ({ ...entry })))
   }
 }
 
 /** Answer times by route and status, in durationBuckets, as a Prometheus histogram reads them. */
 class DurationTally {
-  private readonly series = new Map<string, { labels: Record<string, string>; buckets: number[]; sum: number; count: number }>()
+  private readonly series = new Map<string, Map<number, { labels: Record<string, string>; buckets: number[]; sum: number; count: number }>>()
 
   observe(route: string, status: number, seconds: number): void {
-    const key = `${route} ${status}`
-    let series = this.series.get(key)
-    if (!series) this.series.set(key, (series = { labels: { route, status: String(status) }, buckets: durationBuckets.map(() => 0), sum: 0, count: 0 }))
+    let byStatus = this.series.get(route)
+    if (!byStatus) this.series.set(route, (byStatus = new Map()))
+    let series = byStatus.get(status)
+    if (!series) byStatus.set(status, (series = { labels: { route, status: String(status) }, buckets: durationBuckets.map(() => 0), sum: 0, count: 0 }))
     let bucket = 0
     while (bucket < durationBuckets.length && seconds > durationBuckets[bucket]!) bucket++
     if (bucket < durationBuckets.length) series.buckets[bucket]!++
@@ -1607,7 +1625,7 @@ class DurationTally {
   }
 
   values(name: string): MetricValue[] {
-    return [...this.series.values()].flatMap(({ labels, buckets, sum, count }) => {
+    return [...this.series.values()].flatMap((byStatus) => [...byStatus.values()]).flatMap(({ labels, buckets, sum, count }) => {
       let cumulative = 0
       return [
         ...durationBuckets.map((le, index) => ({ metricName: `${name}_bucket`, labels: { ...labels, le }, value: (cumulative += buckets[index]!) })),
@@ -1632,13 +1650,19 @@ function measureEventLoopLag(): () => number {
   return () => lagSeconds
 }
 
-/** A handler that reports each answer's status and time to the metrics. */
+/**
+ * A handler that reports each answer's status and time to the metrics. An answer given at once is
+ * handed on at once: a promise around it would cost every such request a turn of the event loop.
+ */
 function measured<Rest extends unknown[]>(handler: (request: Request, ...rest: Rest) => Response | Promise<Response>) {
-  return async (request: Request, ...rest: Rest): Promise<Response> => {
+  return (request: Request, ...rest: Rest): Response | Promise<Response> => {
     const started = performance.now()
-    const response = await handler(request, ...rest)
-    metrics.answered(request, response.status, (performance.now() - started) / 1000)
-    return response
+    const record = (response: Response) => {
+      metrics.answered(request, response.status, (performance.now() - started) / 1000)
+      return response
+    }
+    const response = handler(request, ...rest)
+    return response instanceof Promise ? response.then(record) : record(response)
   }
 }
 
@@ -1654,7 +1678,7 @@ function serveMeasured(app: ReturnType<typeof createApp>, port: number, reusePor
 /** GET /metrics on its own port; anything else a 404. */
 async function serveMetrics(port: number, scrape: () => Promise<string>, contentType: string): Promise<void> {
   const handler = async (request: Request): Promise<Response> => {
-    if (request.method !== 'GET' || pathOf(request.url) !== '/metrics') {
+    if (request.method !== 'GET' || new URL(request.url).pathname !== '/metrics') {
       return Response.json(errorBody('Only GET /metrics is served on this port'), { status: 404 })
     }
     try {

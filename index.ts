@@ -1503,17 +1503,19 @@ function createMetricsRecorder(registry: import('prom-client').Registry) {
   const webhooks = new Tally('event', 'outcome')
   const durations = new DurationTally()
   let workers = () => [] as WorkerHandle[]
+  /**
+   * A series read from `read` at each scrape: prom-client's registry reads a metric through its get()
+   * alone. `aggregator`: how the workers' figures add up. The latest app's replaces an earlier one's.
+   */
   const register = (name: string, help: string, type: 'counter' | 'gauge' | 'histogram', aggregator: 'sum' | 'min' | 'max', read: () => MetricValue[] | Promise<MetricValue[]>) => {
-    name = type === 'histogram' || name.startsWith('process_') || name.startsWith('nodejs_') ? name : metricPrefix + name
-    // prom-client's registry reads a metric through get() alone; one of its own classes would count in it.
     const metric = { name, help, type, aggregator, get: async () => ({ name, help, type, aggregator, values: await read() }) }
+    registry.removeSingleMetric(name)
     registry.registerMetric(metric as unknown as import('prom-client').Metric)
   }
-  register('token_requests_total', 'Token requests answered, by contract (none: refused before the body told) and status', 'counter', 'sum', () => tokens.values())
-  register('webhooks_total', 'Webhooks answered, by event and outcome (handled, duplicate, refused, failed, busy)', 'counter', 'sum', () => webhooks.values())
-  register(`${metricPrefix}http_request_duration_seconds`, 'Time from a request reaching the app to its answer, by route and status', 'histogram', 'sum', () =>
-    durations.values(`${metricPrefix}http_request_duration_seconds`),
-  )
+  const durationSeries = `${metricPrefix}http_request_duration_seconds`
+  register(`${metricPrefix}token_requests_total`, 'Token requests answered, by contract (none: refused before the body was read) and status', 'counter', 'sum', () => tokens.values())
+  register(`${metricPrefix}webhooks_total`, 'Webhooks answered, by event and outcome (handled, duplicate, refused, failed, busy)', 'counter', 'sum', () => webhooks.values())
+  register(durationSeries, 'Time from a request reaching the app to its answer, by route and status', 'histogram', 'sum', () => durations.values(durationSeries))
   // A worker thread shares its process with the others: only the first thread reports the process.
   if (!isWorkerThread) {
     register('process_resident_memory_bytes', 'Resident memory size in bytes', 'gauge', 'sum', () => [{ labels: {}, value: process.memoryUsage().rss }])
@@ -1546,12 +1548,12 @@ function createMetricsRecorder(registry: import('prom-client').Registry) {
     },
     watch({ redisStatus, pendingBodyBytes, workers: workersNow }: MetricSources) {
       if (redisStatus) {
-        register('shared_state_up', '1 while Redis holds the shared state, 0 while this process runs on its own memory', 'gauge', 'min', async () => [
+        register(`${metricPrefix}shared_state_up`, '1 while Redis holds the shared state, 0 while this process runs on its own memory', 'gauge', 'min', async () => [
           { labels: {}, value: (await redisStatus()) === 'ok' ? 1 : 0 },
         ])
       }
       if (pendingBodyBytes) {
-        register('request_body_bytes_pending', 'Bytes of request bodies being read, by route', 'gauge', 'sum', () =>
+        register(`${metricPrefix}request_body_bytes_pending`, 'Bytes of request bodies being read, by route', 'gauge', 'sum', () =>
           Object.entries(pendingBodyBytes).map(([route, value]) => ({ labels: { route: route === 'token' ? '/token' : '/livekit/webhook' }, value })),
         )
       }

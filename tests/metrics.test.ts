@@ -296,7 +296,7 @@ for (const runtime of runtimeNames) {
     })
 
     afterAll(async () => {
-      await server?.stop()
+      if (server && server.child.exitCode === null) await server.stop()
       await redis?.stop()
     })
 
@@ -330,6 +330,11 @@ for (const runtime of runtimeNames) {
       const check = Bun.spawn(['promtool', 'check', 'metrics'], { stdin: new TextEncoder().encode(page), stdout: 'pipe', stderr: 'pipe' })
       const [code, output] = await Promise.all([check.exited, Promise.all([new Response(check.stdout).text(), new Response(check.stderr).text()])])
       expect({ code, output: output.join('').trim() }).toEqual({ code: 0, output: '' })
+    })
+
+    test('SIGTERM stops the workers and the metrics listener with them: exit code 0, the port closed', async () => {
+      expect(await server.stop()).toBe(0)
+      expect(await fetch(`http://127.0.0.1:${metricsPorts[job]}/metrics`).then((answer) => answer.status, () => 'closed')).toBe('closed')
     })
   })
 }

@@ -21,7 +21,7 @@ const root = new URL('..', import.meta.url).pathname
 
 type RouteKey = 'health' | 'openvidu' | 'standard' | 'webhook'
 type CostKey = 'cors' | 'bodyBounds' | 'tokenParser' | 'dedupe' | 'responseSchemas'
-type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | `without ${CostKey}`
+type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | 'metrics' | `without ${CostKey}`
 
 interface Variant {
   label: string
@@ -35,6 +35,8 @@ interface Variant {
   workers: boolean
   /** Timed from spawn to first answer, five times, before the load. */
   timeStartup: boolean
+  /** PROMETHEUS_PORT = a free port picked here (nothing scrapes it: the cost measured is the counting). */
+  metricsPort?: boolean
 }
 
 // TOKEN_RATE_LIMIT's largest value: the limiter runs on every token request, and never refuses one
@@ -94,6 +96,7 @@ const variants: Record<VariantKey, Variant> = {
   stream:      { label: 'EVENTS_STREAM',   entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit, EVENTS_STREAM: streamKey }, redis: true, workers: false, timeStartup: false },
   workers1:    { label: 'WORKERS=1',       entry: 'index.ts',       env: { WORKERS: '1' },              redis: true,  workers: true,  timeStartup: false },
   workers2:    { label: 'WORKERS=2',       entry: 'index.ts',       env: { WORKERS: '2' },              redis: true,  workers: true,  timeStartup: false },
+  metrics:     { label: 'metrics on',      entry: 'index.ts',       env: {},                            redis: false, workers: false, timeStartup: true, metricsPort: true },
   ...(Object.fromEntries(
     costKeys.map((key) => [`without ${key}`, { label: `server without ${key}`, entry: costEntry(key), env: {}, redis: false, workers: false, timeStartup: false }]),
   ) as Record<`without ${CostKey}`, Variant>),
@@ -110,7 +113,7 @@ interface Comparison {
 }
 
 /** Every ratio the report gives (besides the server's own "vs /health"); a variant is measured on the routes its comparisons name. */
-const comparisons: Record<'floor' | 'cors' | 'redis' | 'stream' | 'workers', Comparison> = {
+const comparisons: Record<'floor' | 'cors' | 'redis' | 'stream' | 'workers' | 'metrics', Comparison> = {
   floor:   { title: 'server ÷ floor',            numerator: 'server',     denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
   cors:    { title: 'floor+cors ÷ floor',        numerator: 'floorCors',  denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
   redis:   { title: 'Redis on ÷ off',            numerator: 'limitRedis', denominator: 'limitMemory',  routes: ['openvidu', 'webhook'],
@@ -118,6 +121,8 @@ const comparisons: Record<'floor' | 'cors' | 'redis' | 'stream' | 'workers', Com
   stream:  { title: 'stream ÷ Redis dedupe',     numerator: 'stream',     denominator: 'limitRedis',   routes: ['webhook'],
              goal: { runtime: 'bun', atLeast: 0.85, meaning: 'appending each event to a Redis Stream costs at most 15 % of webhook throughput on Bun' } },
   workers: { title: 'WORKERS=2 ÷ WORKERS=1',     numerator: 'workers2',   denominator: 'workers1',     routes: ['health', 'openvidu'] },
+  metrics: { title: 'metrics on ÷ off',          numerator: 'metrics',    denominator: 'server',       routes: ['health', 'openvidu', 'standard', 'webhook'],
+             goal: { runtime: 'bun', atLeast: 0.97, meaning: 'PROMETHEUS_PORT costs at most 3 % of throughput on Bun' } },
 }
 
 /** With --costs: the server without each behaviour ÷ the server. */
@@ -212,6 +217,7 @@ async function variantEnv(variant: Variant): Promise<Record<string, string>> {
   const env: Record<string, string> = { ...baseEnv, ...variant.env }
   if (variant.redis) env.REDIS_URL = redis!.url
   if (variant.workers) env.SERVER_PORT = String(await freePort())
+  if (variant.metricsPort) env.PROMETHEUS_PORT = String(await freePort())
   return env
 }
 
@@ -873,6 +879,12 @@ interface Report {
   problems: string[]
 }
 
+/** A comparison's table under its heading, and the goal it is held to. */
+function goalSection(comparison: Comparison, heading: string, runtimes: Runtime[], find: Find): string[] {
+  const goal = comparison.goal!
+  return [`#### ${heading}`, '', comparisonTable(comparison, runtimes, find), '', `Goal: ${goal.meaning} (${comparison.title} ≥ ${goal.atLeast.toFixed(2)}×).`, '']
+}
+
 function report({ options, machine, targets, processes, problems }: Report): string {
   const find = finder(targets)
   return [
@@ -884,16 +896,9 @@ function report({ options, machine, targets, processes, problems }: Report): str
     howToRead(options.rounds),
     '',
     ...options.runtimes.flatMap((runtime) => [`#### ${runtime}: the server against the floor (issue 11)`, '', floorTable(runtime, find), '']),
-    `#### Shared state: ${comparisons.redis.title}, TOKEN_RATE_LIMIT=${limit} on both (issue 9)`,
-    '',
-    comparisonTable(comparisons.redis, options.runtimes, find),
-    '',
-    `Goal: ${comparisons.redis.goal!.meaning} (${comparisons.redis.title} ≥ ${comparisons.redis.goal!.atLeast.toFixed(2)}×).`,
-    '',
-    `#### Events onward: ${comparisons.stream.title}, EVENTS_STREAM=${streamKey} against REDIS_URL alone, TOKEN_RATE_LIMIT on both`,
-    '',
-    comparisonTable(comparisons.stream, options.runtimes, find),
-    '',
+    ...goalSection(comparisons.redis, `Shared state: ${comparisons.redis.title}, TOKEN_RATE_LIMIT=${limit} on both (issue 9)`, options.runtimes, find),
+    ...goalSection(comparisons.stream, `Events onward: ${comparisons.stream.title}, EVENTS_STREAM=${streamKey} against REDIS_URL alone, TOKEN_RATE_LIMIT on both`, options.runtimes, find),
+    ...goalSection(comparisons.metrics, `Metrics: ${comparisons.metrics.title} (PROMETHEUS_PORT set, or not)`, options.runtimes, find),
     `#### Workers: ${comparisons.workers.title}, REDIS_URL on both (issue 9)`,
     '',
     comparisonTable(comparisons.workers, options.runtimes, find),

@@ -20,7 +20,7 @@ const root = new URL('..', import.meta.url).pathname
 
 type RouteKey = 'health' | 'openvidu' | 'standard' | 'webhook'
 type CostKey = 'cors' | 'bodyBounds' | 'tokenParser' | 'dedupe' | 'responseSchemas'
-type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'workers1' | 'workers2' | `without ${CostKey}`
+type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'workers1' | 'workers2' | 'policy' | `without ${CostKey}`
 
 interface Variant {
   label: string
@@ -39,6 +39,21 @@ interface Variant {
 // TOKEN_RATE_LIMIT's largest value: the limiter runs on every token request, and never refuses one
 // here (one caller, the loopback address, would need over 16,000 requests/s for a minute).
 const limit = '1000000'
+
+/**
+ * TOKEN_POLICY with 10 roles of 2 room patterns each; without authentication every request has the
+ * default role, whose first pattern (a {claim} the anonymous caller lacks) fails before "bench-*" matches.
+ */
+const benchPolicy = JSON.stringify({
+  defaultRole: 'role-9',
+  roles: Object.fromEntries(
+    Array.from({ length: 10 }, (_, i) => [
+      `role-${i}`,
+      { rooms: [`team-{org}-${i}-*`, i === 9 ? 'bench-*' : `room-${i}-*`], agents: [`agent-${i}`, 'bench-agent'], grants: { canPublish: true, canSubscribe: true, canPublishData: true } },
+    ]),
+  ),
+  roomConfig: { emptyTimeout: 300, departureTimeout: 20, maxParticipants: 100 },
+})
 
 /**
  * With --costs, what each behaviour the server adds to the floor costs: a copy of index.ts without
@@ -91,6 +106,7 @@ const variants: Record<VariantKey, Variant> = {
   limitRedis:  { label: 'Redis on',        entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit },   redis: true,  workers: false, timeStartup: false },
   workers1:    { label: 'WORKERS=1',       entry: 'index.ts',       env: { WORKERS: '1' },              redis: true,  workers: true,  timeStartup: false },
   workers2:    { label: 'WORKERS=2',       entry: 'index.ts',       env: { WORKERS: '2' },              redis: true,  workers: true,  timeStartup: false },
+  policy:      { label: 'TOKEN_POLICY',    entry: 'index.ts',       env: { TOKEN_POLICY: benchPolicy }, redis: false, workers: false, timeStartup: false },
   ...(Object.fromEntries(
     costKeys.map((key) => [`without ${key}`, { label: `server without ${key}`, entry: costEntry(key), env: {}, redis: false, workers: false, timeStartup: false }]),
   ) as Record<`without ${CostKey}`, Variant>),
@@ -107,12 +123,14 @@ interface Comparison {
 }
 
 /** Every ratio the report gives (besides the server's own "vs /health"); a variant is measured on the routes its comparisons name. */
-const comparisons: Record<'floor' | 'cors' | 'redis' | 'workers', Comparison> = {
+const comparisons: Record<'floor' | 'cors' | 'redis' | 'workers' | 'policy', Comparison> = {
   floor:   { title: 'server ÷ floor',            numerator: 'server',     denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
   cors:    { title: 'floor+cors ÷ floor',        numerator: 'floorCors',  denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
   redis:   { title: 'Redis on ÷ off',            numerator: 'limitRedis', denominator: 'limitMemory',  routes: ['openvidu', 'webhook'],
              goal: { runtime: 'bun', atLeast: 0.75, meaning: 'shared state costs at most 25 % of throughput on Bun' } },
   workers: { title: 'WORKERS=2 ÷ WORKERS=1',     numerator: 'workers2',   denominator: 'workers1',     routes: ['health', 'openvidu'] },
+  policy:  { title: 'TOKEN_POLICY ÷ none',       numerator: 'policy',     denominator: 'server',       routes: ['openvidu', 'standard'],
+             goal: { runtime: 'bun', atLeast: 0.95, meaning: 'a 10-role, 20-pattern policy costs /token at most 5 % on Bun' } },
 }
 
 /** With --costs: the server without each behaviour ÷ the server. */
@@ -888,6 +906,10 @@ function report({ options, machine, targets, processes, problems }: Report): str
     `#### Workers: ${comparisons.workers.title}, REDIS_URL on both (issue 9)`,
     '',
     comparisonTable(comparisons.workers, options.runtimes, find),
+    '',
+    `#### Token policy: ${comparisons.policy.title} (10 roles, 20 patterns, a roomConfig; no authentication)`,
+    '',
+    comparisonTable(comparisons.policy, options.runtimes, find),
     '',
     ...(options.costs ? [costsSection(options.runtimes, find)] : []),
     '#### Processes',

@@ -350,6 +350,7 @@ interface PolicyRole {
   ttlSeconds: number
   /** The top-level roomConfig with the role's own over it; with the metadata bytes of its agents. */
   roomConfig?: RoomConfiguration
+  hasOwnRoomConfig: boolean
   agentMetadataBytes: number
 }
 
@@ -391,7 +392,7 @@ function applyTokenPolicy(policy: TokenPolicy, claims: Claims, asked: TokenAsk):
     }
   }
   const [first] = allowing as [PolicyRole]
-  const settings = allowing.find((role) => role.roomConfig) ?? first
+  const settings = allowing.find((role) => role.hasOwnRoomConfig) ?? first
   const roomConfig = withAgents(settings, asked.roomConfig)
   if (typeof roomConfig === 'string') return { refused: roomConfig }
   const grant = allowing.length === 1 ? first.grant : unionOfGrants(allowing)
@@ -582,7 +583,7 @@ function parsePolicyRole(name: string, role: TokenPolicyJson['roles'][string], t
   const agentMetadataBytes = roomConfig?.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), 0) ?? 0
   const agents = role.agents ?? []
   const shared = roomConfig && shareRoomConfig(roomConfig)
-  return { name, rooms, grant: roleGrant(role.grants ?? {}, at), agents: agents.includes('*') ? 'any' : new Set(agents), ttlSeconds, roomConfig: shared, agentMetadataBytes }
+  return { name, rooms, grant: roleGrant(role.grants ?? {}, at), agents: agents.includes('*') ? 'any' : new Set(agents), ttlSeconds, roomConfig: shared, hasOwnRoomConfig: own !== undefined, agentMetadataBytes }
 }
 
 /** The role's grant as it goes into tokens: the three grants LiveKit defaults to true always written out. */
@@ -782,7 +783,8 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
         summary: 'An access token for a LiveKit room',
         description:
           "Two contracts, told apart by the body: OpenVidu's tutorial clients send {roomName, participantName} and get {token}; " +
-          "LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint) sends optional snake_case fields and gets {server_url, participant_token}.",
+          "LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint) sends optional snake_case fields and gets {server_url, participant_token}. " +
+          'A 403 names what the caller may not have: another identity than its own, room_config beyond agents, or under TOKEN_POLICY a room or an agent no role of its allows.',
       },
     })
     .post('/livekit/webhook', ({ request }) => receiveWebhook(request), {

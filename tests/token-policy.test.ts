@@ -15,22 +15,23 @@ const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const policyDir = mkdtempSync(join(tmpdir(), 'livekit-policy-'))
 afterAll(() => rmSync(policyDir, { recursive: true, force: true }))
 
-// The issue's policy, with an agent the server always dispatches and a host's own room settings.
+// The issue's policy, with an agent the server always dispatches and a host's own room settings
+// (the host listed after the member: a role's own settings win over the top-level's whatever the order).
 const keycloakPolicy = {
   rolesClaim: 'realm_access.roles',
   defaultRole: 'viewer',
   roles: {
+    member: {
+      rooms: ['team-{org}-*', 'user-{sub}'],
+      agents: ['transcriber'],
+      grants: { canPublish: true, canPublishSources: ['camera', 'microphone'], canSubscribe: true, canPublishData: true },
+    },
     host: {
       rooms: ['*'],
       ttl: '2h',
       agents: ['*'],
       grants: { canPublish: true, canSubscribe: true, canPublishData: true, roomAdmin: true, roomRecord: true },
       roomConfig: { maxParticipants: 10 },
-    },
-    member: {
-      rooms: ['team-{org}-*', 'user-{sub}'],
-      agents: ['transcriber'],
-      grants: { canPublish: true, canPublishSources: ['camera', 'microphone'], canSubscribe: true, canPublishData: true },
     },
     viewer: { rooms: ['webinar-*'], grants: { canPublish: false, canSubscribe: true, canPublishData: false, hidden: true } },
   },
@@ -166,11 +167,12 @@ for (const runtime of runtimeNames) {
         expect((await askToken(running.http, tokenRequest(contract, 'team-acme-x'), headers)).claims!.video).toEqual({ ...memberGrant, room: 'team-acme-x' })
       })
 
-      test(`grants a host who is also a member (${contract}) the union of both roles' grants, unlimited sources and the longest TTL`, async () => {
+      test(`grants a host who is also a member (${contract}) the union of both roles' grants, unlimited sources, the longest TTL and the host's own room settings`, async () => {
         const { status, claims } = await askToken(running.http, tokenRequest(contract, 'team-acme-x'), await keycloak(['member', 'host']))
         expect(status).toBe(200)
         expect(claims!.video).toEqual({ ...hostGrant, room: 'team-acme-x' })
         expect(claims!.exp - claims!.nbf).toBe(7200)
+        expect(claims!.roomConfig).toMatchObject({ emptyTimeout: 300, maxParticipants: 10 })
       })
 
       test(`matches {org} only when the claim is a room-name piece (${contract})`, async () => {

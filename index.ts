@@ -330,7 +330,7 @@ export type TokenDecision = { room: string; grant: TokenGrant; ttlSeconds: numbe
 /** The caller is undefined when authentication (AUTH_JWKS_URL) is off. */
 export type TokenDecider = (caller: Caller | undefined, asked: TokenAsk, config: Config) => TokenDecision | Promise<TokenDecision>
 
-// The grant every token had before policies: join, publish, subscribe, send data.
+// Without a policy, everyone's: join, publish, subscribe, send data.
 const fullGrant: TokenGrant = { canPublish: true, canSubscribe: true, canPublishData: true }
 
 /** The default decision: TOKEN_POLICY's, or without one the same grant for everyone, in any room. */
@@ -371,7 +371,7 @@ export interface TokenPolicy {
 interface RoomPattern {
   runs: (string | RunPiece[])[]
 }
-type RunPiece = string | { claim: string[] }
+type RunPiece = string | { claim: string; path: string[] }
 
 // A claim used in a room name: the characters of ids, emails, Auth0's "auth0|…" subjects.
 const roomPiece = /^[\w.@|:+=-]{1,128}$/
@@ -385,8 +385,7 @@ function applyTokenPolicy(policy: TokenPolicy, claims: Claims, asked: TokenAsk):
   if (room === undefined) return { refused: 'room_name is required: the token policy makes no room for this caller' }
   const allowing = roles.filter((role) => role.rooms.some((pattern) => roomMatches(room, pattern, claims)))
   if (allowing.length === 0) return { refused: `Room "${room}" is not one this caller may join` }
-  const asks = asked.roomConfig?.agents ?? []
-  for (const { agentName } of asks) {
+  for (const { agentName } of asked.roomConfig?.agents ?? []) {
     if (!allowing.some((role) => role.agents === 'any' || role.agents.has(agentName))) {
       return { refused: `Agent "${agentName}" is not one this caller may dispatch` }
     }
@@ -435,7 +434,7 @@ function runText(run: string | RunPiece[], claims: Claims): string | undefined {
   if (typeof run === 'string') return run
   let text = ''
   for (const piece of run) {
-    const value = typeof piece === 'string' ? piece : claims && claimAt(claims, piece.claim.join('.'), piece.claim)
+    const value = typeof piece === 'string' ? piece : claims && claimAt(claims, piece.claim, piece.path)
     if (typeof value !== 'string' || (typeof piece !== 'string' && !roomPiece.test(value))) return undefined
     text += value
   }
@@ -577,13 +576,22 @@ function parsePolicyRole(name: string, role: TokenPolicyJson['roles'][string], t
   const at = `roles.${name}`
   if (!name.trim()) throw policyError('roles', 'has a role with an empty name')
   const rooms = role.rooms.map((pattern, i) => parseRoomPattern(pattern, `${at}.rooms.${i}`))
-  const ttlSeconds = role.ttl === undefined ? tokenTtlSeconds : parseDuration({ [`TOKEN_POLICY: ${at}.ttl`]: role.ttl }, `TOKEN_POLICY: ${at}.ttl`, "")
+  const ttlName = `TOKEN_POLICY: ${at}.ttl`
+  const ttlSeconds = role.ttl === undefined ? tokenTtlSeconds : parseDuration({ [ttlName]: role.ttl }, ttlName, '')
   const own = role.roomConfig && parsePolicyRoomConfig(role.roomConfig, `${at}.roomConfig`)
   const roomConfig = own && topConfig ? RoomConfiguration.fromJson({ ...(topConfig.toJson() as object), ...(own.toJson() as object) }) : (own ?? topConfig)
   const agentMetadataBytes = roomConfig?.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), 0) ?? 0
   const agents = role.agents ?? []
-  const shared = roomConfig && shareRoomConfig(roomConfig)
-  return { name, rooms, grant: roleGrant(role.grants ?? {}, at), agents: agents.includes('*') ? 'any' : new Set(agents), ttlSeconds, roomConfig: shared, hasOwnRoomConfig: own !== undefined, agentMetadataBytes }
+  return {
+    name,
+    rooms,
+    grant: roleGrant(role.grants ?? {}, at),
+    agents: agents.includes('*') ? 'any' : new Set(agents),
+    ttlSeconds,
+    roomConfig: roomConfig && shareRoomConfig(roomConfig),
+    hasOwnRoomConfig: own !== undefined,
+    agentMetadataBytes,
+  }
 }
 
 /** The role's grant as it goes into tokens: the three grants LiveKit defaults to true always written out. */
@@ -602,9 +610,9 @@ function parseRoomPattern(pattern: string, at: string): RoomPattern {
     const pieces: RunPiece[] = []
     for (const [, text, claim] of run.matchAll(/([^{}]+)|\{([^{}]*)\}/g)) {
       if (claim !== undefined && !claim.trim()) throw policyError(at, `"${pattern}" has an empty {}`)
-      pieces.push(claim === undefined ? text! : { claim: claim.split('.') })
+      pieces.push(claim === undefined ? text! : { claim, path: claim.split('.') })
     }
-    if (pieces.map((piece) => (typeof piece === 'string' ? piece : `{${piece.claim.join('.')}}`)).join('') !== run) {
+    if (pieces.map((piece) => (typeof piece === 'string' ? piece : `{${piece.claim}}`)).join('') !== run) {
       throw policyError(at, `"${pattern}" has a { or } that opens or closes no {claim}`)
     }
     return pieces.every((piece) => typeof piece === 'string') ? pieces.join('') : pieces
@@ -706,11 +714,11 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
       const participant = { identity: identity ?? participantName, name }
       return whenSettled(decidedToken(request, participant, { contract: 'openvidu', room: roomName, identity: participant.identity }), (token) => ({ token }))
     }
-    const asked = standardParticipant(body)
-    const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: asked.name })
-    const participant = { ...asked, identity: identity ?? asked.identity, name }
-    const ask: TokenAsk = { contract: 'standard', room: body.room_name || undefined, identity: participant.identity, roomConfig: asked.roomConfig }
-    return whenSettled(decidedToken(request, participant, ask), (participantToken) => ({ server_url: config.livekitUrl, participant_token: participantToken }))
+    const requested = standardParticipant(body)
+    const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: requested.name })
+    const participant = { ...requested, identity: identity ?? requested.identity, name }
+    const asked: TokenAsk = { contract: 'standard', room: body.room_name || undefined, identity: participant.identity, roomConfig: requested.roomConfig }
+    return whenSettled(decidedToken(request, participant, asked), (participantToken) => ({ server_url: config.livekitUrl, participant_token: participantToken }))
   }
 
   /** The token the policy (decide) grants the participant; a refusal answers 403 with its message. */

@@ -394,8 +394,8 @@ function applyTokenPolicy(policy: TokenPolicy, claims: Claims, asked: TokenAsk):
   const settings = allowing.find((role) => role.hasOwnRoomConfig) ?? first
   const roomConfig = withAgents(settings, asked.roomConfig)
   if (typeof roomConfig === 'string') return { refused: roomConfig }
-  const grant = allowing.length === 1 ? first.grant : unionOfGrants(allowing)
-  return { room, grant, ttlSeconds: Math.max(...allowing.map((role) => role.ttlSeconds)), roomConfig }
+  if (allowing.length === 1) return { room, grant: first.grant, ttlSeconds: first.ttlSeconds, roomConfig }
+  return { room, grant: unionOfGrants(allowing), ttlSeconds: Math.max(...allowing.map((role) => role.ttlSeconds)), roomConfig }
 }
 
 /** The policy's roles the caller's roles claim names, in the policy's order; else the default role. */
@@ -620,12 +620,13 @@ function parseRoomPattern(pattern: string, at: string): RoomPattern {
   return { runs }
 }
 
-// A role's room settings go into many tokens: serialised once, as JSON.stringify would (12 µs a
-// token otherwise, on Bun), and frozen, so that the serialised copy stays true to them.
+// A role's room settings go into many tokens: serialised once (12 µs a token otherwise, on Bun),
+// without the fields left at their defaults (LiveKit reads them as absent, and the token stays
+// short), and frozen, so that the serialised copy stays true to them.
 const roomConfigClaims = new WeakMap<RoomConfiguration, unknown>()
 
 function shareRoomConfig(roomConfig: RoomConfiguration): RoomConfiguration {
-  roomConfigClaims.set(roomConfig, roomConfig.toJson({ emitDefaultValues: true }))
+  roomConfigClaims.set(roomConfig, roomConfig.toJson())
   return deepFreeze(roomConfig)
 }
 

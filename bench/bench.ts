@@ -99,6 +99,8 @@ const costEntry = (key: CostKey) => `${costsDir}/without-${key}.ts`
 
 /** Every process a run starts, per runtime. */
 const variants: Record<VariantKey, Variant> = {
+  // First, so that each round measures it right before the server it is compared with (and the server right before the floor).
+  policy:      { label: 'TOKEN_POLICY',    entry: 'index.ts',       env: { TOKEN_POLICY: benchPolicy }, redis: false, workers: false, timeStartup: false },
   server:      { label: 'server',          entry: 'index.ts',       env: {},                            redis: false, workers: false, timeStartup: true },
   floor:       { label: 'floor',           entry: 'bench/floor.ts', env: {},                            redis: false, workers: false, timeStartup: true },
   floorCors:   { label: 'floor + cors',    entry: 'bench/floor.ts', env: { FLOOR_CORS: '1' },           redis: false, workers: false, timeStartup: false },
@@ -106,7 +108,6 @@ const variants: Record<VariantKey, Variant> = {
   limitRedis:  { label: 'Redis on',        entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit },   redis: true,  workers: false, timeStartup: false },
   workers1:    { label: 'WORKERS=1',       entry: 'index.ts',       env: { WORKERS: '1' },              redis: true,  workers: true,  timeStartup: false },
   workers2:    { label: 'WORKERS=2',       entry: 'index.ts',       env: { WORKERS: '2' },              redis: true,  workers: true,  timeStartup: false },
-  policy:      { label: 'TOKEN_POLICY',    entry: 'index.ts',       env: { TOKEN_POLICY: benchPolicy }, redis: false, workers: false, timeStartup: false },
   ...(Object.fromEntries(
     costKeys.map((key) => [`without ${key}`, { label: `server without ${key}`, entry: costEntry(key), env: {}, redis: false, workers: false, timeStartup: false }]),
   ) as Record<`without ${CostKey}`, Variant>),

@@ -21,7 +21,7 @@ const root = new URL('..', import.meta.url).pathname
 
 type RouteKey = 'health' | 'openvidu' | 'standard' | 'webhook'
 type CostKey = 'cors' | 'bodyBounds' | 'tokenParser' | 'dedupe' | 'responseSchemas'
-type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | 'metrics' | `without ${CostKey}`
+type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | 'metrics' | 'policy' | `without ${CostKey}`
 
 interface Variant {
   label: string
@@ -43,6 +43,21 @@ interface Variant {
 // here (one caller, the loopback address, would need over 16,000 requests/s for a minute).
 const limit = '1000000'
 const streamKey = 'bench-events'
+
+/**
+ * TOKEN_POLICY with 10 roles of 2 room patterns each; without authentication every request has the
+ * default role, whose first pattern (a {claim} the anonymous caller lacks) fails before "bench-*" matches.
+ */
+const benchPolicy = JSON.stringify({
+  defaultRole: 'role-9',
+  roles: Object.fromEntries(
+    Array.from({ length: 10 }, (_, i) => [
+      `role-${i}`,
+      { rooms: [`team-{org}-${i}-*`, i === 9 ? 'bench-*' : `room-${i}-*`], agents: [`agent-${i}`, 'bench-agent'], grants: { canPublish: true, canSubscribe: true, canPublishData: true } },
+    ]),
+  ),
+  roomConfig: { emptyTimeout: 300, departureTimeout: 20, maxParticipants: 100 },
+})
 
 /**
  * With --costs, what each behaviour the server adds to the floor costs: a copy of index.ts without
@@ -88,6 +103,8 @@ const costEntry = (key: CostKey) => `${costsDir}/without-${key}.ts`
 
 /** Every process a run starts, per runtime. */
 const variants: Record<VariantKey, Variant> = {
+  // First, so that each round measures it right before the server it is compared with (and the server right before the floor).
+  policy:      { label: 'TOKEN_POLICY',    entry: 'index.ts',       env: { TOKEN_POLICY: benchPolicy }, redis: false, workers: false, timeStartup: false },
   server:      { label: 'server',          entry: 'index.ts',       env: {},                            redis: false, workers: false, timeStartup: true },
   floor:       { label: 'floor',           entry: 'bench/floor.ts', env: {},                            redis: false, workers: false, timeStartup: true },
   floorCors:   { label: 'floor + cors',    entry: 'bench/floor.ts', env: { FLOOR_CORS: '1' },           redis: false, workers: false, timeStartup: false },
@@ -113,7 +130,7 @@ interface Comparison {
 }
 
 /** Every ratio the report gives (besides the server's own "vs /health"); a variant is measured on the routes its comparisons name. */
-const comparisons: Record<'floor' | 'cors' | 'redis' | 'stream' | 'workers' | 'metrics', Comparison> = {
+const comparisons: Record<'floor' | 'cors' | 'redis' | 'stream' | 'workers' | 'metrics' | 'policy', Comparison> = {
   floor:   { title: 'server ÷ floor',            numerator: 'server',     denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
   cors:    { title: 'floor+cors ÷ floor',        numerator: 'floorCors',  denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
   redis:   { title: 'Redis on ÷ off',            numerator: 'limitRedis', denominator: 'limitMemory',  routes: ['openvidu', 'webhook'],
@@ -123,6 +140,8 @@ const comparisons: Record<'floor' | 'cors' | 'redis' | 'stream' | 'workers' | 'm
   workers: { title: 'WORKERS=2 ÷ WORKERS=1',     numerator: 'workers2',   denominator: 'workers1',     routes: ['health', 'openvidu'] },
   metrics: { title: 'metrics on ÷ off',          numerator: 'metrics',    denominator: 'server',       routes: ['health', 'openvidu', 'standard', 'webhook'],
              goal: { runtime: 'bun', atLeast: 0.97, meaning: 'PROMETHEUS_PORT costs at most 3 % of throughput on Bun' } },
+  policy:  { title: 'TOKEN_POLICY ÷ none',       numerator: 'policy',     denominator: 'server',       routes: ['openvidu', 'standard'],
+             goal: { runtime: 'bun', atLeast: 0.95, meaning: 'a 10-role, 20-pattern policy costs /token at most 5 % on Bun' } },
 }
 
 /** With --costs: the server without each behaviour ÷ the server. */
@@ -903,6 +922,7 @@ function report({ options, machine, targets, processes, problems }: Report): str
     '',
     comparisonTable(comparisons.workers, options.runtimes, find),
     '',
+    ...goalSection(comparisons.policy, `Token policy: ${comparisons.policy.title} (10 roles, 20 patterns, a roomConfig; no authentication)`, options.runtimes, find),
     ...(options.costs ? [costsSection(options.runtimes, find)] : []),
     '#### Processes',
     '',

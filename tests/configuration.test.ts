@@ -177,3 +177,34 @@ for (const runtime of runtimeNames) {
     })
   })
 }
+
+describe('docs/configuration.md', () => {
+  /** The variables loadConfig reads from the environment it is given, each of these configurations in turn. */
+  async function variablesRead(configurations: Record<string, string>[]): Promise<Set<string>> {
+    const { loadConfig } = await import('../index.ts')
+    const read = new Set<string>()
+    for (const configuration of configurations) {
+      const env = new Proxy(configuration, { get: (target, name) => (typeof name === 'string' && read.add(name), target[name as string]) })
+      loadConfig(env)
+    }
+    return read
+  }
+
+  /** The first variable named in each row of the page's first table, and any `_FILE` form beside it. */
+  async function variablesDocumented(): Promise<Set<string>> {
+    const page = await Bun.file(new URL('../docs/configuration.md', import.meta.url)).text()
+    const table = page.slice(page.indexOf('\n|'), page.indexOf('\n\n', page.indexOf('\n|')))
+    const rows = table.split('\n').filter((line) => line.startsWith('| `'))
+    return new Set(rows.flatMap((row) => [...row.split(' | ')[0]!.matchAll(/`([A-Z_]+)`/g)].map((match) => match[1]!)))
+  }
+
+  test('lists every variable the server reads, with its _FILE form where it has one, and none it does not read', async () => {
+    const read = await variablesRead([
+      {},
+      // The variables read only once another is set.
+      { AUTH_JWKS_URL: 'https://id.example.test/jwks', REDIS_URL: 'redis://localhost:6379', EVENTS_STREAM: 'events', TOKEN_RATE_LIMIT: '5', PROMETHEUS_PORT: '9100' },
+      { LIVEKIT_KEYS: 'key-one: secret-one-of-at-least-32-characters…', LIVEKIT_API_KEY: 'key-one' },
+    ])
+    expect([...(await variablesDocumented())].sort()).toEqual([...read].sort())
+  })
+})

@@ -62,7 +62,7 @@ export const costs: Record<CostKey, { label: string; routes: RouteKey[]; edits: 
     label: 'duplicate detection (webhook ids claimed and remembered, in memory)',
     routes: ['webhook'],
     edits: [
-      ["const claim = event.id ? await state.claim(event.id) : 'new'", "const claim = 'new' as Claim"],
+      ["const claim = event.id ? (events?.holds(event.id) ? 'handled' : await state.claim(event.id)) : 'new'", "const claim = 'new' as Claim"],
       ['if (event.id) await state.complete(event.id)', ''],
     ],
   },

@@ -1,0 +1,156 @@
+// What a run compares: every process it starts (the variants), the ratios the report gives between
+// them (the comparisons) with the goals they are held to, and, with --costs, the copies of index.ts
+// each without one behaviour. A new process to measure is a row in `variants`; a new ratio, a row
+// in `comparisons` (and, in bench/report.ts, the section that shows it).
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import type { Runtime } from '../tests/server.ts'
+import { root, type Variant } from './harness.ts'
+import type { RouteKey } from './scenarios.ts'
+
+type CostKey = 'cors' | 'bodyBounds' | 'tokenParser' | 'dedupe' | 'responseSchemas'
+export type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | 'metrics' | 'policy' | `without ${CostKey}`
+
+/** What a run measures, from its command line. */
+export interface Options {
+  seconds: number
+  rounds: number
+  runtimes: Runtime[]
+  costs: boolean
+}
+
+// TOKEN_RATE_LIMIT's largest value: the limiter runs on every token request, and never refuses one
+// here (one caller, the loopback address, would need over 16,000 requests/s for a minute).
+export const limit = '1000000'
+export const streamKey = 'bench-events'
+
+/**
+ * TOKEN_POLICY with 10 roles of 2 room patterns each; without authentication every request has the
+ * default role, whose first pattern (a {claim} the anonymous caller lacks) fails before "bench-*" matches.
+ */
+const benchPolicy = JSON.stringify({
+  defaultRole: 'role-9',
+  roles: Object.fromEntries(
+    Array.from({ length: 10 }, (_, i) => [
+      `role-${i}`,
+      { rooms: [`team-{org}-${i}-*`, i === 9 ? 'bench-*' : `room-${i}-*`], agents: [`agent-${i}`, 'bench-agent'], grants: { canPublish: true, canSubscribe: true, canPublishData: true } },
+    ]),
+  ),
+  roomConfig: { emptyTimeout: 300, departureTimeout: 20, maxParticipants: 100 },
+})
+
+/**
+ * With --costs, what each behaviour the server adds to the floor costs: a copy of index.ts without
+ * it (these edits, each of which must match index.ts exactly once), measured beside the server.
+ */
+export const costs: Record<CostKey, { label: string; routes: RouteKey[]; edits: [find: string, replace: string][] }> = {
+  cors: { label: 'the CORS plugin', routes: ['health', 'openvidu', 'webhook'], edits: [['.use(corsPlugin())', '']] },
+  bodyBounds: {
+    label: 'bounded body reading (size, budget, 10 s)',
+    routes: ['openvidu', 'webhook'],
+    edits: [
+      ["await readBody(request, maxTokenBodyBytes, 'token', 'text')", 'await request.text()'],
+      ["await readBody(request, config.maxBodyBytes, 'webhook', 'bytes')", 'await request.bytes()'],
+    ],
+  },
+  tokenParser: {
+    label: "the token route's own parser (admission, Host, Content-Type and JSON checks, bounded reading) for Elysia's",
+    routes: ['openvidu'],
+    edits: [["parse: [readTokenRequest, 'json'],", '']],
+  },
+  dedupe: {
+    label: 'duplicate detection (webhook ids claimed and remembered, in memory)',
+    routes: ['webhook'],
+    edits: [
+      ["const claim = event.id ? (events?.holds(event.id) ? 'handled' : await state.claim(event.id)) : 'new'", "const claim = 'new' as Claim"],
+      ['if (event.id) await state.complete(event.id)', ''],
+    ],
+  },
+  responseSchemas: {
+    label: 'response schemas (validated on every answer)',
+    routes: ['health', 'openvidu', 'webhook'],
+    edits: [
+      ['response: { 200: HealthAnswer },', ''],
+      ['response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },', ''],
+      ['response: { 200: WebhookAnswer, ...errorAnswers(401, 408, 413, 500, 503) },', ''],
+    ],
+  },
+}
+export const costKeys = Object.keys(costs) as CostKey[]
+/** Where the copies are written: inside the project, so that they import its node_modules. */
+export const costsDir = '.bench-costs'
+const costEntry = (key: CostKey) => `${costsDir}/without-${key}.ts`
+
+/** Every process a run starts, per runtime. */
+export const variants: Record<VariantKey, Variant> = {
+  // First, so that each round measures it right before the server it is compared with (and the server right before the floor).
+  policy:      { label: 'TOKEN_POLICY',    entry: 'index.ts',       env: { TOKEN_POLICY: benchPolicy }, redis: false, workers: false, timeStartup: false },
+  server:      { label: 'server',          entry: 'index.ts',       env: {},                            redis: false, workers: false, timeStartup: true },
+  floor:       { label: 'floor',           entry: 'bench/floor.ts', env: {},                            redis: false, workers: false, timeStartup: true },
+  floorCors:   { label: 'floor + cors',    entry: 'bench/floor.ts', env: { FLOOR_CORS: '1' },           redis: false, workers: false, timeStartup: false },
+  limitMemory: { label: 'Redis off',       entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit },   redis: false, workers: false, timeStartup: false },
+  limitRedis:  { label: 'Redis on',        entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit },   redis: true,  workers: false, timeStartup: false },
+  stream:      { label: 'EVENTS_STREAM',   entry: 'index.ts',       env: { TOKEN_RATE_LIMIT: limit, EVENTS_STREAM: streamKey }, redis: true, workers: false, timeStartup: false },
+  workers1:    { label: 'WORKERS=1',       entry: 'index.ts',       env: { WORKERS: '1' },              redis: true,  workers: true,  timeStartup: false },
+  workers2:    { label: 'WORKERS=2',       entry: 'index.ts',       env: { WORKERS: '2' },              redis: true,  workers: true,  timeStartup: false },
+  metrics:     { label: 'metrics on',      entry: 'index.ts',       env: {},                            redis: false, workers: false, timeStartup: true, metricsPort: true },
+  ...(Object.fromEntries(
+    costKeys.map((key) => [`without ${key}`, { label: `server without ${key}`, entry: costEntry(key), env: {}, redis: false, workers: false, timeStartup: false }]),
+  ) as Record<`without ${CostKey}`, Variant>),
+}
+
+export interface Comparison {
+  title: string
+  /** What the ratio is: numerator's requests/s ÷ denominator's, per round. */
+  numerator: VariantKey
+  denominator: VariantKey
+  routes: RouteKey[]
+  /** The ratio a runtime's rows are held to, and what that means. */
+  goal?: { runtime: Runtime; atLeast: number; meaning: string }
+}
+
+/** Every ratio the report gives (besides the server's own "vs /health"); a variant is measured on the routes its comparisons name. */
+export const comparisons: Record<'floor' | 'cors' | 'redis' | 'stream' | 'workers' | 'metrics' | 'policy', Comparison> = {
+  floor:   { title: 'server ÷ floor',            numerator: 'server',     denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
+  cors:    { title: 'floor+cors ÷ floor',        numerator: 'floorCors',  denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
+  redis:   { title: 'Redis on ÷ off',            numerator: 'limitRedis', denominator: 'limitMemory',  routes: ['openvidu', 'webhook'],
+             goal: { runtime: 'bun', atLeast: 0.75, meaning: 'shared state costs at most 25 % of throughput on Bun' } },
+  stream:  { title: 'stream ÷ Redis dedupe',     numerator: 'stream',     denominator: 'limitRedis',   routes: ['webhook'],
+             goal: { runtime: 'bun', atLeast: 0.85, meaning: 'appending each event to a Redis Stream costs at most 15 % of webhook throughput on Bun' } },
+  workers: { title: 'WORKERS=2 ÷ WORKERS=1',     numerator: 'workers2',   denominator: 'workers1',     routes: ['health', 'openvidu'] },
+  metrics: { title: 'metrics on ÷ off',          numerator: 'metrics',    denominator: 'server',       routes: ['health', 'openvidu', 'standard', 'webhook'],
+             goal: { runtime: 'bun', atLeast: 0.97, meaning: 'PROMETHEUS_PORT costs at most 3 % of throughput on Bun' } },
+  policy:  { title: 'TOKEN_POLICY ÷ none',       numerator: 'policy',     denominator: 'server',       routes: ['openvidu', 'standard'],
+             goal: { runtime: 'bun', atLeast: 0.95, meaning: 'a 10-role, 20-pattern policy costs /token at most 5 % on Bun' } },
+}
+
+/** With --costs: the server without each behaviour ÷ the server. */
+const costComparisons: Comparison[] = costKeys.map((key) => ({
+  title: `without ${key} ÷ server`,
+  numerator: `without ${key}`,
+  denominator: 'server',
+  routes: costs[key].routes,
+}))
+
+/** The comparisons a run makes. */
+export const activeComparisons = (options: Options) => [...Object.values(comparisons), ...(options.costs ? costComparisons : [])]
+
+/** Writes the copies of index.ts that --costs measures, each without one behaviour. */
+export function writeCostVariants(): void {
+  const source = readFileSync(join(root, 'index.ts'), 'utf8')
+  mkdirSync(join(root, costsDir), { recursive: true })
+  for (const key of costKeys) {
+    let copy = source
+    for (const [find, replace] of costs[key].edits) {
+      const found = copy.split(find).length - 1
+      if (found !== 1) throw new Error(`--costs: index.ts holds ${found} copies of "${find}" (for ${key}), not one: update bench/variants.ts`)
+      copy = copy.replace(find, replace)
+    }
+    writeFileSync(join(root, costEntry(key)), copy)
+  }
+}
+
+/** Measured besides what the comparisons need: the server on every route, for its "vs /health" column. */
+export const alsoMeasured: [VariantKey, RouteKey[]][] = [['server', ['health', 'openvidu', 'standard', 'webhook']]]
+
+export const variantKeys = Object.keys(variants) as VariantKey[]

@@ -696,7 +696,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
     requireHostName(request)
     // Not an async function: with no admission to wait for, the body's promise is handed on as it
-    // is, as each promise layer around it costs every token request (issue 11).
+    // is, as each promise layer around it costs every token request.
     if (authenticate || tokenRateLimit) return admitTokenRequest(request, server).then(() => readJsonObject(request))
     return readJsonObject(request)
   }
@@ -849,8 +849,8 @@ const corsSettings = {
 /**
  * The plugin with corsSettings, its one hook marked synchronous. Elysia guesses whether a hook is
  * async from its source (a regex, which takes the plugin's `return handleOption(` for a promise),
- * and an async request hook makes every route's handler async: 0.84× the floor on Bun's /health
- * against 0.90× (issue 11). With preflight off, the hook only sets headers and returns nothing.
+ * and an async request hook makes every route's handler async, which costs every request. With
+ * preflight off, the hook only sets headers and returns nothing.
  */
 export function corsPlugin() {
   const plugin = cors(corsSettings)
@@ -1370,7 +1370,7 @@ export class RecentIds {
   // A ring of slots in order of arrival, each new id taking the oldest one's slot (deleting from the
   // front of a Map and iterating it again is slow: its holes are walked over). A slot holds an id,
   // when it was last claimed or handled, and which; the Map finds an id's slot. Numbers in arrays
-  // rather than an object per id: 1.04–1.08× the webhook throughput on Bun (issue 11).
+  // rather than an object per id, which measured faster.
   private readonly slotOf = new Map<string, number>()
   private readonly ids: (string | undefined)[]
   private readonly times: Float64Array
@@ -1905,7 +1905,7 @@ const tooLarge = (maxBytes: number) => new HttpError(413, `Request body must be 
 /**
  * Makes body reads fail with bodyTimedOut once they have run 10 s (at most 11 s). One timer a second
  * checks every read, as Node's HTTP server checks its request timeouts: a timer of its own for each
- * read cost Deno 10 % of its /token throughput (issue 11).
+ * read cost Deno a tenth of its /token throughput.
  */
 function createBodyTimeouts() {
   // The reads running, each as the function that fails it and when; oldest first, as each gets the

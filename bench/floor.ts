@@ -1,4 +1,4 @@
-// The floor the benchmark measures the server against (issue 11): a bare Elysia app doing the same
+// The floor the benchmark measures the server against: a bare Elysia app doing the same
 // work as index.ts in the plainest way. Same token minter, same webhook verifier, same log line, but
 // Elysia's default JSON parsing and validation, no body bounds, no rate limit, no hooks, no CORS
 // (FLOOR_CORS=1 adds the CORS plugin as the server applies it, so that plugin's cost shows on its own).

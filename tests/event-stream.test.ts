@@ -179,6 +179,33 @@ describe('EVENTS_STREAM: bun and deno sharing one Redis', () => {
   })
 })
 
+/**
+ * Delivers the events as LiveKit does, one every `everyMs`, each redelivered until it is taken, while
+ * Redis is frozen and then killed a second in, and restarted; then checks each event is in the stream
+ * once and every answer was allowed and came within 1 s.
+ */
+async function deliverThroughOutage(
+  server: ServerProcess,
+  redis: RedisServer,
+  events: SignedEvent[],
+  { everyMs, frozenMs, killedMs, giveUpMs }: { everyMs: number; frozenMs: number; killedMs: number; giveUpMs: number },
+) {
+  const everyAttempt: Attempt[] = []
+  const giveUpAt = Date.now() + giveUpMs
+  const deliveries = Promise.all(events.map(async (event, n) => (await Bun.sleep(n * everyMs), deliverLikeLiveKit(server, event, everyAttempt, giveUpAt))))
+  await Bun.sleep(1000)
+  redis.freeze()
+  await Bun.sleep(frozenMs)
+  await redis.kill()
+  await Bun.sleep(killedMs)
+  await redis.restart()
+  const attemptsPerEvent = await deliveries
+  await eventually('every event in the stream', async () => (await streamLength(redis)) >= events.length, 10_000)
+  expectEachOnce(await streamEntries(redis), events)
+  expect(everyAttempt.map((attempt) => problemWith(attempt, 1000)).filter(Boolean)).toEqual([])
+  return { everyAttempt, attemptsPerEvent }
+}
+
 for (const runtime of runtimeNames) {
   describe(`${runtime}: Redis frozen, then killed, mid-delivery (an outbox of 20 events)`, () => {
     test('with deliveries as LiveKit makes them, every event ends in the stream once; each answer was a 200 or a 503 with Retry-After, within 1 s', async () => {
@@ -186,20 +213,8 @@ for (const runtime of runtimeNames) {
       const server = await startStreaming(runtime, redis, { EVENTS_OUTBOX: '20' })
       try {
         const events = Array.from({ length: 60 }, (_, n) => mixedEvent(n))
-        const everyAttempt: Attempt[] = []
-        const giveUpAt = Date.now() + 40_000
-        // One new event every 100 ms, each redelivered until it is taken.
-        const deliveries = Promise.all(events.map(async (event, n) => (await Bun.sleep(n * 100), deliverLikeLiveKit(server, event, everyAttempt, giveUpAt))))
-        await Bun.sleep(1000)
-        redis.freeze()
-        await Bun.sleep(1500)
-        await redis.kill()
-        await Bun.sleep(1500)
-        await redis.restart()
-        const attemptsPerEvent = await deliveries
-        await eventually('every event in the stream', async () => (await streamLength(redis)) >= events.length, 10_000)
-        expectEachOnce(await streamEntries(redis), events)
-        expect(everyAttempt.map((attempt) => problemWith(attempt, 1000)).filter(Boolean)).toEqual([])
+        // One new event every 100 ms.
+        const { everyAttempt, attemptsPerEvent } = await deliverThroughOutage(server, redis, events, { everyMs: 100, frozenMs: 1500, killedMs: 1500, giveUpMs: 40_000 })
         const counts = {
           attempts: everyAttempt.length,
           refused: everyAttempt.filter((attempt) => attempt.status === 503).length,
@@ -224,20 +239,8 @@ describe('bun, with handlers that fail once: Redis frozen for 30 s, then killed 
     const server = await startStreaming('bun', redis, {}, customHandlers)
     try {
       const events = Array.from({ length: 160 }, (_, n) => (n % 10 === 5 ? flakyEvent() : mixedEvent(n)))
-      const everyAttempt: Attempt[] = []
-      const giveUpAt = Date.now() + 100_000
       // One new event every 400 ms, from before the outage to after it.
-      const deliveries = Promise.all(events.map(async (event, n) => (await Bun.sleep(n * 400), deliverLikeLiveKit(server, event, everyAttempt, giveUpAt))))
-      await Bun.sleep(1000)
-      redis.freeze()
-      await Bun.sleep(30_000)
-      await redis.kill()
-      await Bun.sleep(30_000)
-      await redis.restart()
-      const attemptsPerEvent = await deliveries
-      await eventually('every event in the stream', async () => (await streamLength(redis)) >= events.length, 10_000)
-      expectEachOnce(await streamEntries(redis), events)
-      expect(everyAttempt.map((attempt) => problemWith(attempt, 1000)).filter(Boolean)).toEqual([])
+      const { everyAttempt, attemptsPerEvent } = await deliverThroughOutage(server, redis, events, { everyMs: 400, frozenMs: 30_000, killedMs: 30_000, giveUpMs: 100_000 })
       const counts = {
         attempts: everyAttempt.length,
         failedHandlers: everyAttempt.filter((attempt) => attempt.status === 500).length,

@@ -83,13 +83,14 @@ type Env = Record<string, string | undefined>
 /** Reads and validates the configuration once; throws a ConfigError naming the bad variable. */
 export function loadConfig(env: Env): Config {
   const { apiKey, apiSecret, keys } = parseCredentials(env)
+  const tokenTtlSeconds = parseDuration(env, 'TOKEN_TTL', '6h')
   const config: Config = {
     port: parseInteger(env, 'SERVER_PORT', 6080, 0, 65535),
     apiKey,
     apiSecret,
     keys,
     livekitUrl: parseWebSocketUrl(env, 'LIVEKIT_URL', 'ws://localhost:7880'),
-    tokenTtlSeconds: parseDuration(env, 'TOKEN_TTL', '6h'),
+    tokenTtlSeconds,
     maxBodyBytes: parseInteger(env, 'MAX_BODY_BYTES', 1024 * 1024, 1, 64 * 1024 * 1024),
     maxPendingBodyBytes: parseInteger(env, 'MAX_PENDING_BODY_BYTES', 16 * 1024 * 1024, 1, 1024 * 1024 * 1024),
     usesDevCredentials: apiKey === devCredentials.apiKey && apiSecret === devCredentials.apiSecret,
@@ -105,7 +106,7 @@ export function loadConfig(env: Env): Config {
     workers: parseWorkers(env, 'WORKERS'),
     eventStream: parseEventStream(env),
     prometheusPort: env.PROMETHEUS_PORT?.trim() ? parseInteger(env, 'PROMETHEUS_PORT', 0, 1, 65535) : undefined,
-    tokenPolicy: parseTokenPolicy(readSetting(env, 'TOKEN_POLICY'), parseDuration(env, 'TOKEN_TTL', '6h')),
+    tokenPolicy: parseTokenPolicy(readSetting(env, 'TOKEN_POLICY'), tokenTtlSeconds),
   }
   if (config.workers > 1 && !config.redisUrl) {
     throw new ConfigError('WORKERS above 1 needs REDIS_URL: without it the workers would not share handled webhook ids and rate limits')

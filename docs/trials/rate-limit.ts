@@ -2,7 +2,7 @@
 // (RateLimiterMemory; RateLimiterRedis with insuranceLimiter). Usage: bun run docs/trials/rate-limit.ts
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, RLWrapperTimeouts } from 'rate-limiter-flexible'
 import { createHash } from 'node:crypto'
-import { RateLimiter } from '../../trial-ring.ts'
+import { RateLimiter } from '../../index.ts'
 import { startRedis } from '../../tests/redis.ts'
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
@@ -66,7 +66,7 @@ try {
     },
   }
   const limiter = new RateLimiterRedis({ storeClient: shim, points: perMinute, duration: 60, keyPrefix: 'trial', insuranceLimiter: new RateLimiterMemory({ points: perMinute, duration: 60 }) })
-  const script = (await Bun.file(new URL('../../trial-ring.ts', import.meta.url)).text()).match(/const takeTokenScript = `([^`]*)`/)![1]!
+  const script = (await Bun.file(new URL('../../index.ts', import.meta.url)).text()).match(/const takeTokenScript = `([^`]*)`/)![1]!
   const hash = createHash('sha1').update(script).digest('hex')
   await send('SCRIPT', ['LOAD', script])
   const ours = (caller: string) => send('EVALSHA', [hash, '1', `rate:${caller}`, String(perMinute)])

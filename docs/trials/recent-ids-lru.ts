@@ -1,7 +1,7 @@
 // Trial: RecentIds (index.ts's ring) against the same contract on lru-cache. Usage: bun run docs/trials/recent-ids-lru.ts
-// The ring is index.ts before the change: git show 9d2d461:index.ts > trial-ring.ts
-import { RecentIds, type Claim } from '../../trial-ring.ts'
-import { RecentIds as LruRecentIds } from '../../index.ts'
+// The lru-cache version is trial-lru.ts: index.ts with recent-ids-lru-cache.diff's RecentIds (see README.md).
+import { RecentIds, type Claim } from '../../index.ts'
+import { RecentIds as LruRecentIds } from '../../trial-lru.ts'
 
 type Ids = { claim(id: string, now?: number): Claim; complete(id: string, now?: number): void }
 const makers: Record<string, () => Ids> = { ring: () => new RecentIds(), lru: () => new LruRecentIds() }

@@ -1493,7 +1493,6 @@ const releaseScript = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redi
 export class SharedState {
   // This state's claims carry its own mark, so that it only ever releases its own.
   private readonly claimMark = `claimed:${crypto.randomUUID()}`
-  private readonly scriptHashes = new Map<string, string>()
   private redis?: RedisConnection
   private status: 'connecting' | 'ok' | 'unavailable' | 'not configured'
   /** Settles once the first attempt to reach Redis has ended, either way; startServer waits for it. */
@@ -1518,7 +1517,7 @@ export class SharedState {
   claim(id: string): MaybePromise<Claim> {
     return this.use(
       async (redis) => {
-        const previous = await this.runScript(redis, claimScript, `${this.keyPrefix}webhook:${id}`, this.claimMark, String(claimTtlMs))
+        const previous = await runScript(redis, claimScript, 1, `${this.keyPrefix}webhook:${id}`, this.claimMark, String(claimTtlMs))
         if (previous === null) return 'new'
         return previous === 'handled' ? 'handled' : 'being handled'
       },
@@ -1533,13 +1532,13 @@ export class SharedState {
 
   release(id: string): MaybePromise<void> {
     this.memory.ids.release(id)
-    return this.use(async (redis) => void (await this.runScript(redis, releaseScript, `${this.keyPrefix}webhook:${id}`, this.claimMark)), () => {})
+    return this.use(async (redis) => void (await runScript(redis, releaseScript, 1, `${this.keyPrefix}webhook:${id}`, this.claimMark)), () => {})
   }
 
   /** Takes one token request from the caller's allowance; 0, or the seconds to wait for one. */
   take(caller: string, perMinute: number): MaybePromise<number> {
     return this.use(
-      async (redis) => Number(await this.runScript(redis, takeTokenScript, `${this.keyPrefix}rate:${caller}`, String(perMinute))),
+      async (redis) => Number(await runScript(redis, takeTokenScript, 1, `${this.keyPrefix}rate:${caller}`, String(perMinute))),
       () => this.memory.limiter!.take(caller),
     )
   }
@@ -1609,16 +1608,20 @@ export class SharedState {
     ;(timer as { unref?: () => void }).unref?.()
   }
 
-  /** EVALSHA, loading the script (EVAL) the first time or when Redis has forgotten it. */
-  private async runScript(redis: RedisConnection, script: string, key: string, ...args: string[]): Promise<unknown> {
-    let hash = this.scriptHashes.get(script)
-    if (hash === undefined) this.scriptHashes.set(script, (hash = createHash('sha1').update(script).digest('hex')))
-    try {
-      return await redis.send('EVALSHA', [hash, '1', key, ...args])
-    } catch (error) {
-      if (!String(error).includes('NOSCRIPT')) throw error
-      return redis.send('EVAL', [script, '1', key, ...args])
-    }
+
+}
+
+const scriptHashes = new Map<string, string>()
+
+/** EVALSHA, loading the script (EVAL) the first time or when Redis has forgotten it; the first `keyCount` arguments are keys. */
+async function runScript(redis: RedisConnection, script: string, keyCount: number, ...args: string[]): Promise<unknown> {
+  let hash = scriptHashes.get(script)
+  if (hash === undefined) scriptHashes.set(script, (hash = createHash('sha1').update(script).digest('hex')))
+  try {
+    return await redis.send('EVALSHA', [hash, String(keyCount), ...args])
+  } catch (error) {
+    if (!String(error).includes('NOSCRIPT')) throw error
+    return redis.send('EVAL', [script, String(keyCount), ...args])
   }
 }
 
@@ -1690,7 +1693,6 @@ const appendEventScript = `if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == 'h
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
 if ARGV[1] ~= '' then redis.call('SET', KEYS[1], 'handled', 'PX', ARGV[3]) end
 return 1`
-const appendEventHash = createHash('sha1').update(appendEventScript).digest('hex')
 
 // The bodies the outbox holds at most, in bytes, whatever EVENTS_OUTBOX says.
 const outboxBytes = 64 * 1024 * 1024
@@ -1789,15 +1791,10 @@ export class EventStream {
     return { id: event.id, args, bytes: body.byteLength }
   }
 
-  /** The script, loaded (EVAL) the first time or when Redis has forgotten it. */
+  /** The append script, for one event. */
   private async run(entry: HeldEvent): Promise<void> {
-    const redis = await this.redis
     // The clients' types say strings; each sends a Buffer's bytes as they are.
-    const args = entry.args as string[]
-    await redis.send('EVALSHA', [appendEventHash, '2', ...args]).catch((error) => {
-      if (!String(error).includes('NOSCRIPT')) throw error
-      return redis.send('EVAL', [appendEventScript, '2', ...args])
-    })
+    await runScript(await this.redis, appendEventScript, 2, ...(entry.args as string[]))
     if (entry.id) this.ids.complete(entry.id)
   }
 
@@ -2556,7 +2553,7 @@ const longestRestartDelayMs = 30_000
 
 async function superviseWorkers(config: Config): Promise<void> {
   // The workers share the port with whoever else asks to share it: only an exclusive probe tells.
-  if (!(await portIsFree(config.port))) return exitPortInUse(config.port)
+  if (!(await portIsFree(config.port))) return exitPortInUse(`port ${config.port}`)
   let stopping = false
   let announced = false
   const workers = new Map<number, WorkerHandle>()
@@ -2658,8 +2655,10 @@ function portIsFree(port: number): Promise<boolean> {
   })
 }
 
-function exitPortInUse(port: number): never {
-  log('error', `port ${port} is already in use`)
+/** One line saying the port is taken, and exit code 1 (a worker thread's through the first process). */
+function exitPortInUse(port: string): never {
+  log('error', `${port} is already in use`)
+  if (isWorkerThread) throw new Error('could not listen')
   process.exit(1)
 }
 
@@ -2678,8 +2677,7 @@ async function main(): Promise<void> {
     await startMetrics(config)
   } catch (error) {
     if (!isPortInUse(error)) throw error
-    log('error', `PROMETHEUS_PORT ${config.prometheusPort} is already in use`)
-    process.exit(1)
+    exitPortInUse(`PROMETHEUS_PORT ${config.prometheusPort}`)
   }
   if (config.workers > 1 && workerNumber === undefined) return superviseWorkers(config)
   let server: RunningServer
@@ -2687,9 +2685,7 @@ async function main(): Promise<void> {
     server = await startServer(createApp(config), config.port, { sharedPort: config.workers > 1 })
   } catch (error) {
     if (!isPortInUse(error)) throw error
-    if (!isWorkerThread) exitPortInUse(config.port)
-    log('error', `port ${config.port} is already in use`)
-    throw new Error('could not listen') // the first process stops, with exit code 1
+    exitPortInUse(`port ${config.port}`)
   }
   if (workerNumber !== undefined) return reportToSupervisor(server)
   // Handle signals before saying so: whoever waits for this line may stop the server at once.

@@ -1,5 +1,23 @@
-// The application server for LiveKit and OpenVidu apps: it mints access tokens for clients and
-// receives the webhooks a LiveKit server posts. Runs with `bun run index.ts`, or under Deno 2.
+// The application server for LiveKit and OpenVidu apps: it mints access tokens for clients
+// (POST /token) and receives the webhooks a LiveKit server posts (POST /livekit/webhook). Runs with
+// `bun run index.ts`, or under Deno 2. Sections, in the order an app changes them:
+//
+//   Configuration            every environment variable, read and checked once (docs/configuration.md)
+//   Webhook handlers         what to do when LiveKit reports an event: edit these
+//   Token decisions          who gets which grant in which room: TOKEN_POLICY, or your own function
+//   Routes                   the whole HTTP surface, on one screen
+//   --- the machinery, each section standing alone ---
+//   Token requests           the two contracts' bodies, checked; the route's parser and handler
+//   Token policy             applying TOKEN_POLICY, then reading it
+//   Tokens                   signing LiveKit access tokens
+//   Callers                  authentication (AUTH_JWKS_URL), rate limits, client addresses
+//   Webhooks                 verifying LiveKit's signature; remembering handled event ids
+//   Shared state             Redis (REDIS_URL) for handled ids and allowances, memory when it fails
+//   Events onward            the Redis Stream (EVENTS_STREAM) and its outbox
+//   Request bodies           bounded reading, costly JSON refused, the error shape, CORS, OpenAPI
+//   Logging, Metrics         JSON log lines; GET /metrics on PROMETHEUS_PORT
+//   Serving                  Bun and Deno (every difference between them lives here), stopping
+//   Workers, main            WORKERS=N processes or threads; starting up
 import { Elysia, getSchemaValidator, status, t, type ErrorContext } from 'elysia'
 import { cors } from '@elysiajs/cors'
 import { openapi } from '@elysiajs/openapi'
@@ -8,72 +26,90 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import { createServer as createNetServer, isIP } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { readFileSync } from 'node:fs'
-import {
-  claimsToJwtPayload,
-  RoomConfiguration,
-  TrackSource,
-  WebhookEvent,
-  type ClaimGrants,
-  type VideoGrant,
-  type WebhookEventNames,
-} from 'livekit-server-sdk'
+import { claimsToJwtPayload, RoomConfiguration, TrackSource, WebhookEvent, type ClaimGrants, type VideoGrant, type WebhookEventNames } from 'livekit-server-sdk'
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
 
-// Only the parts of Deno's API this file uses; declared so one file type-checks for both runtimes.
-declare const Deno: {
-  serve(
-    options: { port: number; reusePort?: boolean; onListen?: (address: { port: number }) => void; onError?: (error: unknown) => Response },
-    handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>,
-  ): { shutdown(): Promise<void>; finished: Promise<void> }
-  addSignalListener(signal: 'SIGTERM' | 'SIGINT', handler: () => void): void
-}
+// Configuration: every variable once, with its default, its bounds and what it means; the checks
+// and their messages come from these entries. The secrets and the rules between variables follow.
 
-// Configuration
+/** One variable: how its text (undefined when unset) is checked and read, and what it means. */
+type Setting<T> = { read(text: string | undefined, name: string): T; meaning: string }
 
-export interface Config {
-  port: number
-  /** The API key tokens are signed with, and its secret. */
-  apiKey: string
-  apiSecret: string
-  /** Every key webhooks may be signed with, and its secret (LIVEKIT_KEYS: several, for rotation). */
-  keys: Map<string, string>
-  livekitUrl: string
-  tokenTtlSeconds: number
-  /** The largest webhook body; token requests are capped lower still (maxTokenBodyBytes). */
-  maxBodyBytes: number
-  /** The bytes of all request bodies being read at once; beyond it, 503 before reading. */
-  maxPendingBodyBytes: number
-  usesDevCredentials: boolean
-  /** The API keys whose secrets are too short for HS256, to warn about at start. */
-  weakKeys: string[]
-  logLevel: Level
-  /** Whether GET /openapi.json and the docs page at GET /openapi are served. */
-  openapi: boolean
-  /** Set when /token requires a bearer token from the application's identity provider. */
-  auth?: AuthConfig
-  /** Token requests each caller may make per minute; no limit when unset. */
-  tokenRateLimit?: number
-  /** How many reverse proxies in a row append to X-Forwarded-For (0: trust none of it). */
-  trustedProxies: number
-  /** Where handled webhook ids and rate-limit allowances are shared; this process's memory when unset. */
-  redisUrl?: string
-  /** What Redis keys start with, so that deployments sharing one Redis do not see each other's. */
-  redisKeyPrefix: string
-  /** How many processes (Bun) or threads (Deno) serve the port. */
-  workers: number
-  /** Set when each verified event is appended to a Redis Stream (EVENTS_STREAM). */
-  eventStream?: EventStreamConfig
-  /** Where GET /metrics is served, on a listener of its own; no metrics when unset. */
-  prometheusPort?: number
-  /** Who may have which grant in which room (TOKEN_POLICY); everyone the same grant in any room when unset. */
-  tokenPolicy?: TokenPolicy
-}
+const invalid = (name: string, expected: string, text: string | undefined) => new ConfigError(`${name} must be ${expected}, got "${text}"`)
 
-export interface AuthConfig {
-  jwksUrl: URL
-  issuer?: string
-  audience?: string
-  identityClaim: string
+const integer = <T extends number | undefined>(fallback: T, min: number, max: number, meaning: string): Setting<number | T> => ({
+  meaning,
+  read(text, name) {
+    if (!text) return fallback
+    if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) throw invalid(name, `an integer from ${min} to ${max}`, text)
+    return Number(text)
+  },
+})
+
+const choice = <const T extends string>(choices: [T, ...T[]], meaning: string): Setting<T> => ({
+  meaning,
+  read(text, name) {
+    const chosen = (text?.toLowerCase() || choices[0]) as T
+    if (!choices.includes(chosen)) throw invalid(name, `one of ${choices.join(', ')}`, text)
+    return chosen
+  },
+})
+
+const secondsPerUnit: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
+
+/** A lifetime in seconds ("600") or with a unit ("10m", "6h", "1d"), at most 366 days. */
+const duration = (fallback: string, meaning: string): Setting<number> => ({
+  meaning,
+  read(text, name) {
+    const match = /^(\d+)([smhd]?)$/.exec(text || fallback)
+    const seconds = match ? Number(match[1]) * secondsPerUnit[match[2] || 's']! : NaN
+    if (!(seconds > 0 && seconds <= 366 * 86400)) throw invalid(name, 'a positive duration such as 600, 10m or 6h (at most 366d)', text || fallback)
+    return seconds
+  },
+})
+
+const url = <T extends string | undefined>(fallback: T, schemes: RegExp, expected: string, meaning: string): Setting<string | T> => ({
+  meaning,
+  read(text, name) {
+    const value = text || fallback
+    if (value !== undefined && !(URL.canParse(value) && schemes.test(new URL(value).protocol))) throw invalid(name, expected, value)
+    return value as string | T
+  },
+})
+
+const text = (meaning: string, fallback?: string): Setting<string | undefined> => ({ read: (value) => value || fallback, meaning })
+
+export const settings = {
+  SERVER_PORT: integer(6080, 0, 65535, 'the port to listen on (0: a free one)'),
+  LIVEKIT_URL: url('ws://localhost:7880', /^(wss?|https?):$/, 'a ws://, wss://, http:// or https:// URL', 'where clients connect, returned to standard-contract clients as server_url'),
+  TOKEN_TTL: duration('6h', 'how long a token lasts'),
+  MAX_BODY_BYTES: integer(1024 * 1024, 1, 64 * 1024 * 1024, 'the largest webhook body; token requests are capped lower still'),
+  MAX_PENDING_BODY_BYTES: integer(16 * 1024 * 1024, 1, 1024 * 1024 * 1024, 'the bytes of request bodies being read at once, per route; beyond, 503 before reading'),
+  LOG_LEVEL: choice(['info', 'warn', 'error'], 'the least severe lines logged'),
+  OPENAPI: choice(['1', '0'], 'whether GET /openapi.json and the docs page at GET /openapi are served'),
+  AUTH_JWKS_URL: url(undefined, /^https?:$/, 'an http:// or https:// URL', "the identity provider's key set: /token then requires a bearer ID token"),
+  AUTH_ISSUER: text("the iss that callers' ID tokens must carry"),
+  AUTH_AUDIENCE: text("the aud that callers' ID tokens must carry"),
+  AUTH_IDENTITY_CLAIM: text('the ID-token claim that becomes the LiveKit identity', 'sub'),
+  TOKEN_RATE_LIMIT: integer(undefined, 1, 1_000_000, 'token requests each caller may make per minute; no limit when unset'),
+  TRUST_PROXY: { read: readProxyCount, meaning: 'how many reverse proxies in a row append to X-Forwarded-For (0: trust none of it)' },
+  REDIS_URL: { read: readRedisUrl, meaning: "where handled webhook ids and rate-limit allowances are shared; this process's memory when unset" },
+  REDIS_KEY_PREFIX: text('what Redis keys start with (by default per API key), so that deployments sharing one Redis do not meet'),
+  WORKERS: { read: readWorkers, meaning: 'how many processes (Bun) or threads (Deno) serve the port' },
+  EVENTS_STREAM: { read: readStreamKey, meaning: 'the Redis Stream each verified event is appended to, exactly as given (not prefixed)' },
+  EVENTS_STREAM_MAXLEN: integer(100_000, 1, 1_000_000_000, 'the stream is trimmed to about this many entries (MAXLEN ~)'),
+  EVENTS_OUTBOX: integer(10_000, 1, 1_000_000, 'the most events held in memory while Redis does not answer (and at most 64 MiB of bodies)'),
+  PROMETHEUS_PORT: integer(undefined, 1, 65535, 'where GET /metrics is served, on a listener of its own; no metrics when unset'),
+} satisfies Record<string, Setting<unknown>>
+
+// Besides: LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LIVEKIT_KEYS and TOKEN_POLICY, each also from a
+// NAME_FILE (parseCredentials, readSetting), and the variables only meaningful with another set.
+const needs: Record<string, keyof typeof settings> = {
+  AUTH_ISSUER: 'AUTH_JWKS_URL',
+  AUTH_AUDIENCE: 'AUTH_JWKS_URL',
+  AUTH_IDENTITY_CLAIM: 'AUTH_JWKS_URL',
+  EVENTS_STREAM_MAXLEN: 'EVENTS_STREAM',
+  EVENTS_OUTBOX: 'EVENTS_STREAM',
 }
 
 export class ConfigError extends Error {}
@@ -81,31 +117,40 @@ export class ConfigError extends Error {}
 type Env = Record<string, string | undefined>
 
 /** Reads and validates the configuration once; throws a ConfigError naming the bad variable. */
-export function loadConfig(env: Env): Config {
+export function loadConfig(env: Env) {
+  const setting = <Name extends keyof typeof settings>(name: Name) => settings[name].read(env[name]?.trim() || undefined, name) as ReturnType<(typeof settings)[Name]['read']>
+  for (const [name, needed] of Object.entries(needs)) {
+    if (env[name]?.trim() && !env[needed]?.trim()) throw new ConfigError(`${name} has no effect without ${needed}`)
+  }
   const { apiKey, apiSecret, keys } = parseCredentials(env)
-  const tokenTtlSeconds = parseDuration(env, 'TOKEN_TTL', '6h')
-  const config: Config = {
-    port: parseInteger(env, 'SERVER_PORT', 6080, 0, 65535),
+  const tokenTtlSeconds = setting('TOKEN_TTL')
+  const redisUrl = setting('REDIS_URL')
+  const jwksUrl = setting('AUTH_JWKS_URL')
+  const streamKey = setting('EVENTS_STREAM')
+  if (streamKey && !redisUrl) throw new ConfigError('EVENTS_STREAM needs REDIS_URL: the stream is kept in Redis')
+  const config = {
+    port: setting('SERVER_PORT'),
+    // The key tokens are signed with, and every key webhooks may be signed with (several, for rotation).
     apiKey,
     apiSecret,
     keys,
-    livekitUrl: parseWebSocketUrl(env, 'LIVEKIT_URL', 'ws://localhost:7880'),
+    livekitUrl: setting('LIVEKIT_URL'),
     tokenTtlSeconds,
-    maxBodyBytes: parseInteger(env, 'MAX_BODY_BYTES', 1024 * 1024, 1, 64 * 1024 * 1024),
-    maxPendingBodyBytes: parseInteger(env, 'MAX_PENDING_BODY_BYTES', 16 * 1024 * 1024, 1, 1024 * 1024 * 1024),
+    maxBodyBytes: setting('MAX_BODY_BYTES'),
+    maxPendingBodyBytes: setting('MAX_PENDING_BODY_BYTES'),
     usesDevCredentials: apiKey === devCredentials.apiKey && apiSecret === devCredentials.apiSecret,
+    // Secrets too short for HS256, to warn about at start.
     weakKeys: [...keys].filter(([key, secret]) => key !== devCredentials.apiKey && secret.length < 32).map(([key]) => key),
-    logLevel: parseChoice(env, 'LOG_LEVEL', ['info', 'warn', 'error']),
-    openapi: parseChoice(env, 'OPENAPI', ['1', '0']) === '1',
-    auth: parseAuth(env),
-    tokenRateLimit: env.TOKEN_RATE_LIMIT?.trim() ? parseInteger(env, 'TOKEN_RATE_LIMIT', 0, 1, 1_000_000) : undefined,
-    trustedProxies: parseProxyCount(env, 'TRUST_PROXY'),
-    redisUrl: parseRedisUrl(env, 'REDIS_URL'),
-    // By default per API key; set it to keep the same keys across a key rotation.
-    redisKeyPrefix: env.REDIS_KEY_PREFIX?.trim() || `livekit-server:${apiKey}:`,
-    workers: parseWorkers(env, 'WORKERS'),
-    eventStream: parseEventStream(env),
-    prometheusPort: env.PROMETHEUS_PORT?.trim() ? parseInteger(env, 'PROMETHEUS_PORT', 0, 1, 65535) : undefined,
+    logLevel: setting('LOG_LEVEL'),
+    openapi: setting('OPENAPI') === '1',
+    auth: jwksUrl ? { jwksUrl: new URL(jwksUrl), issuer: setting('AUTH_ISSUER'), audience: setting('AUTH_AUDIENCE'), identityClaim: setting('AUTH_IDENTITY_CLAIM')! } : undefined,
+    tokenRateLimit: setting('TOKEN_RATE_LIMIT'),
+    trustedProxies: setting('TRUST_PROXY'),
+    redisUrl,
+    redisKeyPrefix: setting('REDIS_KEY_PREFIX') ?? `livekit-server:${apiKey}:`,
+    workers: setting('WORKERS'),
+    eventStream: streamKey ? { key: streamKey, maxLength: setting('EVENTS_STREAM_MAXLEN'), outboxEvents: setting('EVENTS_OUTBOX') } : undefined,
+    prometheusPort: setting('PROMETHEUS_PORT'),
     tokenPolicy: parseTokenPolicy(readSetting(env, 'TOKEN_POLICY'), tokenTtlSeconds),
   }
   if (config.workers > 1 && !config.redisUrl) {
@@ -116,8 +161,20 @@ export function loadConfig(env: Env): Config {
   return config
 }
 
-function parseRedisUrl(env: Env, name: string): string | undefined {
-  const text = env[name]?.trim()
+export type Config = ReturnType<typeof loadConfig>
+export type AuthConfig = NonNullable<Config['auth']>
+export type EventStreamConfig = NonNullable<Config['eventStream']>
+
+/** A number of proxies: 0 to 10, with true/yes for 1 and false/no for 0. */
+function readProxyCount(text: string | undefined, name: string): number {
+  const value = text?.toLowerCase() ?? ''
+  if (['', 'false', 'no'].includes(value)) return 0
+  if (['true', 'yes'].includes(value)) return 1
+  if (/^\d{1,2}$/.test(value) && Number(value) <= 10) return Number(value)
+  throw invalid(name, 'the number of proxies in front of the server (0 to 10)', text)
+}
+
+function readRedisUrl(text: string | undefined, name: string): string | undefined {
   if (!text) return undefined
   const url = URL.canParse(text) ? new URL(text) : undefined
   const valid = url && /^rediss?:$/.test(url.protocol) && url.hostname && /^(\/\d{0,5})?$/.test(url.pathname) && !url.search
@@ -126,20 +183,20 @@ function parseRedisUrl(env: Env, name: string): string | undefined {
   return text
 }
 
-function parseWorkers(env: Env, name: string): number {
-  const text = env[name]?.trim().toLowerCase()
-  if (text === 'auto') return Math.min(availableParallelism(), 64)
-  return parseInteger(env, name, 1, 1, 64)
+function readWorkers(text: string | undefined, name: string): number {
+  if (text?.toLowerCase() === 'auto') return Math.min(availableParallelism(), 64)
+  return integer(1, 1, 64, '').read(text, name)
+}
+
+function readStreamKey(text: string | undefined): string | undefined {
+  if (text && (text.length > 256 || /\s/.test(text))) throw new ConfigError('EVENTS_STREAM must be a Redis key of at most 256 characters, without spaces')
+  return text
 }
 
 // LiveKit's and OpenVidu's development servers run with these credentials.
 const devCredentials = { apiKey: 'devkey', apiSecret: 'secret' }
 
-/**
- * The API key and secret, each from its variable or from a file (LIVEKIT_API_SECRET_FILE, the Docker
- * and Kubernetes secrets convention), or several keys in LIVEKIT_KEYS ("key: secret" a line, as
- * LiveKit's own server reads them) for rotation: webhooks signed with any of them verify.
- */
+/** The API key and secret, or several keys in LIVEKIT_KEYS (for rotation: webhooks signed with any verify). */
 function parseCredentials(env: Env): { apiKey: string; apiSecret: string; keys: Map<string, string> } {
   const apiKey = readSetting(env, 'LIVEKIT_API_KEY')
   const apiSecret = readSetting(env, 'LIVEKIT_API_SECRET')
@@ -147,9 +204,7 @@ function parseCredentials(env: Env): { apiKey: string; apiSecret: string; keys: 
   if (keysText !== undefined) {
     if (apiSecret !== undefined) throw new ConfigError('LIVEKIT_KEYS and LIVEKIT_API_SECRET cannot both be set: list every key and its secret in LIVEKIT_KEYS')
     const keys = parseKeys(keysText)
-    if (apiKey === undefined && keys.size > 1) {
-      throw new ConfigError('LIVEKIT_API_KEY must name the key that signs tokens when LIVEKIT_KEYS lists several')
-    }
+    if (apiKey === undefined && keys.size > 1) throw new ConfigError('LIVEKIT_API_KEY must name the key that signs tokens when LIVEKIT_KEYS lists several')
     const signingKey = apiKey ?? [...keys.keys()][0]!
     if (!keys.has(signingKey)) throw new ConfigError(`LIVEKIT_API_KEY "${signingKey}" is not one of the keys in LIVEKIT_KEYS`)
     return { apiKey: signingKey, apiSecret: keys.get(signingKey)!, keys }
@@ -184,7 +239,7 @@ function readSetting(env: Env, name: string): string | undefined {
     content = readFileSync(path, 'utf8')
   } catch (error) {
     const reason = (error as { code?: string }).code ?? (error as Error).name
-    const hint = 'Deno' in globalThis && !('Bun' in globalThis) ? ` (Deno needs --allow-read=${path})` : ''
+    const hint = onBun ? '' : ` (Deno needs --allow-read=${path})`
     throw new ConfigError(`${name}_FILE: cannot read "${path}" (${reason})${hint}`)
   }
   const trimmed = content.replace(/\r?\n$/, '')
@@ -192,79 +247,12 @@ function readSetting(env: Env, name: string): string | undefined {
   return trimmed
 }
 
-function parseChoice<T extends string>(env: Env, name: string, choices: T[]): T {
-  const text = env[name]?.trim().toLowerCase() || choices[0]!
-  if (!choices.includes(text as T)) throw new ConfigError(`${name} must be one of ${choices.join(', ')}, got "${env[name]}"`)
-  return text as T
-}
-
-function parseAuth(env: Env): AuthConfig | undefined {
-  const jwksUrl = env.AUTH_JWKS_URL?.trim()
-  const dependents = ['AUTH_ISSUER', 'AUTH_AUDIENCE', 'AUTH_IDENTITY_CLAIM'].filter((name) => env[name]?.trim())
-  if (!jwksUrl) {
-    if (dependents.length > 0) throw new ConfigError(`${dependents[0]} has no effect without AUTH_JWKS_URL`)
-    return undefined
-  }
-  if (!URL.canParse(jwksUrl) || !/^https?:$/.test(new URL(jwksUrl).protocol)) {
-    throw new ConfigError(`AUTH_JWKS_URL must be an http:// or https:// URL, got "${jwksUrl}"`)
-  }
-  return {
-    jwksUrl: new URL(jwksUrl),
-    issuer: env.AUTH_ISSUER?.trim() || undefined,
-    audience: env.AUTH_AUDIENCE?.trim() || undefined,
-    identityClaim: env.AUTH_IDENTITY_CLAIM?.trim() || 'sub',
-  }
-}
-
-/** A number of proxies: 0 to 10, with true/yes for 1 and false/no for 0. */
-function parseProxyCount(env: Env, name: string): number {
-  const text = env[name]?.trim().toLowerCase() ?? ''
-  if (['', 'false', 'no'].includes(text)) return 0
-  if (['true', 'yes'].includes(text)) return 1
-  if (/^\d{1,2}$/.test(text) && Number(text) <= 10) return Number(text)
-  throw new ConfigError(`${name} must be the number of proxies in front of the server (0 to 10), got "${env[name]}"`)
-}
-
-function parseInteger(env: Env, name: string, fallback: number, min: number, max: number): number {
-  const text = env[name]?.trim()
-  if (!text) return fallback
-  const value = Number(text)
-  if (!/^\d+$/.test(text) || value < min || value > max) {
-    throw new ConfigError(`${name} must be an integer from ${min} to ${max}, got "${text}"`)
-  }
-  return value
-}
-
-const secondsPerUnit: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
-
-/** A lifetime in seconds ("600") or with a unit ("10m", "6h", "1d"). */
-function parseDuration(env: Env, name: string, fallback: string): number {
-  const text = env[name]?.trim() || fallback
-  const match = /^(\d+)([smhd]?)$/.exec(text)
-  const seconds = match ? Number(match[1]) * secondsPerUnit[match[2] || 's']! : NaN
-  if (!(seconds > 0 && seconds <= 366 * 86400)) {
-    throw new ConfigError(`${name} must be a positive duration such as 600, 10m or 6h (at most 366d), got "${text}"`)
-  }
-  return seconds
-}
-
-function parseWebSocketUrl(env: Env, name: string, fallback: string): string {
-  const text = env[name]?.trim() || fallback
-  if (!URL.canParse(text) || !/^(wss?|https?):$/.test(new URL(text).protocol)) {
-    throw new ConfigError(`${name} must be a ws://, wss://, http:// or https:// URL, got "${text}"`)
-  }
-  return text
-}
-
-// Webhook events: what to do when LiveKit reports something
+// Webhook handlers: what to do when LiveKit reports an event. Replace an entry to add behaviour; a
+// handler that throws makes the answer a 500, so that LiveKit delivers the event again.
 
 export type WebhookEventName = Exclude<WebhookEventNames, ''>
 export type WebhookHandler = (event: WebhookEvent) => void | Promise<void>
 
-/**
- * What to do for each event LiveKit sends. Replace an entry to add behaviour; a handler that
- * throws makes the answer a 500, so LiveKit delivers the event again.
- */
 export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
   room_started: logEvent,
   room_finished: logEvent,
@@ -301,25 +289,13 @@ function describeEvent(event: WebhookEvent): Record<string, string | undefined> 
   }
 }
 
-// Token policy: who may do what, in which room. decideToken settles every token's room, grant,
-// room settings and lifetime; by default it applies TOKEN_POLICY (parsed once at start, below),
-// and without one it gives everyone the same grant in any room. An app whose rules no JSON can
-// say (a lookup in its own database, say) passes its own function to createApp instead.
+// Token decisions: every token's room, grant, room settings and lifetime. By default TOKEN_POLICY's
+// (see "Token policy"), and without one the same grant for everyone in any room; an app whose rules
+// no JSON can say (a lookup in its own database) passes its own TokenDecider to createApp.
 
 /** What a policy may grant; `roomJoin` and `room` are always the server's. */
-export type TokenGrant = Pick<
-  VideoGrant,
-  | 'canPublish'
-  | 'canSubscribe'
-  | 'canPublishData'
-  | 'canPublishSources'
-  | 'canUpdateOwnMetadata'
-  | 'canSubscribeMetrics'
-  | 'hidden'
-  | 'roomAdmin'
-  | 'roomRecord'
-  | 'roomCreate'
->
+const grantNames = ['canPublish', 'canSubscribe', 'canPublishData', 'canPublishSources', 'canUpdateOwnMetadata', 'canSubscribeMetrics', 'hidden', 'roomAdmin', 'roomRecord', 'roomCreate'] as const
+export type TokenGrant = Pick<VideoGrant, (typeof grantNames)[number]>
 
 /** What a token request asks for, once the participant's identity is settled. */
 export interface TokenAsk {
@@ -340,13 +316,289 @@ export type TokenDecider = (caller: Caller | undefined, asked: TokenAsk, config:
 // Without a policy, everyone's: join, publish, subscribe, send data.
 const fullGrant: TokenGrant = { canPublish: true, canSubscribe: true, canPublishData: true }
 
-/** The default decision: TOKEN_POLICY's, or without one the same grant for everyone, in any room. */
 export function decideToken(caller: Caller | undefined, asked: TokenAsk, config: Config): TokenDecision {
   if (!config.tokenPolicy) {
     return { room: asked.room ?? `room-${randomSuffix()}`, grant: fullGrant, ttlSeconds: config.tokenTtlSeconds, roomConfig: asked.roomConfig }
   }
   return applyTokenPolicy(config.tokenPolicy, caller?.claims, asked)
 }
+
+// Routes: the whole HTTP surface. What each route does is a section below ("Token requests",
+// "Webhooks"); every error answers the OpenVidu clients' shape, { "errorMessage": … }.
+
+export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers, decide: TokenDecider = decideToken) {
+  const memory = { ids: new RecentIds(), limiter: config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined }
+  const state = new SharedState(memory, config.redisUrl, config.redisKeyPrefix)
+  const events = config.eventStream && new EventStream(config.eventStream, config.redisUrl!, config.redisKeyPrefix, memory.ids, state)
+  const readBody = createBodyReader(config.maxPendingBodyBytes)
+  const tokens = createTokenRoute(config, decide, state, readBody)
+  const receiveWebhook = createWebhookRoute(config, handlers, state, events, readBody)
+  if (config.redisUrl) metrics.watch({ redisStatus: () => state.redisStatus() })
+
+  const app = new Elysia({
+    // Validate what the client sent: normalising first would reshape it (an array into an object).
+    normalize: false,
+    // Route the path after "http://" whatever the Host: by default Elysia skips 11 characters, so a
+    // short Host ("a") shifts the path it routes (`/ab/token` as `/token`).
+    handler: { standardHostname: false },
+  })
+    .use(corsPlugin())
+    .use(config.openapi ? apiDocumentation() : new Elysia())
+    .onError(answerError)
+    .options('/*', ({ request }) => answerPreflight(request))
+    .get('/health', config.redisUrl ? async () => ({ status: 'ok' as const, redis: await state.redisStatus() }) : () => ({ status: 'ok' as const }), {
+      response: { 200: HealthAnswer },
+      detail: { summary: 'Whether the server answers, and whether Redis is in use (with REDIS_URL)' },
+    })
+    .post('/token', ({ body, request }) => tokens.answer(body, request), {
+      // The JSON parser after ours is never reached; naming it keeps the body schema in the OpenAPI document.
+      parse: [tokens.read, 'json'],
+      body: TokenRequest,
+      response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
+      detail: {
+        summary: 'An access token for a LiveKit room',
+        description:
+          "Two contracts, told apart by the body: OpenVidu's tutorial clients send {roomName, participantName} and get {token}; " +
+          "LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint) sends optional snake_case fields and gets {server_url, participant_token}. " +
+          'A 403 names what the caller may not have: another identity than its own, room_config beyond agents, or under TOKEN_POLICY a room or an agent no role of its allows.',
+      },
+    })
+    .post('/livekit/webhook', ({ request }) => receiveWebhook(request), {
+      parse: 'none',
+      response: { 200: WebhookAnswer, ...errorAnswers(401, 408, 413, 500, 503) },
+      detail: {
+        summary: 'An event posted by a LiveKit server',
+        description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
+      },
+    })
+  // What serving needs to know: whether to record addresses, when Redis was first tried, what to flush.
+  servingNeeds.set(app, { addresses: config.tokenRateLimit !== undefined, connecting: Promise.all([state.connected, events?.connected]), events })
+  return app
+}
+
+/** What createApp returns, for typed clients: `treaty<App>(url).token.post(…)`. */
+export type App = ReturnType<typeof createApp>
+
+const ErrorAnswer = t.Object({ errorMessage: t.String() })
+const errorAnswers = <const Codes extends number[]>(...codes: Codes) =>
+  Object.fromEntries(codes.map((code) => [code, ErrorAnswer])) as { [Code in Codes[number]]: typeof ErrorAnswer }
+const OpenViduTokenAnswer = t.Object({ token: t.String({ description: 'A LiveKit access token (JWT)' }) })
+const StandardTokenAnswer = t.Object({
+  server_url: t.String({ description: 'LIVEKIT_URL: where the client connects' }),
+  participant_token: t.String({ description: 'A LiveKit access token (JWT)' }),
+})
+const WebhookAnswer = t.Object({ received: t.Union([t.Literal(true), t.Literal('duplicate')]) })
+const HealthAnswer = t.Object({ status: t.Literal('ok'), redis: t.Optional(t.Union([t.Literal('ok'), t.Literal('unavailable')])) })
+
+// Token requests: two contracts on one route, told apart by their fields. First the bodies, then
+// the route: admission (authentication, rate limit) before the body is read, then the decision.
+
+const maxNameLength = 256
+const maxMetadataBytes = 64 * 1024
+const maxAttributes = 64
+const maxAttributesBytes = 64 * 1024
+const maxAgents = 8
+const maxAgentMetadataBytes = 64 * 1024
+// The largest request those bounds allow (three 64 KiB fields), with room for JSON escaping.
+const tokenBodyLimit = 256 * 1024
+
+const nameField = (field: string) =>
+  t.String({ maxLength: maxNameLength, error: `${field} must be a string of at most ${maxNameLength} characters` })
+
+/** OpenVidu's tutorial clients: {"roomName", "participantName"} → {"token"}. */
+const OpenViduTokenRequest = t.Object(
+  {
+    roomName: t.String({ minLength: 1, maxLength: maxNameLength }),
+    participantName: t.String({ minLength: 1, maxLength: maxNameLength }),
+  },
+  { additionalProperties: true },
+)
+
+/** LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint): every field optional. */
+const StandardTokenRequest = t.Object(
+  {
+    // Their absence tells this contract from OpenVidu's.
+    roomName: t.Optional(t.Never()),
+    participantName: t.Optional(t.Never()),
+    room_name: t.Optional(nameField('room_name')),
+    participant_identity: t.Optional(nameField('participant_identity')),
+    participant_name: t.Optional(nameField('participant_name')),
+    participant_metadata: t.Optional(t.String({ error: 'participant_metadata must be a string' })),
+    participant_attributes: t.Optional(
+      t.Record(t.String(), t.String({ error: 'participant_attributes values must be strings' }), {
+        maxProperties: maxAttributes,
+        error: `participant_attributes must be an object of at most ${maxAttributes} string values`,
+      }),
+    ),
+    room_config: t.Optional(
+      t.Record(t.String(), t.Unknown(), { error: 'room_config must be a RoomConfiguration object' }),
+    ),
+  },
+  { additionalProperties: true },
+)
+
+type OpenViduTokenRequest = typeof OpenViduTokenRequest.static
+type StandardTokenRequest = typeof StandardTokenRequest.static
+
+const TokenRequest = t.Union([OpenViduTokenRequest, StandardTokenRequest])
+
+const openViduRequestError = 'roomName and participantName are required'
+const tokenRequestValidator = getSchemaValidator(TokenRequest)
+const standardRequestValidator = getSchemaValidator(StandardTokenRequest)
+
+const isOpenViduRequest = (body: object): body is OpenViduTokenRequest =>
+  'roomName' in body || 'participantName' in body
+
+/** The union's own error says only "Expected union value"; name the field that is wrong instead. */
+function describeTokenRequestError(body: Record<string, unknown>): string {
+  if (isOpenViduRequest(body)) {
+    const tooLong = [body.roomName, body.participantName].some((value) => typeof value === 'string' && value.length > maxNameLength)
+    return tooLong ? `roomName and participantName must be at most ${maxNameLength} characters` : openViduRequestError
+  }
+  const first = standardRequestValidator.Errors(body).First()
+  if (!first) return 'Invalid token request'
+  const custom = (first.schema as { error?: unknown }).error
+  return typeof custom === 'string' ? custom : `${first.path.slice(1).replaceAll('/', '.')}: ${first.message}`
+}
+
+interface Participant {
+  identity: string
+  name?: string
+  metadata?: string
+  attributes?: Record<string, string>
+  room: string
+  roomConfig?: RoomConfiguration
+}
+
+const randomSuffix = () => crypto.randomUUID().slice(0, 13).replace('-', '')
+
+/** Turns a standard request into the participant it asks for, refusing what a client may not set. */
+function standardParticipant(body: StandardTokenRequest): Omit<Participant, 'room'> {
+  const metadata = body.participant_metadata
+  if (metadata !== undefined && Buffer.byteLength(metadata) > maxMetadataBytes) {
+    throw new HttpError(400, `participant_metadata must be at most ${maxMetadataBytes} bytes`)
+  }
+  const attributes = body.participant_attributes
+  if (attributes) {
+    const size = Object.entries(attributes).reduce((sum, [key, value]) => sum + Buffer.byteLength(key) + Buffer.byteLength(value), 0)
+    if (size > maxAttributesBytes) throw new HttpError(400, `participant_attributes must be at most ${maxAttributesBytes} bytes in all`)
+  }
+  return {
+    identity: body.participant_identity || `participant-${randomSuffix()}`,
+    name: body.participant_name || undefined,
+    metadata: metadata || undefined,
+    attributes: attributes && Object.keys(attributes).length > 0 ? attributes : undefined,
+    roomConfig: body.room_config && parseRoomConfig(body.room_config),
+  }
+}
+
+/** A client may ask for agents to be dispatched; recording, limits and timeouts stay the server's call. */
+function parseRoomConfig(json: Record<string, unknown>): RoomConfiguration {
+  let roomConfig: RoomConfiguration
+  try {
+    roomConfig = RoomConfiguration.fromJson(json as never)
+  } catch (error) {
+    throw new HttpError(400, `room_config is not a valid RoomConfiguration: ${(error as Error).message}`)
+  }
+  const requested = Object.keys(roomConfig.toJson() as object).filter((field) => field !== 'agents')
+  if (requested.length > 0) throw new HttpError(403, `room_config may only request agents, not ${requested.join(', ')}`)
+  checkAgentDispatch(roomConfig.agents)
+  return roomConfig
+}
+
+/** Which agents join, and what they are told; how they are deployed and restarted is the server's call. */
+function checkAgentDispatch(agents: RoomConfiguration['agents']): void {
+  if (agents.length > maxAgents) throw new HttpError(400, `room_config may request at most ${maxAgents} agents`)
+  let metadataBytes = 0
+  for (const agent of agents) {
+    const requested = Object.keys(agent.toJson() as object).filter((field) => field !== 'agentName' && field !== 'metadata')
+    if (requested.length > 0) throw new HttpError(403, `room_config.agents may only name an agent and its metadata, not ${requested.join(', ')}`)
+    if (agent.agentName.length > maxNameLength) throw new HttpError(400, `room_config agent names must be at most ${maxNameLength} characters`)
+    metadataBytes += Buffer.byteLength(agent.metadata)
+  }
+  if (metadataBytes > maxAgentMetadataBytes) throw new HttpError(400, `room_config agent metadata must be at most ${maxAgentMetadataBytes} bytes in all`)
+}
+
+// Token requests, answered: admitted (authenticated, rate-limited) before the body is read, then
+// checked, decided and signed.
+
+type ReadBody = ReturnType<typeof createBodyReader>
+
+function createTokenRoute(config: Config, decide: TokenDecider, state: SharedState, readBody: ReadBody) {
+  const mintToken = createTokenMinter(config)
+  const authenticate = config.auth && createCallerAuthenticator(config.auth)
+  const { tokenRateLimit, trustedProxies } = config
+  const maxTokenBodyBytes = Math.min(config.maxBodyBytes, tokenBodyLimit)
+  // Who asked for each token request, once admitted.
+  const callers = new WeakMap<Request, Caller>()
+
+  async function admitTokenRequest(request: Request, server: BunServer): Promise<void> {
+    const caller = authenticate && (await authenticate(request))
+    if (caller) callers.set(request, caller)
+    if (!tokenRateLimit) return
+    const waitSeconds = await state.take(caller?.identity ?? `address:${addressKey(clientAddress(request, server, trustedProxies))}`, tokenRateLimit)
+    if (waitSeconds) throw new HttpError(429, `Too many token requests, retry in ${waitSeconds} s`, { 'retry-after': String(waitSeconds) })
+  }
+
+  // The route's own parser, so that no spelling of the path (`/token/`, `/token?x`) skips admission.
+  function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
+    requireHostName(request)
+    // Not async: with nothing to admit, the body's promise is handed on without a layer around it.
+    if (authenticate || tokenRateLimit) return admitTokenRequest(request, server).then(() => readJsonObject(request))
+    return readJsonObject(request)
+  }
+
+  async function readJsonObject(request: Request): Promise<Record<string, unknown>> {
+    requireJsonContentType(request)
+    const body = parseJsonObject(await readBody(request, maxTokenBodyBytes, 'token', 'text'))
+    metrics.tokenBodyRead(request, body)
+    // Refused here, so that Elysia never builds its validation error, which pretty-prints the body.
+    if (!tokenRequestValidator.Check(body)) throw new HttpError(400, describeTokenRequestError(body))
+    return body
+  }
+
+  /** The identity and name a token gets: the authenticated caller's when there is one. */
+  function participantFor(request: Request, asked: { identity?: string; name?: string }): { identity?: string; name?: string } {
+    const caller = callers.get(request)
+    if (!caller) return asked
+    if (asked.identity && asked.identity !== caller.identity) throw new HttpError(403, 'participant_identity must be the authenticated caller')
+    return { identity: caller.identity, name: caller.name ?? asked.name }
+  }
+
+  function answerTokenRequest(body: OpenViduTokenRequest | StandardTokenRequest, request: Request) {
+    if (isOpenViduRequest(body)) {
+      const { roomName, participantName } = body
+      const { identity, name } = participantFor(request, { name: participantName })
+      const participant = { identity: identity ?? participantName, name }
+      return whenSettled(decidedToken(request, participant, { contract: 'openvidu', room: roomName, identity: participant.identity }), (token) => ({ token }))
+    }
+    const requested = standardParticipant(body)
+    const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: requested.name })
+    const participant = { ...requested, identity: identity ?? requested.identity, name }
+    const asked: TokenAsk = { contract: 'standard', room: body.room_name || undefined, identity: participant.identity, roomConfig: requested.roomConfig }
+    return whenSettled(decidedToken(request, participant, asked), (participantToken) => ({ server_url: config.livekitUrl, participant_token: participantToken }))
+  }
+
+  /** The token the decision grants the participant; a refusal answers 403 with its message. */
+  function decidedToken(request: Request, participant: Omit<Participant, 'room'>, asked: TokenAsk): string | Promise<string> {
+    return whenSettled(decide(callers.get(request), asked, config), (decision) => {
+      if ('refused' in decision) {
+        log('info', 'token refused by the token policy', { reason: decision.refused })
+        throw new HttpError(403, decision.refused)
+      }
+      return mintToken({ ...participant, room: decision.room, roomConfig: decision.roomConfig }, decision.grant, decision.ttlSeconds)
+    })
+  }
+
+  return { read: readTokenRequest, answer: answerTokenRequest }
+}
+
+/** `next` applied to the value, at once unless it is still to come: no promise layer when it is here. */
+function whenSettled<T, U>(value: T | Promise<T>, next: (value: T) => U): U | Promise<U> {
+  return value instanceof Promise ? value.then(next) : next(value)
+}
+
+// Token policy, applied: a parsed TOKEN_POLICY settles a request in a few string comparisons.
 
 interface PolicyRole {
   name: string
@@ -371,10 +623,7 @@ export interface TokenPolicy {
   defaultRole?: PolicyRole
 }
 
-/**
- * A room pattern as the runs of text between its `*`s, each a string or, when it holds `{claim}`s,
- * its pieces. Matching is a prefix, a suffix and in-order searches: no RegExp to build per caller.
- */
+/** A room pattern as the runs of text between its `*`s (with their `{claim}`s): no RegExp to build per caller. */
 interface RoomPattern {
   runs: (string | RunPiece[])[]
 }
@@ -393,9 +642,7 @@ function applyTokenPolicy(policy: TokenPolicy, claims: Claims, asked: TokenAsk):
   const allowing = roles.filter((role) => role.rooms.some((pattern) => roomMatches(room, pattern, claims)))
   if (allowing.length === 0) return { refused: `Room "${room}" is not one this caller may join` }
   for (const { agentName } of asked.roomConfig?.agents ?? []) {
-    if (!allowing.some((role) => role.agents === 'any' || role.agents.has(agentName))) {
-      return { refused: `Agent "${agentName}" is not one this caller may dispatch` }
-    }
+    if (!allowing.some((role) => role.agents === 'any' || role.agents.has(agentName))) return { refused: `Agent "${agentName}" is not one this caller may dispatch` }
   }
   const [first] = allowing as [PolicyRole]
   const settings = allowing.find((role) => role.hasOwnRoomConfig) ?? first
@@ -494,7 +741,6 @@ function withAgents(role: PolicyRole, asked: RoomConfiguration | undefined): Roo
 
 // TOKEN_POLICY, read once: every mistake is a ConfigError naming its place in the JSON.
 
-const grantNames = ['canPublish', 'canSubscribe', 'canPublishData', 'canPublishSources', 'canUpdateOwnMetadata', 'canSubscribeMetrics', 'hidden', 'roomAdmin', 'roomRecord', 'roomCreate'] as const
 const trackSourceNames = ['camera', 'microphone', 'screen_share', 'screen_share_audio'] as const
 const trackSources = { camera: TrackSource.CAMERA, microphone: TrackSource.MICROPHONE, screen_share: TrackSource.SCREEN_SHARE, screen_share_audio: TrackSource.SCREEN_SHARE_AUDIO }
 const maxPolicyRoles = 256
@@ -584,7 +830,7 @@ function parsePolicyRole(name: string, role: TokenPolicyJson['roles'][string], t
   if (!name.trim()) throw policyError('roles', 'has a role with an empty name')
   const rooms = role.rooms.map((pattern, i) => parseRoomPattern(pattern, `${at}.rooms.${i}`))
   const ttlName = `TOKEN_POLICY: ${at}.ttl`
-  const ttlSeconds = role.ttl === undefined ? tokenTtlSeconds : parseDuration({ [ttlName]: role.ttl }, ttlName, '')
+  const ttlSeconds = role.ttl === undefined ? tokenTtlSeconds : duration('', '').read(role.ttl, ttlName)
   const own = role.roomConfig && parsePolicyRoomConfig(role.roomConfig, `${at}.roomConfig`)
   const roomConfig = own && topConfig ? RoomConfiguration.fromJson({ ...(topConfig.toJson() as object), ...(own.toJson() as object) }) : (own ?? topConfig)
   const agentMetadataBytes = roomConfig?.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), 0) ?? 0
@@ -627,9 +873,33 @@ function parseRoomPattern(pattern: string, at: string): RoomPattern {
   return { runs }
 }
 
-// A role's room settings go into many tokens: serialised once (12 µs a token otherwise, on Bun),
-// without the fields left at their defaults (LiveKit reads them as absent, and the token stays
-// short), and frozen, so that the serialised copy stays true to them.
+/** A LiveKit RoomConfiguration, strictly: an unknown field is a mistake, not something to drop. */
+function parsePolicyRoomConfig(json: Record<string, unknown>, at: string): RoomConfiguration {
+  let roomConfig: RoomConfiguration
+  try {
+    roomConfig = RoomConfiguration.fromJson(json as never)
+  } catch (error) {
+    throw policyError(at, `is not a RoomConfiguration: ${(error as Error).message}`)
+  }
+  if (roomConfig.name) throw policyError(`${at}.name`, "is the request's to say, not the policy's")
+  if (roomConfig.agents.length > maxAgents) throw policyError(`${at}.agents`, `may list at most ${maxAgents} agents`)
+  const metadataBytes = roomConfig.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), 0)
+  if (metadataBytes > maxAgentMetadataBytes) throw policyError(`${at}.agents`, `metadata must be at most ${maxAgentMetadataBytes} bytes in all`)
+  return roomConfig
+}
+
+// Tokens: the SDK says what the claims are (claimsToJwtPayload); signing is one synchronous HMAC
+// with a key prepared once, where the SDK's AccessToken imports the key into WebCrypto every time.
+
+// Encoding straight from bytes: Deno's Buffer polyfill spent more on its pool than on the HMAC.
+const utf8Encoder = new TextEncoder()
+const base64url = (text: string): string => utf8Encoder.encode(text).toBase64({ alphabet: 'base64url', omitPadding: true })
+
+// The header LiveKit's own Go minter writes.
+const jwtHeader = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url')
+
+// A role's room settings go into many tokens: serialised once, without the fields at their defaults
+// (LiveKit reads them as absent), and frozen, so that the serialised copy stays true to them.
 const roomConfigClaims = new WeakMap<RoomConfiguration, unknown>()
 
 function shareRoomConfig(roomConfig: RoomConfiguration): RoomConfiguration {
@@ -647,464 +917,6 @@ function deepFreeze<T>(value: T): T {
   for (const field of Object.values(value)) deepFreeze(field)
   return value
 }
-
-/** A LiveKit RoomConfiguration, strictly: an unknown field is a mistake, not something to drop. */
-function parsePolicyRoomConfig(json: Record<string, unknown>, at: string): RoomConfiguration {
-  let roomConfig: RoomConfiguration
-  try {
-    roomConfig = RoomConfiguration.fromJson(json as never)
-  } catch (error) {
-    throw policyError(at, `is not a RoomConfiguration: ${(error as Error).message}`)
-  }
-  if (roomConfig.name) throw policyError(`${at}.name`, "is the request's to say, not the policy's")
-  if (roomConfig.agents.length > maxAgents) throw policyError(`${at}.agents`, `may list at most ${maxAgents} agents`)
-  const metadataBytes = roomConfig.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), 0)
-  if (metadataBytes > maxAgentMetadataBytes) throw policyError(`${at}.agents`, `metadata must be at most ${maxAgentMetadataBytes} bytes in all`)
-  return roomConfig
-}
-
-// The app
-
-export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers, decide: TokenDecider = decideToken) {
-  const mintToken = createTokenMinter(config)
-  const verifyWebhookSigner = createWebhookSignerVerifier(config)
-  const authenticate = config.auth && createCallerAuthenticator(config.auth)
-  const tokenRateLimit = config.tokenRateLimit
-  const memory = { ids: new RecentIds(), limiter: tokenRateLimit ? new RateLimiter(tokenRateLimit) : undefined }
-  const state = new SharedState(memory, config.redisUrl, config.redisKeyPrefix)
-  const events = config.eventStream && new EventStream(config.eventStream, config.redisUrl!, config.redisKeyPrefix, memory.ids, state)
-  if (config.redisUrl) metrics.watch({ redisStatus: () => state.redisStatus() })
-  const readBody = createBodyReader(config.maxPendingBodyBytes)
-  const maxTokenBodyBytes = Math.min(config.maxBodyBytes, tokenBodyLimit)
-  // Who asked for each token request, once admitted; read by the /token handler.
-  const callers = new WeakMap<Request, Caller>()
-
-  /** Authenticates and rate-limits a token request before its body is read. */
-  async function admitTokenRequest(request: Request, server: BunServer): Promise<void> {
-    const caller = authenticate && (await authenticate(request))
-    if (caller) callers.set(request, caller)
-    if (!tokenRateLimit) return
-    const waitSeconds = await state.take(caller?.identity ?? `address:${addressKey(clientAddress(request, server, config.trustedProxies))}`, tokenRateLimit)
-    if (waitSeconds) {
-      throw new HttpError(429, `Too many token requests, retry in ${waitSeconds} s`, { 'retry-after': String(waitSeconds) })
-    }
-  }
-
-  /**
-   * The token route's parser, so admission is bound to the handler itself: whatever spelling of the
-   * path reached it (`/token/`, `/token?x`), no token request skips authentication or the rate limit.
-   */
-  function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
-    requireHostName(request)
-    // Not an async function: with no admission to wait for, the body's promise is handed on as it
-    // is, as each promise layer around it costs every token request.
-    if (authenticate || tokenRateLimit) return admitTokenRequest(request, server).then(() => readJsonObject(request))
-    return readJsonObject(request)
-  }
-
-  async function readJsonObject(request: Request): Promise<Record<string, unknown>> {
-    requireJsonContentType(request)
-    const body = parseJsonObject(await readBody(request, maxTokenBodyBytes, 'token', 'text'))
-    metrics.tokenBodyRead(request, body)
-    // Refused here, so that Elysia never builds its validation error: that pretty-prints the whole
-    // body, and costs a large wide body 5–10× its acceptance.
-    if (!tokenRequestValidator.Check(body)) throw new HttpError(400, describeTokenRequestError(body))
-    return body
-  }
-
-  /** The identity and name a token gets: the authenticated caller's when there is one. */
-  function participantFor(request: Request, asked: { identity?: string; name?: string }): { identity?: string; name?: string } {
-    const caller = callers.get(request)
-    if (!caller) return asked
-    if (asked.identity && asked.identity !== caller.identity) {
-      throw new HttpError(403, 'participant_identity must be the authenticated caller')
-    }
-    return { identity: caller.identity, name: caller.name ?? asked.name }
-  }
-
-  function answerTokenRequest(body: OpenViduTokenRequest | StandardTokenRequest, request: Request) {
-    if (isOpenViduRequest(body)) {
-      const { roomName, participantName } = body
-      const { identity, name } = participantFor(request, { name: participantName })
-      const participant = { identity: identity ?? participantName, name }
-      return whenSettled(decidedToken(request, participant, { contract: 'openvidu', room: roomName, identity: participant.identity }), (token) => ({ token }))
-    }
-    const requested = standardParticipant(body)
-    const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: requested.name })
-    const participant = { ...requested, identity: identity ?? requested.identity, name }
-    const asked: TokenAsk = { contract: 'standard', room: body.room_name || undefined, identity: participant.identity, roomConfig: requested.roomConfig }
-    return whenSettled(decidedToken(request, participant, asked), (participantToken) => ({ server_url: config.livekitUrl, participant_token: participantToken }))
-  }
-
-  /** The token the policy (decide) grants the participant; a refusal answers 403 with its message. */
-  function decidedToken(request: Request, participant: Omit<Participant, 'room'>, asked: TokenAsk): string | Promise<string> {
-    return whenSettled(decide(callers.get(request), asked, config), (decision) => {
-      if ('refused' in decision) {
-        log('info', 'token refused by the token policy', { reason: decision.refused })
-        throw new HttpError(403, decision.refused)
-      }
-      return mintToken({ ...participant, room: decision.room, roomConfig: decision.roomConfig }, decision.grant, decision.ttlSeconds)
-    })
-  }
-
-  async function receiveWebhook(request: Request) {
-    requireHostName(request)
-    let event: WebhookEvent
-    let body: Uint8Array
-    try {
-      const claims = verifyWebhookSigner(request.headers.get('authorization'))
-      // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
-      event = eventFromBody((body = await readBody(request, config.maxBodyBytes, 'webhook', 'bytes')), claims)
-    } catch (error) {
-      if (error instanceof HttpError) throw error
-      log('warn', 'webhook refused', { reason: (error as Error).message })
-      return status(401, errorBody('Webhook signature is missing or invalid'))
-    }
-    // An event waiting in the outbox is handled: its redelivery must not run the handlers again.
-    const claim = event.id ? (events?.holds(event.id) ? 'handled' : await state.claim(event.id)) : 'new'
-    metrics.webhookClaimed(request, event, claim)
-    if (claim === 'handled') {
-      log('info', 'webhook duplicate', describeEvent(event))
-      return { received: 'duplicate' as const }
-    }
-    if (claim === 'being handled') {
-      // Never a 200 while another process (or request) handles it: that one may still fail.
-      log('info', 'webhook being handled elsewhere', describeEvent(event))
-      throw new HttpError(503, 'This event is being handled, retry shortly', { 'retry-after': '5' })
-    }
-    try {
-      // Own entries only: an event named "__proto__" or "valueOf" must not find Object.prototype's.
-      await (Object.hasOwn(handlers, event.event) ? handlers[event.event]! : logUnknownEvent)(event)
-    } catch (error) {
-      // Release the id so that LiveKit's redelivery of this event is handled.
-      if (event.id) await state.release(event.id)
-      log('error', 'webhook handler failed', { ...describeEvent(event), error: String(error) })
-      return status(500, errorBody('Webhook handler failed'))
-    }
-    if (events) return events.append(event, body)
-    if (event.id) await state.complete(event.id)
-    return { received: true as const }
-  }
-
-  const app = new Elysia({
-    // Validate what the client sent: normalising first would reshape it (an array into an object).
-    normalize: false,
-    // Find the path after "http://" whatever the Host header says: by default Elysia skips 11
-    // characters, so a short Host ("a", "x") shifts the path it routes (`/ab/token` as `/token`).
-    handler: { standardHostname: false },
-  })
-    .use(corsPlugin())
-    .use(config.openapi ? apiDocumentation() : new Elysia())
-    .onError(answerError)
-    .options('/*', ({ request }) => answerPreflight(request))
-    .get('/health', config.redisUrl ? async () => ({ status: 'ok' as const, redis: await state.redisStatus() }) : () => ({ status: 'ok' as const }), {
-      response: { 200: HealthAnswer },
-      detail: { summary: 'Whether the server answers, and whether Redis is in use (with REDIS_URL)' },
-    })
-    .post('/token', ({ body, request }) => answerTokenRequest(body, request), {
-      // The JSON parser after ours is never reached; naming it keeps the body schema in the OpenAPI document.
-      parse: [readTokenRequest, 'json'],
-      body: TokenRequest,
-      response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
-      detail: {
-        summary: 'An access token for a LiveKit room',
-        description:
-          "Two contracts, told apart by the body: OpenVidu's tutorial clients send {roomName, participantName} and get {token}; " +
-          "LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint) sends optional snake_case fields and gets {server_url, participant_token}. " +
-          'A 403 names what the caller may not have: another identity than its own, room_config beyond agents, or under TOKEN_POLICY a room or an agent no role of its allows.',
-      },
-    })
-    .post('/livekit/webhook', ({ request }) => receiveWebhook(request), {
-      parse: 'none',
-      response: { 200: WebhookAnswer, ...errorAnswers(401, 408, 413, 500, 503) },
-      detail: {
-        summary: 'An event posted by a LiveKit server',
-        description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
-      },
-    })
-  // Deno hands a request's connecting address to its serve handler alone, and reading it costs
-  // every request: it is kept only for the apps whose rate limit needs it.
-  if (tokenRateLimit) appsNeedingAddresses.add(app)
-  // No request waits for Redis: serving starts once the first attempt to reach it has ended.
-  appsConnecting.set(app, Promise.all([state.connected, events?.connected]))
-  if (events) eventStreams.set(app, events)
-  return app
-}
-
-/**
- * CORS: any origin, no credentials. Preflights are answered by a route of ours (with the headers the
- * browser asks for); on every other answer the plugin adds the origin (and `Vary`) alone, and an
- * answer with a Retry-After exposes it (answerError). By default the plugin would list each
- * request's own headers back, and its methods, on every answer; and every header costs every
- * answer (on Deno, 2–3 µs each), while allowed headers and methods matter to preflights alone.
- */
-const corsSettings = {
-  origin: '*',
-  credentials: false,
-  methods: [],
-  allowedHeaders: noHeader(),
-  exposeHeaders: noHeader(),
-  preflight: false,
-} satisfies Parameters<typeof cors>[0]
-
-/**
- * The plugin with corsSettings, its one hook marked synchronous. Elysia guesses whether a hook is
- * async from its source (a regex, which takes the plugin's `return handleOption(` for a promise),
- * and an async request hook makes every route's handler async, which costs every request. With
- * preflight off, the hook only sets headers and returns nothing.
- */
-export function corsPlugin() {
-  const plugin = cors(corsSettings)
-  // Where Elysia keeps its guesses, so that it does not guess.
-  for (const hook of plugin.event.request ?? []) Object.assign(hook, { isAsync: false, hasReturn: false })
-  return plugin
-}
-
-/** `false`: the plugin's code reads it as "send no such header", though its types leave it out (an empty list would send an empty header). */
-function noHeader(): string {
-  return false as unknown as string
-}
-
-/** What createApp returns, for typed clients: `treaty<App>(url).token.post(…)`. */
-export type App = ReturnType<typeof createApp>
-
-const ErrorAnswer = t.Object({ errorMessage: t.String() })
-const errorAnswers = <const Codes extends number[]>(...codes: Codes) =>
-  Object.fromEntries(codes.map((code) => [code, ErrorAnswer])) as { [Code in Codes[number]]: typeof ErrorAnswer }
-const OpenViduTokenAnswer = t.Object({ token: t.String({ description: 'A LiveKit access token (JWT)' }) })
-const StandardTokenAnswer = t.Object({
-  server_url: t.String({ description: 'LIVEKIT_URL: where the client connects' }),
-  participant_token: t.String({ description: 'A LiveKit access token (JWT)' }),
-})
-const WebhookAnswer = t.Object({ received: t.Union([t.Literal(true), t.Literal('duplicate')]) })
-const HealthAnswer = t.Object({ status: t.Literal('ok'), redis: t.Optional(t.Union([t.Literal('ok'), t.Literal('unavailable')])) })
-
-// The API described: GET /openapi.json, an OpenAPI 3.1 document generated from the routes' own
-// schemas, and a docs page at GET /openapi (Swagger UI, whose files are served from the installed
-// package and embedded in the binary, never from a CDN: the page renders without internet).
-
-function apiDocumentation() {
-  return new Elysia({ name: 'api-documentation' })
-    .use(
-      openapi({
-        path: '/openapi',
-        specPath: '/openapi.json',
-        provider: 'swagger-ui',
-        swagger: { cdn: '/openapi/swagger-ui-bundle.js', theme: '/openapi/swagger-ui.css', autoDarkMode: false },
-        exclude: { paths: ['/openapi/swagger-ui-bundle.js', '/openapi/swagger-ui.css'] },
-        documentation: {
-          info: {
-            title: 'LiveKit / OpenVidu application server',
-            version: '0.1.0',
-            description: 'Access tokens for LiveKit rooms, and the webhooks a LiveKit server posts. Every error answers {"errorMessage": …}.',
-          },
-        },
-      }),
-    )
-    .get('/openapi/swagger-ui-bundle.js', () => docsFile('swagger-ui-bundle.js', 'text/javascript'))
-    .get('/openapi/swagger-ui.css', () => docsFile('swagger-ui.css', 'text/css'))
-}
-
-const docsFiles = new Map<string, Promise<string>>()
-
-/** One of Swagger UI's files, read once. */
-async function docsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css', contentType: string): Promise<Response> {
-  if (!docsFiles.has(name)) docsFiles.set(name, loadDocsFile(name))
-  return new Response(await docsFiles.get(name), { headers: { 'content-type': contentType, 'cache-control': 'public, max-age=86400' } })
-}
-
-/**
- * Imported as text, with literal specifiers: `bun build --compile` embeds both files, and Deno reads
- * them as modules, which needs no --allow-read. No type declaration describes a text import.
- */
-async function loadDocsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css'): Promise<string> {
-  const { default: text }: { default: string } =
-    name === 'swagger-ui.css'
-      ? // @ts-ignore
-        await import('swagger-ui-dist/swagger-ui.css', { with: { type: 'text' } })
-      : // @ts-ignore
-        await import('swagger-ui-dist/swagger-ui-bundle.js', { with: { type: 'text' } })
-  return text
-}
-
-/**
- * Every error in the shape OpenVidu's clients read, { "errorMessage": … }, and never a stack; as a
- * status() answer, so that typed clients see it as the error it is, not as a success.
- */
-function answerError({ code, error, set, path, request }: ErrorContext & { code: string | number; error: unknown }) {
-  // Elysia wraps what a body parser throws in a ParseError; the HttpError is its cause.
-  const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
-  if (httpError instanceof HttpError) {
-    Object.assign(set.headers, httpError.headers)
-    // A page on another origin may read it only if told so.
-    if (httpError.headers['retry-after']) set.headers['access-control-expose-headers'] = 'Retry-After'
-    return status(httpError.status as ErrorStatus, errorBody(httpError.message))
-  }
-  if (code === 'NOT_FOUND') return status(404, errorBody(`No route for ${request.method} ${path}`))
-  if (code === 'VALIDATION' || code === 'PARSE') return status(400, errorBody('Invalid request'))
-  // Anything else is a bug here: say so generically, keep the details (not the stack) in the log.
-  log('error', 'request failed', { method: request.method, path, error: String(error) })
-  return status(500, errorBody('Internal server error'))
-}
-
-type ErrorStatus = 400 | 401 | 403 | 404 | 408 | 413 | 429 | 500 | 503
-
-/** CORS preflights: any origin, and whatever headers the browser asks for ("*" would not cover Authorization). */
-function answerPreflight(request: Request): Response {
-  const headers = new Headers({ 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-max-age': '600' })
-  const requestedHeaders = request.headers.get('access-control-request-headers')
-  if (requestedHeaders) headers.set('access-control-allow-headers', requestedHeaders)
-  return new Response(null, { status: 204, headers })
-}
-
-// Token requests: two contracts on one route.
-
-const maxNameLength = 256
-const maxMetadataBytes = 64 * 1024
-const maxAttributes = 64
-const maxAttributesBytes = 64 * 1024
-const maxAgents = 8
-const maxAgentMetadataBytes = 64 * 1024
-// The largest request those bounds allow (three 64 KiB fields), with room for JSON escaping.
-const tokenBodyLimit = 256 * 1024
-
-const nameField = (field: string) =>
-  t.String({ maxLength: maxNameLength, error: `${field} must be a string of at most ${maxNameLength} characters` })
-
-/** OpenVidu's tutorial clients: {"roomName", "participantName"} → {"token"}. */
-const OpenViduTokenRequest = t.Object(
-  {
-    roomName: t.String({ minLength: 1, maxLength: maxNameLength }),
-    participantName: t.String({ minLength: 1, maxLength: maxNameLength }),
-  },
-  { additionalProperties: true },
-)
-
-/** LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint): every field optional. */
-const StandardTokenRequest = t.Object(
-  {
-    // Their absence tells this contract from OpenVidu's.
-    roomName: t.Optional(t.Never()),
-    participantName: t.Optional(t.Never()),
-    room_name: t.Optional(nameField('room_name')),
-    participant_identity: t.Optional(nameField('participant_identity')),
-    participant_name: t.Optional(nameField('participant_name')),
-    participant_metadata: t.Optional(t.String({ error: 'participant_metadata must be a string' })),
-    participant_attributes: t.Optional(
-      t.Record(t.String(), t.String({ error: 'participant_attributes values must be strings' }), {
-        maxProperties: maxAttributes,
-        error: `participant_attributes must be an object of at most ${maxAttributes} string values`,
-      }),
-    ),
-    room_config: t.Optional(
-      t.Record(t.String(), t.Unknown(), { error: 'room_config must be a RoomConfiguration object' }),
-    ),
-  },
-  { additionalProperties: true },
-)
-
-type OpenViduTokenRequest = typeof OpenViduTokenRequest.static
-type StandardTokenRequest = typeof StandardTokenRequest.static
-
-const TokenRequest = t.Union([OpenViduTokenRequest, StandardTokenRequest])
-
-const openViduRequestError = 'roomName and participantName are required'
-const tokenRequestValidator = getSchemaValidator(TokenRequest)
-const standardRequestValidator = getSchemaValidator(StandardTokenRequest)
-
-const isOpenViduRequest = (body: object): body is OpenViduTokenRequest =>
-  'roomName' in body || 'participantName' in body
-
-/** The union's own error says only "Expected union value"; name the field that is wrong instead. */
-function describeTokenRequestError(body: Record<string, unknown>): string {
-  if (isOpenViduRequest(body)) {
-    const tooLong = [body.roomName, body.participantName].some((value) => typeof value === 'string' && value.length > maxNameLength)
-    return tooLong ? `roomName and participantName must be at most ${maxNameLength} characters` : openViduRequestError
-  }
-  const first = standardRequestValidator.Errors(body).First()
-  if (!first) return 'Invalid token request'
-  const custom = (first.schema as { error?: unknown }).error
-  return typeof custom === 'string' ? custom : `${first.path.slice(1).replaceAll('/', '.')}: ${first.message}`
-}
-
-interface Participant {
-  identity: string
-  name?: string
-  metadata?: string
-  attributes?: Record<string, string>
-  room: string
-  roomConfig?: RoomConfiguration
-}
-
-const randomSuffix = () => crypto.randomUUID().slice(0, 13).replace('-', '')
-
-/** Turns a standard request into the participant it asks for, refusing what a client may not set. */
-function standardParticipant(body: StandardTokenRequest): Omit<Participant, 'room'> {
-  const metadata = body.participant_metadata
-  if (metadata !== undefined && Buffer.byteLength(metadata) > maxMetadataBytes) {
-    throw new HttpError(400, `participant_metadata must be at most ${maxMetadataBytes} bytes`)
-  }
-  const attributes = body.participant_attributes
-  if (attributes) {
-    const size = Object.entries(attributes).reduce((sum, [key, value]) => sum + Buffer.byteLength(key) + Buffer.byteLength(value), 0)
-    if (size > maxAttributesBytes) {
-      throw new HttpError(400, `participant_attributes must be at most ${maxAttributesBytes} bytes in all`)
-    }
-  }
-  return {
-    identity: body.participant_identity || `participant-${randomSuffix()}`,
-    name: body.participant_name || undefined,
-    metadata: metadata || undefined,
-    attributes: attributes && Object.keys(attributes).length > 0 ? attributes : undefined,
-    roomConfig: body.room_config && parseRoomConfig(body.room_config),
-  }
-}
-
-/** A client may ask for agents to be dispatched; recording, limits and timeouts stay the server's call. */
-function parseRoomConfig(json: Record<string, unknown>): RoomConfiguration {
-  let roomConfig: RoomConfiguration
-  try {
-    roomConfig = RoomConfiguration.fromJson(json as never)
-  } catch (error) {
-    throw new HttpError(400, `room_config is not a valid RoomConfiguration: ${(error as Error).message}`)
-  }
-  const requested = Object.keys(roomConfig.toJson() as object).filter((field) => field !== 'agents')
-  if (requested.length > 0) {
-    throw new HttpError(403, `room_config may only request agents, not ${requested.join(', ')}`)
-  }
-  checkAgentDispatch(roomConfig.agents)
-  return roomConfig
-}
-
-/** Which agents join, and what they are told; how they are deployed and restarted is the server's call. */
-function checkAgentDispatch(agents: RoomConfiguration['agents']): void {
-  if (agents.length > maxAgents) throw new HttpError(400, `room_config may request at most ${maxAgents} agents`)
-  let metadataBytes = 0
-  for (const agent of agents) {
-    const requested = Object.keys(agent.toJson() as object).filter((field) => field !== 'agentName' && field !== 'metadata')
-    if (requested.length > 0) {
-      throw new HttpError(403, `room_config.agents may only name an agent and its metadata, not ${requested.join(', ')}`)
-    }
-    if (agent.agentName.length > maxNameLength) {
-      throw new HttpError(400, `room_config agent names must be at most ${maxNameLength} characters`)
-    }
-    metadataBytes += Buffer.byteLength(agent.metadata)
-  }
-  if (metadataBytes > maxAgentMetadataBytes) {
-    throw new HttpError(400, `room_config agent metadata must be at most ${maxAgentMetadataBytes} bytes in all`)
-  }
-}
-
-// Tokens: the SDK says what the claims are (claimsToJwtPayload); signing them is one synchronous
-// HMAC with a key prepared once, where the SDK's AccessToken imports the key into async WebCrypto
-// on every call (in Bun, 130 µs a token against 3 µs).
-
-// Encoding straight from bytes: Deno's Buffer polyfill spent more on its pool than on the HMAC.
-const utf8Encoder = new TextEncoder()
-const base64url = (text: string): string => utf8Encoder.encode(text).toBase64({ alphabet: 'base64url', omitPadding: true })
-
-// The header LiveKit's own Go minter writes.
-const jwtHeader = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url')
 
 export function createTokenMinter(config: Config) {
   // A Buffer key: Deno's node:crypto takes it about twice as fast as a string or a KeyObject.
@@ -1174,9 +986,7 @@ export function createCallerAuthenticator(auth: AuthConfig) {
       throw refused(String(error))
     }
     const identity = payload[auth.identityClaim]
-    if (typeof identity !== 'string' || identity.length === 0 || identity.length > maxNameLength) {
-      throw refused(`claim ${auth.identityClaim} is not an identity`)
-    }
+    if (typeof identity !== 'string' || identity.length === 0 || identity.length > maxNameLength) throw refused(`claim ${auth.identityClaim} is not an identity`)
     const name = typeof payload.name === 'string' && payload.name.length > 0 ? payload.name.slice(0, maxNameLength) : undefined
     return { identity, name, claims: payload }
   }
@@ -1188,10 +998,7 @@ function isProviderFailure(error: unknown): boolean {
   return error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid || error.code === 'ERR_JOSE_GENERIC'
 }
 
-/**
- * Allows each caller `perMinute` requests, refilled continuously (a token bucket). Callers idle
- * for a minute are forgotten, and at most `maxCallers` are remembered, so memory stays bounded.
- */
+/** A token bucket per caller, refilled continuously; at most `maxCallers` remembered, idle ones forgotten. */
 export class RateLimiter {
   private readonly buckets = new Map<string, { allowance: number; at: number }>()
   private sweptAt = 0
@@ -1216,10 +1023,7 @@ export class RateLimiter {
     return 0
   }
 
-  /**
-   * Forgets idle callers (their allowance is full again anyway); then, if still too many, the
-   * longest-known ones, down to 90% so that a crowd of callers does not make every request sweep.
-   */
+  /** Forgets idle callers (full again anyway), then the longest-known down to 90%, so that not every request sweeps. */
   private sweep(now: number): void {
     this.sweptAt = now
     for (const [caller, { at }] of this.buckets) if (now - at >= 60_000) this.buckets.delete(caller)
@@ -1230,18 +1034,10 @@ export class RateLimiter {
   }
 }
 
-// The connecting address, which Deno hands to its serve handler rather than to Elysia; recorded
-// only for the apps in appsNeedingAddresses.
-const remoteAddresses = new WeakMap<Request, string>()
-const appsNeedingAddresses = new WeakSet<object>()
-const appsConnecting = new WeakMap<object, Promise<unknown>>()
 
 type BunServer = { requestIP(request: Request): { address: string } | null } | null
 
-/**
- * The client's address: the connection's own, or behind N trusted proxies the X-Forwarded-For hop
- * the outermost of them appended (N from the right: the hops to its left are the client's to write).
- */
+/** The connection's address, or behind N trusted proxies the X-Forwarded-For hop N from the right (the rest is the client's to write). */
 function clientAddress(request: Request, server: BunServer, trustedProxies: number): string {
   const connectionAddress = unmapped(remoteAddresses.get(request) ?? server?.requestIP(request)?.address ?? 'unknown')
   if (trustedProxies === 0) return connectionAddress
@@ -1262,10 +1058,7 @@ function withoutPort(hop: string): string {
 /** An IPv4 client as "1.2.3.4" on every runtime: Bun, listening on IPv6 too, sees "::ffff:1.2.3.4". */
 const unmapped = (address: string) => (address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address)
 
-/**
- * Whom an address counts as: an IPv4 client by its address, an IPv6 one by its /64, the block a
- * provider hands one home or host (counted by address, a /64 would have 2^64 allowances).
- */
+/** Whom an address counts as: IPv4 by address, IPv6 by its /64 (one home's or host's: else 2^64 allowances). */
 function addressKey(address: string): string {
   if (isIP(address) !== 6) return address
   // The URL parser writes every spelling of an address one way (zeros compressed, IPv4 tails in hex).
@@ -1276,23 +1069,59 @@ function addressKey(address: string): string {
   return `${groups.slice(0, 4).join(':')}::/64`
 }
 
-// Webhook verification and redeliveries
+// Webhooks: verified before anything else is done with them, each event handled once.
 
-/**
- * Verifies a webhook as livekit-server-sdk's WebhookReceiver does (`iss` = API key and `exp` required,
- * 10 s clock tolerance, `sha256` claim = base64 SHA-256 of the body), but synchronously and for
- * HS256 only: what LiveKit signs with, and all LiveKit servers since 1.13 accept.
- */
+function createWebhookRoute(config: Config, handlers: Record<string, WebhookHandler>, state: SharedState, events: EventStream | undefined, readBody: ReadBody) {
+  const verifyWebhookSigner = createWebhookSignerVerifier(config)
+  return async function receiveWebhook(request: Request) {
+    requireHostName(request)
+    let event: WebhookEvent
+    let body: Uint8Array
+    try {
+      const claims = verifyWebhookSigner(request.headers.get('authorization'))
+      // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
+      event = eventFromBody((body = await readBody(request, config.maxBodyBytes, 'webhook', 'bytes')), claims)
+    } catch (error) {
+      if (error instanceof HttpError) throw error
+      log('warn', 'webhook refused', { reason: (error as Error).message })
+      return status(401, errorBody('Webhook signature is missing or invalid'))
+    }
+    // An event waiting in the outbox is handled: its redelivery must not run the handlers again.
+    const claim = event.id ? (events?.holds(event.id) ? 'handled' : await state.claim(event.id)) : 'new'
+    metrics.webhookClaimed(request, event, claim)
+    if (claim === 'handled') {
+      log('info', 'webhook duplicate', describeEvent(event))
+      return { received: 'duplicate' as const }
+    }
+    if (claim === 'being handled') {
+      // Never a 200 while another process (or request) handles it: that one may still fail.
+      log('info', 'webhook being handled elsewhere', describeEvent(event))
+      throw new HttpError(503, 'This event is being handled, retry shortly', { 'retry-after': '5' })
+    }
+    try {
+      // Own entries only: an event named "__proto__" or "valueOf" must not find Object.prototype's.
+      await (Object.hasOwn(handlers, event.event) ? handlers[event.event]! : logUnknownEvent)(event)
+    } catch (error) {
+      // Release the id so that LiveKit's redelivery of this event is handled.
+      if (event.id) await state.release(event.id)
+      log('error', 'webhook handler failed', { ...describeEvent(event), error: String(error) })
+      return status(500, errorBody('Webhook handler failed'))
+    }
+    if (events) return events.append(event, body)
+    if (event.id) await state.complete(event.id)
+    return { received: true as const }
+  }
+}
+
+/** Verifies a webhook as the SDK's WebhookReceiver does, synchronously and for HS256 (what LiveKit signs with) only. */
 export function createWebhookVerifier(config: Config) {
   const verifySigner = createWebhookSignerVerifier(config)
   return (body: Uint8Array, authorization: string | null): WebhookEvent => eventFromBody(body, verifySigner(authorization))
 }
 
 /**
- * The claims of a webhook's Authorization header, checked before its body is read, so that only
- * whoever holds an API secret can make the server read a webhook body at all. One HMAC with a key
- * prepared once, checked as jose checks it for the SDK: a JWT library would cost every start more
- * than this whole check (fast-jwt: 29 ms of 219 ms on Bun, for algorithms never accepted here).
+ * The Authorization header's claims, checked before the body is read: only whoever holds an API secret
+ * makes the server read one. Checked as jose checks it for the SDK, by one HMAC with a key prepared once.
  */
 export function createWebhookSignerVerifier(config: Config) {
   // The JWT's issuer (its API key) picks the secret, as LiveKit's own server does.
@@ -1347,9 +1176,7 @@ type WebhookClaims = { sha256?: unknown }
 function eventFromBody(body: Uint8Array, claims: WebhookClaims): WebhookEvent {
   const expected = Buffer.from(createHash('sha256').update(body).digest('base64'))
   const signed = Buffer.from(typeof claims.sha256 === 'string' ? claims.sha256 : '')
-  if (signed.length !== expected.length || !timingSafeEqual(signed, expected)) {
-    throw new Error('sha256 checksum of body does not match')
-  }
+  if (signed.length !== expected.length || !timingSafeEqual(signed, expected)) throw new Error('sha256 checksum of body does not match')
   return WebhookEvent.fromJson(JSON.parse(utf8.decode(body)), { ignoreUnknownFields: true })
 }
 
@@ -1362,16 +1189,10 @@ export type Claim = 'new' | 'handled' | 'being handled'
 const claimTtlMs = 30_000
 const handledTtlMs = 10 * 60_000
 
-/**
- * Event ids being handled or handled, in this process's memory. LiveKit redelivers after a 5xx or
- * a broken connection, and its queues can repeat an event, so an id may come back; remembering the
- * newest ones for a while is enough.
- */
+/** Event ids being handled or handled, the newest 10,000 for 10 minutes: LiveKit redelivers, and can repeat. */
 export class RecentIds {
-  // A ring of slots in order of arrival, each new id taking the oldest one's slot (deleting from the
-  // front of a Map and iterating it again is slow: its holes are walked over). A slot holds an id,
-  // when it was last claimed or handled, and which; the Map finds an id's slot. Numbers in arrays
-  // rather than an object per id, which measured faster.
+  // A ring of slots, each new id taking the oldest one's (a Map's front deleted is slow to walk
+  // again); a slot holds an id, when it was last claimed or handled, and which.
   private readonly slotOf = new Map<string, number>()
   private readonly ids: (string | undefined)[]
   private readonly times: Float64Array
@@ -1433,40 +1254,6 @@ export class RecentIds {
 // every process and machine sharing it keeps the same promises; whenever Redis does not answer in
 // time, each process falls back to its own memory, and returns to Redis once it answers again.
 
-/** What this file needs of a Redis client: Bun's built-in one, or node-redis's on Deno. */
-interface RedisConnection {
-  send(command: string, args: string[]): Promise<unknown>
-  /** Resolves once connected, (re)connecting a client that is not. */
-  connect(): Promise<void>
-}
-
-/** A client for the URL, not yet connected. Neither queues commands while disconnected: they fail at once. */
-async function openRedis(url: string): Promise<RedisConnection> {
-  if ('Bun' in globalThis) {
-    const client = new Bun.RedisClient(url, { enableOfflineQueue: false, connectionTimeout: 1000 })
-    return { send: (command, args) => client.send(command, args), connect: async () => void (client.connected || (await client.connect())) }
-  }
-  const { createClient } = await import('@redis/client')
-  const client = createClient({ url, disableOfflineQueue: true, socket: { connectTimeout: 1000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 1000) } })
-  client.on('error', () => {}) // a lost connection is noticed, and logged, by the commands that fail
-  // node-redis keeps retrying a refused first connection, and reconnects by itself after: the first
-  // attempt ends at its first error (as Bun's does), and later ones wait for it to be ready.
-  const firstAttempt = new Promise<void>((resolve, reject) => {
-    client.once('error', reject)
-    client.connect().then(() => resolve(), reject)
-  })
-  firstAttempt.catch(() => {})
-  let attempted = false
-  let ready: Promise<void> | undefined
-  const whenReady = () => (ready ??= new Promise<void>((resolve) => client.once('ready', () => ((ready = undefined), resolve()))))
-  return {
-    send: (command, args) => client.sendCommand([command, ...args]),
-    connect: async () => {
-      if (!attempted) return (attempted = true), firstAttempt
-      if (!client.isReady) await whenReady()
-    },
-  }
-}
 
 // A token bucket, as RateLimiter keeps it, on Redis's clock so that the machines' clocks don't matter.
 const takeTokenScript = `
@@ -1543,19 +1330,12 @@ export class SharedState {
     )
   }
 
-  /**
-   * Without REDIS_URL, the operation on memory, answered at once (no promise: every webhook and
-   * rate-limited token request comes here).
-   */
+  /** Without REDIS_URL, on memory and at once: no promise for every webhook and rate-limited request. */
   private use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): MaybePromise<T> {
     return this.redisUrl ? this.useRedis(onRedis, inMemory) : inMemory()
   }
 
-  /**
-   * The operation on Redis if it is in use and answers within 250 ms, else on memory. (startServer
-   * serves once the first attempt to connect has ended: only an app handling requests by itself
-   * waits for it here.)
-   */
+  /** On Redis if it is in use and answers within 250 ms, else on memory. */
   private async useRedis<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {
     if (this.status === 'connecting') await this.connected
     if (this.status !== 'ok' || !this.redis) return inMemory()
@@ -1611,6 +1391,8 @@ export class SharedState {
 
 }
 
+// Redis, for the shared state and the stream: scripts, time limits, URLs kept out of log lines.
+
 const scriptHashes = new Map<string, string>()
 
 /** EVALSHA, loading the script (EVAL) the first time or when Redis has forgotten it; the first `keyCount` arguments are keys. */
@@ -1623,11 +1405,6 @@ async function runScript(redis: RedisConnection, script: string, keyCount: numbe
     if (!String(error).includes('NOSCRIPT')) throw error
     return redis.send('EVAL', [script, String(keyCount), ...args])
   }
-}
-
-/** `next` applied to the value, at once unless it is still to come: no promise layer when it is here. */
-function whenSettled<T, U>(value: T | Promise<T>, next: (value: T) => U): U | Promise<U> {
-  return value instanceof Promise ? value.then(next) : next(value)
 }
 
 /** The promise's outcome, or an error ("no answer within …") once `ms` have passed. */
@@ -1655,36 +1432,10 @@ function redacted(error: unknown, url: string): string {
   return password ? String(error).replaceAll(password, '***') : String(error)
 }
 
-// Events onward: with EVENTS_STREAM, each verified event whose handlers succeeded is appended to a
-// Redis Stream, for apps in any language to read. Appending it and remembering its id as handled
-// are one script, so that no interleaving of processes, redeliveries and crashes appends an event
-// twice. While Redis does not answer, events wait in a bounded outbox, in order, and are appended
-// through the same script once it answers again; a 200 always means in the stream or in the outbox.
+// Events onward: with EVENTS_STREAM, each event whose handlers succeeded is appended to a Redis
+// Stream, once: appending and marking the id handled are one script. While Redis does not answer,
+// events wait in a bounded outbox, in order; a 200 means in the stream or in the outbox.
 
-export interface EventStreamConfig {
-  /** The stream's key, exactly as given (not prefixed), so that consumers know it. */
-  key: string
-  /** Trims the stream to about this many entries (MAXLEN ~). */
-  maxLength: number
-  /** The most events the outbox holds while Redis does not answer (besides outboxBytes). */
-  outboxEvents: number
-}
-
-function parseEventStream(env: Env): EventStreamConfig | undefined {
-  const key = env.EVENTS_STREAM?.trim()
-  if (!key) {
-    const dependent = ['EVENTS_STREAM_MAXLEN', 'EVENTS_OUTBOX'].find((name) => env[name]?.trim())
-    if (dependent) throw new ConfigError(`${dependent} has no effect without EVENTS_STREAM`)
-    return undefined
-  }
-  if (!env.REDIS_URL?.trim()) throw new ConfigError('EVENTS_STREAM needs REDIS_URL: the stream is kept in Redis')
-  if (key.length > 256 || /\s/.test(key)) throw new ConfigError('EVENTS_STREAM must be a Redis key of at most 256 characters, without spaces')
-  return {
-    key,
-    maxLength: parseInteger(env, 'EVENTS_STREAM_MAXLEN', 100_000, 1, 1_000_000_000),
-    outboxEvents: parseInteger(env, 'EVENTS_OUTBOX', 10_000, 1, 1_000_000),
-  }
-}
 
 // KEYS: the id's dedupe key (SharedState's), the stream. ARGV: the id ('' for an event without one),
 // MAXLEN, how long the id stays handled (ms), then the entry's fields. XADD first: a script that
@@ -1833,9 +1584,6 @@ export class EventStream {
   }
 }
 
-/** Each app's stream, for its server's stop to flush. */
-const eventStreams = new WeakMap<object, EventStream>()
-
 // Request bodies and errors: every error answers the OpenVidu clients' shape, { "errorMessage": … }
 
 class HttpError extends Error {
@@ -1853,11 +1601,9 @@ const errorBody = (errorMessage: string) => ({ errorMessage })
 const utf8 = new TextDecoder()
 
 /**
- * Reads request bodies, each up to its route's limit, and bounds the bytes of the bodies each route
- * is reading at once (each counted at its declared length, or the route's limit when chunked): a
- * crowd of slow uploads cannot take the memory, since a body that does not fit is refused before it
- * is read, and one that has not arrived within 10 s is given up. Each route has its own share, so
- * that a crowd on /token cannot keep LiveKit's webhooks out.
+ * Reads bodies up to their route's limit, within a budget per route of bytes being read at once
+ * (each body at its declared length, or the limit when chunked): a body that does not fit is refused
+ * before it is read, and one not arrived within 10 s given up. A crowd on /token cannot starve webhooks.
  */
 function createBodyReader(maxPendingBytes: number) {
   const pendingBytes = { token: 0, webhook: 0 }
@@ -1884,9 +1630,7 @@ function createBodyReader(maxPendingBytes: number) {
       return (await withBodyTimeout<string | Uint8Array>(reading)) as As extends 'text' ? string : Uint8Array
     } catch (error) {
       if (error instanceof HttpError) throw error
-      if (error === bodyTimedOut) {
-        throw new HttpError(408, `Request body must arrive within ${bodyTimeoutMs / 1000} s`, { connection: 'close' })
-      }
+      if (error === bodyTimedOut) throw new HttpError(408, `Request body must arrive within ${bodyTimeoutMs / 1000} s`, { connection: 'close' })
       // The upload broke off: nothing of ours failed, and no one is left to read the answer.
       log('info', 'request aborted by client', { reason: String(error) })
       throw new HttpError(400, 'Request body could not be read')
@@ -1900,11 +1644,7 @@ const bodyTimeoutMs = 10_000
 const bodyTimedOut = new Error('request body timed out')
 const tooLarge = (maxBytes: number) => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
 
-/**
- * Makes body reads fail with bodyTimedOut once they have run 10 s (at most 11 s). One timer a second
- * checks every read, as Node's HTTP server checks its request timeouts: a timer of its own for each
- * read cost Deno a tenth of its /token throughput.
- */
+/** Fails body reads that ran 10 s (at most 11): one timer a second checks them all, as Node's HTTP server does. */
 function createBodyTimeouts() {
   // The reads running, each as the function that fails it and when; oldest first, as each gets the
   // same time on a clock that never goes back.
@@ -1951,19 +1691,14 @@ async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: num
   return as === 'text' ? utf8.decode(body) : body
 }
 
-/**
- * Bun hands on a request whose Host header is no host name ("a b") with a URL that is only a path,
- * where Elysia's router, counting from "http://", reads a shifted one (`/abcdef/token` as `/token`).
- */
+/** Bun gives a request whose Host is no host name ("a b") a bare path, which Elysia's router reads shifted. */
 function requireHostName(request: Request): void {
   if (request.url.startsWith('/')) throw new HttpError(400, 'Invalid Host header')
 }
 
 function requireJsonContentType(request: Request): void {
   const contentType = request.headers.get('content-type') ?? ''
-  if (!/^application\/([\w.+-]+\+)?json\s*(;|$)/i.test(contentType)) {
-    throw new HttpError(400, 'Content-Type must be application/json')
-  }
+  if (!/^application\/([\w.+-]+\+)?json\s*(;|$)/i.test(contentType)) throw new HttpError(400, 'Content-Type must be application/json')
 }
 
 function parseJsonObject(text: string): Record<string, unknown> {
@@ -1988,11 +1723,7 @@ const maxJsonValues = 1000
 // The characters that matter: " \ { } [ ] ,
 const [quote, backslash, openBrace, closeBrace, openBracket, closeBracket, comma] = [0x22, 0x5c, 0x7b, 0x7d, 0x5b, 0x5d, 0x2c]
 
-/**
- * Refuses JSON text nested more than maxJsonDepth levels deep or holding more than maxJsonValues
- * values (objects, arrays, members and elements, counted by their brackets and commas), in one pass
- * over the text before parsing it (strings skipped).
- */
+/** Refuses JSON deeper than maxJsonDepth or of more than maxJsonValues values, in one pass before parsing. */
 function refuseCostlyJson(json: string): void {
   let depth = 0
   let values = 0
@@ -2010,6 +1741,105 @@ function refuseCostlyJson(json: string): void {
     else if (code === comma && ++values > maxJsonValues) break
   }
   if (values > maxJsonValues) throw new HttpError(400, `Request body must hold at most ${maxJsonValues} JSON values`)
+}
+
+// CORS, the API described, and every error in one shape.
+
+const corsSettings = {
+  origin: '*',
+  credentials: false,
+  methods: [],
+  allowedHeaders: noHeader(),
+  exposeHeaders: noHeader(),
+  preflight: false,
+} satisfies Parameters<typeof cors>[0]
+
+/**
+ * The plugin, its one hook marked synchronous: Elysia guesses from the hook's source (and takes its
+ * `return handleOption(` for a promise), and an async hook makes every handler async.
+ */
+export function corsPlugin() {
+  const plugin = cors(corsSettings)
+  // Where Elysia keeps its guesses, so that it does not guess.
+  for (const hook of plugin.event.request ?? []) Object.assign(hook, { isAsync: false, hasReturn: false })
+  return plugin
+}
+
+/** `false`: the plugin's code reads it as "send no such header", though its types leave it out (an empty list would send an empty header). */
+function noHeader(): string {
+  return false as unknown as string
+}
+
+
+// With OPENAPI=1: GET /openapi.json from the routes' own schemas, and a docs page at GET /openapi
+// whose Swagger UI files are served from the package (embedded in the binary), never from a CDN.
+
+function apiDocumentation() {
+  return new Elysia({ name: 'api-documentation' })
+    .use(
+      openapi({
+        path: '/openapi',
+        specPath: '/openapi.json',
+        provider: 'swagger-ui',
+        swagger: { cdn: '/openapi/swagger-ui-bundle.js', theme: '/openapi/swagger-ui.css', autoDarkMode: false },
+        exclude: { paths: ['/openapi/swagger-ui-bundle.js', '/openapi/swagger-ui.css'] },
+        documentation: {
+          info: {
+            title: 'LiveKit / OpenVidu application server',
+            version: '0.1.0',
+            description: 'Access tokens for LiveKit rooms, and the webhooks a LiveKit server posts. Every error answers {"errorMessage": …}.',
+          },
+        },
+      }),
+    )
+    .get('/openapi/swagger-ui-bundle.js', () => docsFile('swagger-ui-bundle.js', 'text/javascript'))
+    .get('/openapi/swagger-ui.css', () => docsFile('swagger-ui.css', 'text/css'))
+}
+
+const docsFiles = new Map<string, Promise<string>>()
+
+/** One of Swagger UI's files, read once. */
+async function docsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css', contentType: string): Promise<Response> {
+  if (!docsFiles.has(name)) docsFiles.set(name, loadDocsFile(name))
+  return new Response(await docsFiles.get(name), { headers: { 'content-type': contentType, 'cache-control': 'public, max-age=86400' } })
+}
+
+/** Imported as text: `bun build --compile` embeds them, and Deno needs no --allow-read. No types describe it. */
+async function loadDocsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css'): Promise<string> {
+  const { default: text }: { default: string } =
+    name === 'swagger-ui.css'
+      ? // @ts-ignore
+        await import('swagger-ui-dist/swagger-ui.css', { with: { type: 'text' } })
+      : // @ts-ignore
+        await import('swagger-ui-dist/swagger-ui-bundle.js', { with: { type: 'text' } })
+  return text
+}
+
+/** Every error as { "errorMessage": … }, never a stack; a status() answer, so typed clients see an error. */
+function answerError({ code, error, set, path, request }: ErrorContext & { code: string | number; error: unknown }) {
+  // Elysia wraps what a body parser throws in a ParseError; the HttpError is its cause.
+  const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
+  if (httpError instanceof HttpError) {
+    Object.assign(set.headers, httpError.headers)
+    // A page on another origin may read it only if told so.
+    if (httpError.headers['retry-after']) set.headers['access-control-expose-headers'] = 'Retry-After'
+    return status(httpError.status as ErrorStatus, errorBody(httpError.message))
+  }
+  if (code === 'NOT_FOUND') return status(404, errorBody(`No route for ${request.method} ${path}`))
+  if (code === 'VALIDATION' || code === 'PARSE') return status(400, errorBody('Invalid request'))
+  // Anything else is a bug here: say so generically, keep the details (not the stack) in the log.
+  log('error', 'request failed', { method: request.method, path, error: String(error) })
+  return status(500, errorBody('Internal server error'))
+}
+
+type ErrorStatus = 400 | 401 | 403 | 404 | 408 | 413 | 429 | 500 | 503
+
+/** CORS preflights: any origin, and whatever headers the browser asks for ("*" would not cover Authorization). */
+function answerPreflight(request: Request): Response {
+  const headers = new Headers({ 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-max-age': '600' })
+  const requestedHeaders = request.headers.get('access-control-request-headers')
+  if (requestedHeaders) headers.set('access-control-allow-headers', requestedHeaders)
+  return new Response(null, { status: 204, headers })
 }
 
 // Logging: one JSON object per line, so logs stay greppable and machine-readable.
@@ -2044,11 +1874,9 @@ function writeLogLine(level: Level, msg: string, fields: Record<string, unknown>
   else console.error(line)
 }
 
-// Metrics: with PROMETHEUS_PORT, GET /metrics in Prometheus's text format, on a listener of its
-// own so that metrics are never published on the public port. Answers are tallied in plain numbers
-// that prom-client's registry reads at each scrape: a prom-client counter or histogram costs every
-// request 0.3–0.7 µs on Bun, a tally a few tens of ns. Without PROMETHEUS_PORT, `metrics` does
-// nothing and prom-client is never loaded.
+// Metrics: with PROMETHEUS_PORT, GET /metrics on a listener of its own, never the public port.
+// Answers are tallied in plain numbers that prom-client's registry reads at each scrape (cheaper per
+// request than its counters); without PROMETHEUS_PORT, prom-client is never loaded.
 
 type MetricValue = { value: number; labels: Record<string, string | number>; metricName?: string }
 type MetricsJson = Awaited<ReturnType<import('prom-client').Registry['getMetricsAsJSON']>>
@@ -2082,10 +1910,7 @@ const durationBuckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 // LiveKit's event names (the SDK's and the protocol's agent events); any other counts as "unknown".
 const knownEventNames = new Set([...Object.keys(webhookHandlers), 'agent_job_started', 'agent_job_ended'])
 
-/**
- * With PROMETHEUS_PORT: measures from now on, and serves GET /metrics (in the first process; a
- * worker answers the first process's requests for its figures instead). Throws if the port is busy.
- */
+/** Measures from now on and serves GET /metrics (a worker answers the first process instead). Throws if the port is busy. */
 export async function startMetrics(config: Config): Promise<void> {
   if (config.prometheusPort === undefined) return
   const { Registry, AggregatorRegistry } = await loadPromClient()
@@ -2100,11 +1925,7 @@ export async function startMetrics(config: Config): Promise<void> {
   await serveMetrics(config.prometheusPort, scrape, registry.contentType)
 }
 
-/**
- * prom-client's registry (text format) and aggregation alone: its index also loads every metric class,
- * its default metrics, the push gateway and OpenTelemetry, which made the import 10 times slower.
- * Literal specifiers, so that `bun build --compile` embeds them.
- */
+/** prom-client's registry and aggregation alone (its index loads far more), with literal specifiers the binary embeds. */
 async function loadPromClient(): Promise<Pick<typeof import('prom-client'), 'Registry' | 'AggregatorRegistry'>> {
   // @ts-ignore: the package declares types for its index alone
   const [registry, cluster] = await Promise.all([import('prom-client/lib/registry.js'), import('prom-client/lib/cluster.js')])
@@ -2118,10 +1939,7 @@ function createMetricsRecorder(registry: import('prom-client').Registry) {
   const webhooks = new Tally('event', 'outcome')
   const durations = new DurationTally()
   let workers = () => [] as WorkerHandle[]
-  /**
-   * A series read from `read` at each scrape: prom-client's registry reads a metric through its get()
-   * alone. `aggregator`: how the workers' figures add up. The latest app's replaces an earlier one's.
-   */
+  // A series read at each scrape through get(); `aggregator`: how the workers' figures add up.
   const register = (name: string, help: string, type: 'counter' | 'gauge' | 'histogram', aggregator: 'sum' | 'min' | 'max', read: () => MetricValue[] | Promise<MetricValue[]>) => {
     const metric = { name, help, type, aggregator, get: async () => ({ name, help, type, aggregator, values: await read() }) }
     registry.removeSingleMetric(name)
@@ -2177,13 +1995,11 @@ function createMetricsRecorder(registry: import('prom-client').Registry) {
   } satisfies Metrics & { workers: () => WorkerHandle[] }
 }
 
+// Metrics, tallied: plain numbers per label values, as prom-client reads them at each scrape.
+
 const routeLabels = ['/token', '/livekit/webhook', '/health']
 
-/**
- * The route label of a request: one of the app's routes (the path as Elysia routes it: no query, no
- * trailing slash), or "other", never a path a client made up. Compared in place: cutting the path
- * out, and then looking up a string made for each request, cost 0.6 µs.
- */
+/** A request's route label: one of the routes (as Elysia routes them) or "other", never a client's own path. */
 function routeOf(url: string): string {
   const start = url.indexOf('/', url.indexOf('//') + 2)
   let end = url.indexOf('?', start)
@@ -2200,10 +2016,7 @@ function webhookOutcome(status: number, duplicate = false): string {
   return 'refused'
 }
 
-/**
- * Counts by two label values. Nested maps rather than one keyed by the two joined: building that key
- * for every answer cost more (0.3 µs) than all the rest of the counting.
- */
+/** Counts by two label values, in nested maps: a key joined per answer costs more than the counting. */
 class Tally {
   private readonly counts = new Map<string, Map<string | number, MetricValue>>()
 
@@ -2267,10 +2080,7 @@ function measureEventLoopLag(): () => number {
   return () => lagSeconds
 }
 
-/**
- * A handler that reports each answer's status and time to the metrics. An answer given at once is
- * handed on at once: a promise around it would cost every such request a turn of the event loop.
- */
+/** The handler, reporting each answer's status and time; an answer given at once is handed on at once. */
 function measured<Rest extends unknown[]>(handler: (request: Request, ...rest: Rest) => Response | Promise<Response>) {
   return (request: Request, ...rest: Rest): Response | Promise<Response> => {
     const started = performance.now()
@@ -2281,32 +2091,6 @@ function measured<Rest extends unknown[]>(handler: (request: Request, ...rest: R
     const response = handler(request, ...rest)
     return response instanceof Promise ? response.then(record) : record(response)
   }
-}
-
-/**
- * Bun: Elysia's listen() hands each route to Bun's own router, past app.fetch; measuring every
- * answer in one place takes serving app.fetch itself (with the timeout Elysia would set).
- */
-function serveMeasured(app: ReturnType<typeof createApp>, port: number, reusePort: boolean): void {
-  app.compile()
-  app.server = Bun.serve({ port, reusePort, idleTimeout: 30, fetch: measured((request: Request) => app.fetch(request)) })
-}
-
-/** GET /metrics on its own port; anything else a 404. */
-async function serveMetrics(port: number, scrape: () => Promise<string>, contentType: string): Promise<void> {
-  const handler = async (request: Request): Promise<Response> => {
-    if (request.method !== 'GET' || new URL(request.url).pathname !== '/metrics') {
-      return Response.json(errorBody('Only GET /metrics is served on this port'), { status: 404 })
-    }
-    try {
-      return new Response(await scrape(), { headers: { 'content-type': contentType } })
-    } catch (error) {
-      log('error', 'metrics unavailable', { error: String(error) })
-      return Response.json(errorBody('Metrics are unavailable right now'), { status: 503 })
-    }
-  }
-  if ('Bun' in globalThis) return void Bun.serve({ port, reusePort: false, fetch: handler })
-  await new Promise<void>((resolve) => Deno.serve({ port, onListen: () => resolve() }, handler))
 }
 
 // Workers: the first process serves the port, and each scrape asks every worker for its figures
@@ -2345,6 +2129,85 @@ function answerMetricsRequests(registry: import('prom-client').Registry): void {
   else process.on('message', (message) => void answer(message, (reply) => process.send?.(reply)))
 }
 
+// Serving: every difference between Bun and Deno is here, and nowhere else. Deno's API as far as
+// this file uses it, declared so that one file type-checks for both.
+
+const onBun = 'Bun' in globalThis
+
+declare const Deno: {
+  serve(
+    options: { port: number; reusePort?: boolean; onListen?: (address: { port: number }) => void; onError?: (error: unknown) => Response },
+    handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>,
+  ): { shutdown(): Promise<void>; finished: Promise<void> }
+  addSignalListener(signal: 'SIGTERM' | 'SIGINT', handler: () => void): void
+}
+
+/**
+ * What serving an app needs to know (createApp says): whether its rate limit needs the connecting
+ * address, which Deno hands to its serve handler alone and costs every request to read; the first
+ * attempt to reach Redis, which serving waits for so that no request does; the stream to flush on stop.
+ */
+const servingNeeds = new WeakMap<object, { addresses: boolean; connecting: Promise<unknown>; events?: EventStream }>()
+const remoteAddresses = new WeakMap<Request, string>()
+
+/** What this file needs of a Redis client: Bun's built-in one, or node-redis's on Deno. */
+interface RedisConnection {
+  send(command: string, args: string[]): Promise<unknown>
+  /** Resolves once connected, (re)connecting a client that is not. */
+  connect(): Promise<void>
+}
+
+/** A client for the URL, not yet connected. Neither queues commands while disconnected: they fail at once. */
+async function openRedis(url: string): Promise<RedisConnection> {
+  if (onBun) {
+    const client = new Bun.RedisClient(url, { enableOfflineQueue: false, connectionTimeout: 1000 })
+    return { send: (command, args) => client.send(command, args), connect: async () => void (client.connected || (await client.connect())) }
+  }
+  const { createClient } = await import('@redis/client')
+  const client = createClient({ url, disableOfflineQueue: true, socket: { connectTimeout: 1000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 1000) } })
+  client.on('error', () => {}) // a lost connection is noticed, and logged, by the commands that fail
+  // node-redis keeps retrying a refused first connection, and reconnects by itself after: the first
+  // attempt ends at its first error (as Bun's does), and later ones wait for it to be ready.
+  const firstAttempt = new Promise<void>((resolve, reject) => {
+    client.once('error', reject)
+    client.connect().then(() => resolve(), reject)
+  })
+  firstAttempt.catch(() => {})
+  let attempted = false
+  let ready: Promise<void> | undefined
+  const whenReady = () => (ready ??= new Promise<void>((resolve) => client.once('ready', () => ((ready = undefined), resolve()))))
+  return {
+    send: (command, args) => client.sendCommand([command, ...args]),
+    connect: async () => {
+      if (!attempted) return (attempted = true), firstAttempt
+      if (!client.isReady) await whenReady()
+    },
+  }
+}
+
+/** Bun: listen() routes past app.fetch, so measuring every answer takes serving app.fetch (Elysia's timeout). */
+function serveMeasured(app: ReturnType<typeof createApp>, port: number, reusePort: boolean): void {
+  app.compile()
+  app.server = Bun.serve({ port, reusePort, idleTimeout: 30, fetch: measured((request: Request) => app.fetch(request)) })
+}
+
+/** GET /metrics on its own port; anything else a 404. */
+async function serveMetrics(port: number, scrape: () => Promise<string>, contentType: string): Promise<void> {
+  const handler = async (request: Request): Promise<Response> => {
+    if (request.method !== 'GET' || new URL(request.url).pathname !== '/metrics') {
+      return Response.json(errorBody('Only GET /metrics is served on this port'), { status: 404 })
+    }
+    try {
+      return new Response(await scrape(), { headers: { 'content-type': contentType } })
+    } catch (error) {
+      log('error', 'metrics unavailable', { error: String(error) })
+      return Response.json(errorBody('Metrics are unavailable right now'), { status: 503 })
+    }
+  }
+  if (onBun) return void Bun.serve({ port, reusePort: false, fetch: handler })
+  await new Promise<void>((resolve) => Deno.serve({ port, onListen: () => resolve() }, handler))
+}
+
 // Starting and stopping
 
 export interface RunningServer {
@@ -2352,18 +2215,15 @@ export interface RunningServer {
   stop(): Promise<void>
 }
 
-/**
- * Serves the app on Bun or Deno; resolves once it listens. The port is this process's alone unless
- * `sharedPort` (workers): Elysia would otherwise share it with whatever else listens there.
- */
+/** Serves the app; resolves once it listens. The port is this process's alone unless `sharedPort` (workers). */
 export async function startServer(app: ReturnType<typeof createApp>, port: number, { sharedPort = false } = {}): Promise<RunningServer> {
-  await appsConnecting.get(app)
-  if (!('Bun' in globalThis)) return serveOnDeno(app, port, sharedPort)
+  await servingNeeds.get(app)?.connecting
+  if (!onBun) return serveOnDeno(app, port, sharedPort)
   if (metrics.enabled) serveMeasured(app, port, sharedPort)
   else app.listen({ port, reusePort: sharedPort })
   const server = app.server!
   // Bun's stop() closes the listener and resolves once the requests in flight are answered.
-  return { port: server.port!, stop: () => server.stop().then(() => eventStreams.get(app)?.flush()) }
+  return { port: server.port!, stop: () => server.stop().then(() => servingNeeds.get(app)?.events?.flush()) }
 }
 
 function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort: boolean): Promise<RunningServer> {
@@ -2372,11 +2232,9 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort:
   let inFlight = 0
   let stopping = false
   let onIdle = () => {}
-  const recordsAddresses = appsNeedingAddresses.has(app)
+  const recordsAddresses = servingNeeds.get(app)?.addresses
   const handler = async (request: Request, info: { remoteAddr: { hostname: string } }) => {
-    if (stopping) {
-      return Response.json(errorBody('The server is stopping'), { status: 503, headers: { connection: 'close', 'retry-after': '1' } })
-    }
+    if (stopping) return Response.json(errorBody('The server is stopping'), { status: 503, headers: { connection: 'close', 'retry-after': '1' } })
     // Deno writes the Host header into request.url as it came: a "/" in it would move the path routed.
     if (request.headers.get('host')?.includes('/')) return Response.json(errorBody('Invalid Host header'), { status: 400 })
     inFlight += 1
@@ -2398,7 +2256,7 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort:
       stopping = true
       if (inFlight > 0) await new Promise<void>((resolve) => (onIdle = resolve))
       await server.shutdown()
-      await eventStreams.get(app)?.flush()
+      await servingNeeds.get(app)?.events?.flush()
     }
     let listening = false
     const onListen = (address: { port: number }) => {
@@ -2419,12 +2277,8 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort:
       }
       server.finished.catch((error) => recover(server, error))
     }
-    /**
-     * Deno.serve closes no idle connection, so a flood of them can use up the file descriptors; its
-     * accept loop then ends. Closing its connections (waiting at most 2 s for requests in flight)
-     * and listening again on the same port brings the server back; listening again before any
-     * descriptor was free made Deno 2.9 abort.
-     */
+    // Deno.serve closes no idle connection: a flood can use up the descriptors and end its accept
+    // loop. Closing them (2 s for requests in flight), then listening again, brings it back.
     const recover = async (deadServer: typeof server, error: unknown) => {
       if (stopping) return
       if (!/os error 2[34]\)/.test(String(error))) {
@@ -2441,11 +2295,7 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort:
   })
 }
 
-/**
- * Deno reads a request body it was not asked to read to its end before it closes the connection;
- * refusing an upload is then as costly as taking it. An answer whose body fails makes Deno close
- * the connection at once: the status and headers still reach the client, the body does not.
- */
+/** Deno reads an unread body to its end before closing; an answer whose body fails closes at once (headers sent). */
 function cutShort(response: Response): Response {
   const body = new ReadableStream({ start: (controller) => controller.error(connectionCutShort) })
   return new Response(body, { status: response.status, headers: response.headers })
@@ -2483,7 +2333,7 @@ function onStopSignal(stop: (signal: string) => void): void {
     stop(signal)
   }
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    if ('Bun' in globalThis) process.on(signal, () => once(signal))
+    if (onBun) process.on(signal, () => once(signal))
     else Deno.addSignalListener(signal, () => once(signal))
   }
 }
@@ -2521,7 +2371,7 @@ type WorkerMessage = { listening: number } | MetricsReply | 'stopped'
 
 function startWorker(number: number, onListening: () => void): WorkerHandle {
   const onMessage = (message: WorkerMessage) => metricsReplied(message) || (typeof message === 'object' && onListening())
-  if ('Bun' in globalThis) {
+  if (onBun) {
     const child = Bun.spawn([process.execPath, ...process.argv.slice(1)], {
       env: { ...process.env, SERVER_WORKER: String(number) },
       stdio: ['ignore', 'inherit', 'inherit'],
@@ -2633,6 +2483,8 @@ function reportToSupervisor(server: RunningServer): void {
   const supervisor = process.ppid
   setInterval(() => process.ppid !== supervisor && process.kill(process.pid, 'SIGTERM'), 1000).unref?.()
 }
+
+// Starting up: the configuration, the metrics, then the workers or the server.
 
 function warnAboutCredentials(config: Config): void {
   if (config.usesDevCredentials) {

@@ -56,7 +56,7 @@ export const costs: Record<CostKey, { label: string; routes: RouteKey[]; edits: 
   tokenParser: {
     label: "the token route's own parser (admission, Host, Content-Type and JSON checks, bounded reading) for Elysia's",
     routes: ['openvidu'],
-    edits: [["parse: [readTokenRequest, 'json'],", '']],
+    edits: [["parse: [tokens.read, 'json'],", '']],
   },
   dedupe: {
     label: 'duplicate detection (webhook ids claimed and remembered, in memory)',

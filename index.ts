@@ -2093,42 +2093,6 @@ function measured<Rest extends unknown[]>(handler: (request: Request, ...rest: R
   }
 }
 
-// Workers: the first process serves the port, and each scrape asks every worker for its figures
-// (prom-client's registry as JSON, over the channel it supervises them by), summed with its own.
-
-const metricsRequests = new Map<number, (metrics: MetricsJson) => void>()
-let lastMetricsRequest = 0
-
-async function askWorkers(workers: WorkerHandle[]): Promise<MetricsJson[]> {
-  return Promise.all(
-    workers.map((worker) => {
-      const id = ++lastMetricsRequest
-      const reply = new Promise<MetricsJson>((resolve) => metricsRequests.set(id, resolve))
-      worker.send({ metricsRequest: id })
-      // A worker restarting or frozen: no answer rather than a sum that misses it.
-      return withTimeout(reply, 2000).finally(() => metricsRequests.delete(id))
-    }),
-  )
-}
-
-/** In the first process: whether the message is a worker's figures (then handed to the scrape waiting for them). */
-function metricsReplied(message: unknown): boolean {
-  if (typeof message !== 'object' || message === null || !('metricsReply' in message)) return false
-  const { metricsReply, metrics } = message as MetricsReply
-  metricsRequests.get(metricsReply)?.(metrics)
-  return true
-}
-
-/** In a worker: answers each of the first process's requests with this worker's figures. */
-function answerMetricsRequests(registry: import('prom-client').Registry): void {
-  const answer = async (message: unknown, reply: (message: MetricsReply) => void) => {
-    if (typeof message !== 'object' || message === null || !('metricsRequest' in message)) return
-    reply({ metricsReply: Number(message.metricsRequest), metrics: await registry.getMetricsAsJSON() })
-  }
-  if (isWorkerThread) self.addEventListener('message', ({ data }) => void answer(data, (reply) => self.postMessage(reply)))
-  else process.on('message', (message) => void answer(message, (reply) => process.send?.(reply)))
-}
-
 // Serving: every difference between Bun and Deno is here, and nowhere else. Deno's API as far as
 // this file uses it, declared so that one file type-checks for both.
 
@@ -2393,6 +2357,42 @@ function startWorker(number: number, onListening: () => void): WorkerHandle {
   }
   const kill = () => (worker.terminate(), exited.resolve('killed'))
   return { send: (message) => worker.postMessage(message), stop: () => worker.postMessage('stop'), kill, exited: exited.promise }
+}
+
+// Metrics across workers: each scrape asks every worker for its figures
+// (prom-client's registry as JSON, over the channel it supervises them by), summed with its own.
+
+const metricsRequests = new Map<number, (metrics: MetricsJson) => void>()
+let lastMetricsRequest = 0
+
+async function askWorkers(workers: WorkerHandle[]): Promise<MetricsJson[]> {
+  return Promise.all(
+    workers.map((worker) => {
+      const id = ++lastMetricsRequest
+      const reply = new Promise<MetricsJson>((resolve) => metricsRequests.set(id, resolve))
+      worker.send({ metricsRequest: id })
+      // A worker restarting or frozen: no answer rather than a sum that misses it.
+      return withTimeout(reply, 2000).finally(() => metricsRequests.delete(id))
+    }),
+  )
+}
+
+/** In the first process: whether the message is a worker's figures (then handed to the scrape waiting for them). */
+function metricsReplied(message: unknown): boolean {
+  if (typeof message !== 'object' || message === null || !('metricsReply' in message)) return false
+  const { metricsReply, metrics } = message as MetricsReply
+  metricsRequests.get(metricsReply)?.(metrics)
+  return true
+}
+
+/** In a worker: answers each of the first process's requests with this worker's figures. */
+function answerMetricsRequests(registry: import('prom-client').Registry): void {
+  const answer = async (message: unknown, reply: (message: MetricsReply) => void) => {
+    if (typeof message !== 'object' || message === null || !('metricsRequest' in message)) return
+    reply({ metricsReply: Number(message.metricsRequest), metrics: await registry.getMetricsAsJSON() })
+  }
+  if (isWorkerThread) self.addEventListener('message', ({ data }) => void answer(data, (reply) => self.postMessage(reply)))
+  else process.on('message', (message) => void answer(message, (reply) => process.send?.(reply)))
 }
 
 // A worker that keeps crashing is restarted later each time; workers crashing more often than this

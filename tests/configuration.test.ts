@@ -207,4 +207,21 @@ describe('docs/configuration.md', () => {
     ])
     expect([...(await variablesDocumented())].sort()).toEqual([...read].sort())
   })
+
+  test("gives each variable of the settings table the default the server uses", async () => {
+    const { settings } = await import('../index.ts')
+    const page = await Bun.file(new URL('../docs/configuration.md', import.meta.url)).text()
+    const defaults = new Map(page.split('\n').flatMap((row) => {
+      const [, name, fallback] = /^\| `([A-Z_]+)`[^|]* \| (`[^`]*`|—) \|/.exec(row) ?? []
+      return name ? [[name, fallback!] as const] : []
+    }))
+    const checked = Object.entries(settings).filter(([name]) => !defaults.get(name)?.includes('<'))
+    // The documented default, read as the server reads the variable, is what it uses when it is unset.
+    const read = (name: string, text: string | undefined) => (settings as Record<string, { read(text: string | undefined, name: string): unknown }>)[name]!.read(text, name)
+    for (const [name] of checked) {
+      const documented = defaults.get(name)
+      expect({ name, documented: documented === '—' ? undefined : read(name, documented!.slice(1, -1)) }).toEqual({ name, documented: read(name, undefined) })
+    }
+    expect(checked.length).toBe(Object.keys(settings).length - 1)
+  })
 })

@@ -1,33 +1,46 @@
 // Measures the server as a user runs it (`bun run index.ts`, and with --deno the Deno command too),
 // side by side with what it is compared against, in one run: a bare Elysia app doing the same work
 // (bench/floor.ts), the server with its shared state on Redis and with WORKERS=2, with each webhook
-// appended to a Redis Stream (EVENTS_STREAM), with metrics on, and with a token policy.
-// Each comparison is a ratio of two processes loaded by wrk in the same round, rounds interleaved.
-// With --costs, also copies of index.ts each without one behaviour (CORS, bounded reading, …), to say
-// what each costs. Usage: bun run bench [--seconds N] [--deno] [--costs]. The report (markdown) goes
-// to stdout, progress to stderr.
+// appended to a Redis Stream (EVENTS_STREAM), with metrics on, and with a token policy; and a Go
+// server doing the same three routes' work with Go's standard library (the Go peer, built from
+// --go-peer DIR when `go` is on the PATH). Each comparison is a ratio of two processes loaded by wrk
+// in the same round, rounds interleaved. With --costs, also copies of index.ts each without one
+// behaviour (CORS, bounded reading, …), to say what each costs. With --svg FILE, also a bar chart of
+// requests/s (bench/chart.ts). The report (markdown) goes to stdout, progress to stderr.
 //
 // The files: variants.ts (what is compared, and the goals), scenarios.ts (what each route is sent),
 // harness.ts (starting, pinning and loading processes), rounds.ts (the measurement), figures.ts (the
-// numbers), report.ts (the markdown). This one reads the options, runs, and prints.
-import { rmSync } from 'node:fs'
+// numbers), report.ts (the markdown), chart.ts (the SVG). This one reads the options, runs, and prints.
+import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import type { Runtime } from '../tests/server.ts'
 import { describeMachine, loadCores, root, roundSeconds, startBenchRedis, stopEverything, treeRssMegabytes, workDir } from './harness.ts'
+import { chartSvg } from './chart.ts'
 import { problemList, report } from './report.ts'
 import { launchAll, measureRounds, planTargets, strayWarnings, timeStartups, warmUp, where } from './rounds.ts'
-import { costsDir, writeCostVariants, type Options } from './variants.ts'
+import { buildGoPeer, costsDir, goPeerSource, writeCostVariants, type Options } from './variants.ts'
 
-function parseOptions(): Options {
+const usage = 'Usage: bun run bench [--seconds N] [--deno] [--costs] [--svg FILE] [--go-peer DIR]'
+
+/** The options, and what to do besides measuring: where to write the chart, where the Go peer's source is. */
+function parseOptions(): { options: Omit<Options, 'goPeer'>; svg?: string; goPeer: string } {
   const { values } = parseArgs({
     args: Bun.argv.slice(2),
-    options: { seconds: { type: 'string', default: '10' }, deno: { type: 'boolean', default: false }, costs: { type: 'boolean', default: false } },
+    options: {
+      seconds: { type: 'string', default: '10' },
+      deno: { type: 'boolean', default: false },
+      costs: { type: 'boolean', default: false },
+      svg: { type: 'string' },
+      'go-peer': { type: 'string', default: goPeerSource },
+    },
   })
   const seconds = Number(values.seconds)
   if (!Number.isInteger(seconds) || seconds < 1 || seconds > 300) {
     throw new Error(`--seconds must be a whole number from 1 to 300, got "${values.seconds}"`)
   }
-  return { seconds, rounds: Math.ceil(seconds / roundSeconds), runtimes: values.deno ? ['bun', 'deno'] : ['bun'], costs: values.costs }
+  const runtimes: Runtime[] = values.deno ? ['bun', 'deno'] : ['bun']
+  return { options: { seconds, rounds: Math.ceil(seconds / roundSeconds), runtimes, costs: values.costs }, svg: values.svg, goPeer: values['go-peer'] }
 }
 
 /** What is missing to run, and how to get it: this script installs nothing itself. */
@@ -42,11 +55,11 @@ function missingTools(): string[] {
 }
 
 async function main(): Promise<number> {
-  let options: Options
+  let parsed: ReturnType<typeof parseOptions>
   try {
-    options = parseOptions()
+    parsed = parseOptions()
   } catch (error) {
-    console.error(`${(error as Error).message}\nUsage: bun run bench [--seconds N] [--deno] [--costs]`)
+    console.error(`${(error as Error).message}\n${usage}`)
     return 2
   }
   const missing = missingTools()
@@ -54,7 +67,9 @@ async function main(): Promise<number> {
     console.error(`Cannot benchmark:\n- ${missing.join('\n- ')}`)
     return 1
   }
-  const machine = await describeMachine(options.runtimes)
+  // Without go (or the peer's source), one line says so and the run goes on without the peer.
+  const options: Options = { ...parsed.options, goPeer: buildGoPeer(parsed.goPeer) }
+  const machine = await describeMachine(options.runtimes, options.goPeer)
   // This script (every thread of it) and what it starts unpinned (Redis) share wrk's cores, not the measured process's.
   Bun.spawnSync(['taskset', '-a', '-p', '-c', loadCores, String(process.pid)], { stdout: 'ignore' })
   const startups = await timeStartups(options)
@@ -79,6 +94,10 @@ async function main(): Promise<number> {
   }))
   const problems = problemList(targets, strayWarnings(running, targets))
   console.log(report({ options, machine, targets, processes, problems }))
+  if (parsed.svg) {
+    writeFileSync(parsed.svg, chartSvg(targets, options, machine))
+    console.error(`Wrote the chart to ${parsed.svg}`)
+  }
   if (problems.length > 0) {
     console.error(`\n${problems.length} rounds or processes did not measure what they claim; they are listed at the end of the report.`)
     return 1

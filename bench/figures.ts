@@ -5,7 +5,7 @@ import { median, type WrkResult } from './harness.ts'
 import type { Round, Target } from './rounds.ts'
 import type { RouteKey } from './scenarios.ts'
 import type { Runtime } from '../tests/server.ts'
-import type { VariantKey } from './variants.ts'
+import { variants, type VariantKey } from './variants.ts'
 
 export const rate = (round: Round) => round.result.requests / (round.result.durationUs / 1e6)
 /** Requests answered per second of the process's CPU time: what the work of one request costs, whatever else ran. */
@@ -40,10 +40,13 @@ export const medianLatencyMs = (target: Target, pick: (result: WrkResult) => num
   return value === undefined ? undefined : value / 1000
 }
 
-/** Looks up the target of a runtime, process and route, if it was measured. */
+/**
+ * Looks up the target of a runtime, process and route, if it was measured; a process on no runtime
+ * (the Go peer, measured once per round) is found for every runtime, beside that runtime's rows.
+ */
 export type Find = (runtime: Runtime, variant: VariantKey, route: RouteKey) => Target | undefined
 
 export function finder(targets: Target[]): Find {
   const byKey = new Map(targets.map((target) => [`${target.runtime} ${target.variant} ${target.route}`, target]))
-  return (runtime, variant, route) => byKey.get(`${runtime} ${variant} ${route}`)
+  return (runtime, variant, route) => byKey.get(`${variants[variant].command ? undefined : runtime} ${variant} ${route}`)
 }

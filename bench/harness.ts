@@ -12,11 +12,19 @@ import { denoCommandWith, denoPath, freePort, runtimes, startServer, type Runtim
 
 export const root = new URL('..', import.meta.url).pathname
 
-/** One process to start, on each runtime of the run. */
+/** One process to start: on each runtime of the run, or, with `command`, once per run. */
 export interface Variant {
   label: string
-  /** The file the runtime's command runs, relative to the project root. */
-  entry: string
+  /** The file the runtime's command runs, relative to the project root (for a variant without `command`). */
+  entry?: string
+  /**
+   * A process that runs on no runtime of the run (another server measured beside this one, e.g. the
+   * Go peer): its whole command, given the port it is to listen on (picked here, as for WORKERS).
+   * It is started once per run, and counts as started once it answers HTTP on that port.
+   */
+  command?: (port: string) => string[]
+  /** The substring of the log line the process writes per webhook it handled, when not the server's. */
+  handledLog?: string
   /** Set on top of the bench credentials and SERVER_PORT=0. */
   env: Record<string, string>
   /** REDIS_URL = the redis-server this run starts. */
@@ -65,24 +73,35 @@ export async function startBenchRedis(): Promise<void> {
 async function variantEnv(variant: Variant): Promise<Record<string, string>> {
   const env: Record<string, string> = { ...baseEnv, ...variant.env }
   if (variant.redis) env.REDIS_URL = redis!.url
-  if (variant.workers) env.SERVER_PORT = String(await freePort())
+  if (variant.workers || variant.command) env.SERVER_PORT = String(await freePort())
   if (variant.metricsPort) env.PROMETHEUS_PORT = String(await freePort())
   return env
 }
 
-function variantOptions(runtime: Runtime, variant: Variant, pinned: boolean): StartOptions {
-  const command = variant.workers && runtime === 'deno' ? denoWorkersCommand : runtimes[runtime]
+function variantOptions(runtime: Runtime | undefined, variant: Variant, port: string, pinned: boolean): StartOptions {
   // Set either way: a child inherits this script's cores.
-  return { entry: variant.entry, command: pinnedTo(pinned ? serverCore : allCores, command) }
+  const core = pinned ? serverCore : allCores
+  if (variant.command) return { command: pinnedTo(core, variant.command(port)), listensAt: `http://127.0.0.1:${port}`, name: variant.label }
+  if (!runtime) throw new Error(`${variant.label}: a variant without a command runs on a runtime`)
+  const command = variant.workers && runtime === 'deno' ? denoWorkersCommand : runtimes[runtime]
+  return { entry: variant.entry, command: pinnedTo(core, command) }
 }
 
-/** A variant's process, on a core of its own if `pinned` (never the WORKERS ones, which need them all). */
-export async function launch(runtime: Runtime, variant: Variant, { pinned = false } = {}): Promise<ServerProcess> {
-  const server = await startServer(runtime, await variantEnv(variant), variantOptions(runtime, variant, pinned && !variant.workers))
+/**
+ * A variant's process, on a core of its own if `pinned` (never the WORKERS ones, which need them all);
+ * `runtime` is undefined for a variant with its own command.
+ */
+export async function launch(runtime: Runtime | undefined, variant: Variant, { pinned = false } = {}): Promise<ServerProcess> {
+  const env = await variantEnv(variant)
+  // The runtime names the process only when the variant brings its own command (and its own name).
+  const server = await startServer(runtime ?? 'binary', env, variantOptions(runtime, variant, env.SERVER_PORT!, pinned && !variant.workers))
   servers.add(server)
-  if (variant.redis && !(await redisInUse(server))) throw new Error(`${runtime} ${variant.label}: /health says Redis is not in use; nothing measured`)
+  if (variant.redis && !(await redisInUse(server))) throw new Error(`${label(runtime, variant)}: /health says Redis is not in use; nothing measured`)
   return server
 }
+
+/** "bun server", or the label alone for a variant that runs on no runtime of the run. */
+export const label = (runtime: Runtime | undefined, variant: Variant) => (runtime ? `${runtime} ${variant.label}` : variant.label)
 
 /** /health says whether the server uses Redis: a variant meant to must, or it measures its memory. */
 export async function redisInUse(server: ServerProcess): Promise<boolean> {
@@ -207,7 +226,7 @@ export async function runWrk(server: ServerProcess, perThread: HttpRequest[][], 
 }
 
 /** Spawn to the first successful /health answer, as a user (or an orchestrator's probe) sees it. */
-export async function startupMs(runtime: Runtime, variant: Variant): Promise<number> {
+export async function startupMs(runtime: Runtime | undefined, variant: Variant): Promise<number> {
   const started = performance.now()
   const server = await launch(runtime, variant)
   try {
@@ -215,7 +234,7 @@ export async function startupMs(runtime: Runtime, variant: Variant): Promise<num
       const ok = await fetch(loopbackUrl(server) + '/health').then((response) => response.ok, () => false)
       if (ok) return performance.now() - started
     }
-    throw new Error(`${runtime} ${variant.label}: /health did not answer within 20 s of the start`)
+    throw new Error(`${label(runtime, variant)}: /health did not answer within 20 s of the start`)
   } finally {
     await stopServer(server)
   }
@@ -240,9 +259,11 @@ async function commandOutput(command: string[]): Promise<string> {
   return out + err
 }
 
-export async function describeMachine(runtimes: Runtime[]): Promise<string> {
+export async function describeMachine(runtimes: Runtime[], goPeer: boolean): Promise<string> {
   const versions = [`Bun ${(await commandOutput(['bun', '--version'])).trim()}`]
   if (runtimes.includes('deno')) versions.push(`Deno ${/deno (\S+)/.exec(await commandOutput([denoPath, '--version']))?.[1]}`)
+  // "go version go1.19.8 linux/amd64"
+  if (goPeer) versions.push(`Go ${/go version go(\S+)/.exec(await commandOutput(['go', 'version']))?.[1]} (the Go peer)`)
   // Debian's wrk reports e.g. "wrk debian/4.1.0-3+b2 [epoll]".
   const wrk = /wrk (?:\w+\/)?([\d.]+)/.exec(await commandOutput(['wrk', '--version']))?.[1] ?? '?'
   const redisVersion = /v=(\S+)/.exec(await commandOutput(['redis-server', '--version']))?.[1] ?? '?'

@@ -3,7 +3,7 @@
 // start-up and memory, and every round left out with why. The numbers come from bench/figures.ts.
 import type { Runtime } from '../tests/server.ts'
 import { efficiency, finder, medianCpu, medianLatencyMs, medianRate, ratio, type Find, type Ratio } from './figures.ts'
-import { loadCores, roundSeconds, serverCore, startupRuns, sum, warmupSeconds, wrkConnections, wrkThreads } from './harness.ts'
+import { label, loadCores, roundSeconds, serverCore, startupRuns, sum, warmupSeconds, wrkConnections, wrkThreads } from './harness.ts'
 import { where, type ServerLog, type Target } from './rounds.ts'
 import { routeKeys, scenarios } from './scenarios.ts'
 import { comparisons, costKeys, costs, limit, streamKey, variants, type Comparison, type Options, type VariantKey } from './variants.ts'
@@ -53,14 +53,16 @@ const howToRead = (rounds: number) =>
   `so it cannot reach 2×. Rounds with an error answer, a socket error, a warning in the server's log, or a webhook count that does ` +
   `not match the answers are left out of every figure and listed below the tables.`
 
-/** Per runtime: the server against the floor and the floor with CORS, route by route. */
-function floorTable(runtime: Runtime, find: Find): string {
+/** Per runtime: the server against the floor and the floor with CORS, route by route, and beside them the Go peer if measured. */
+function floorTable(runtime: Runtime, find: Find, goPeer: boolean): string {
   const rows = routeKeys
     .filter((route) => find(runtime, 'server', route))
     .map((route) => {
       const server = find(runtime, 'server', route)!
       const floor = find(runtime, 'floor', route)
       const floorCors = find(runtime, 'floorCors', route)
+      const go = find(runtime, 'go', route)
+      const goCells = goPeer ? [integer(medianRate(go)), micros(medianCpu(go)), times(ratio(server, go, efficiency))] : []
       return [
         scenarios[route].label,
         integer(medianRate(server)),
@@ -73,8 +75,10 @@ function floorTable(runtime: Runtime, find: Find): string {
         times(ratio(floorCors, floor, efficiency)),
         times(ratio(server, find(runtime, 'server', 'health'))),
         latency(server),
+        ...goCells,
       ]
     })
+  const goHeader = goPeer ? ['Go peer req/s', 'Go peer CPU/req', `${comparisons.go.title} (CPU)`] : []
   return markdownTable(
     [
       'route',
@@ -88,26 +92,28 @@ function floorTable(runtime: Runtime, find: Find): string {
       `${comparisons.cors.title} (CPU)`,
       'server vs /health',
       'server p50 / p99',
+      ...goHeader,
     ],
-    ['left', ...Array<Align>(10).fill('right')],
+    ['left', ...Array<Align>(10 + goHeader.length).fill('right')],
     rows,
   )
 }
 
-/** One comparison, every runtime and route: both sides' requests/s and their ratio (and its goal). */
+/** One comparison, every runtime and route: both sides' requests/s and their ratio (and its goals). */
 function comparisonTable(comparison: Comparison, runtimes: Runtime[], find: Find): string {
-  const { numerator, denominator, goal } = comparison
+  const { numerator, denominator, goals = [] } = comparison
   const rows = runtimes.flatMap((runtime) =>
     comparison.routes.map((route) => {
       const [top, bottom] = [find(runtime, numerator, route), find(runtime, denominator, route)]
       const measured = ratio(top, bottom)
-      const verdict = !goal || goal.runtime !== runtime || !measured ? none : measured.median >= goal.atLeast ? 'met' : 'NOT met'
+      const goal = goals.find((one) => one.runtime === runtime)
+      const verdict = !goal || !measured ? none : measured.median >= goal.atLeast ? 'met' : 'NOT met'
       const cells = [runtime, scenarios[route].label, integer(medianRate(bottom)), integer(medianRate(top)), times(measured)]
-      return goal ? [...cells, verdict] : cells
+      return goals.length > 0 ? [...cells, verdict] : cells
     }),
   )
   const header = ['runtime', 'route', `${variants[denominator].label} req/s`, `${variants[numerator].label} req/s`, comparison.title]
-  const goalColumn = goal ? [`goal: ≥ ${goal.atLeast.toFixed(2)}× on ${goal.runtime}`] : []
+  const goalColumn = goals.length > 0 ? [`goal: ${goals.map((goal) => `≥ ${goal.atLeast.toFixed(2)}× on ${goal.runtime}`).join(', ')}`] : []
   return markdownTable([...header, ...goalColumn], [...header.map((_, i) => (i < 2 ? 'left' : 'right') as Align), ...goalColumn.map(() => 'right' as Align)], rows)
 }
 
@@ -132,7 +138,8 @@ function costsSection(runtimes: Runtime[], find: Find): string {
 }
 
 export interface ProcessFigures {
-  runtime: Runtime
+  /** None for a process on no runtime of the run (the Go peer). */
+  runtime: Runtime | undefined
   variant: VariantKey
   startupMs?: number
   rssMb: number
@@ -140,7 +147,7 @@ export interface ProcessFigures {
 
 function processTable(figures: ProcessFigures[]): string {
   const rows = figures.map(({ runtime, variant, startupMs, rssMb }) => [
-    runtime,
+    runtime ?? none,
     variants[variant].label,
     startupMs === undefined ? none : `${integer(startupMs)} ms`,
     `${integer(rssMb)} MB`,
@@ -153,7 +160,7 @@ function webhookNote(targets: Target[]): string {
     .filter((target) => scenarios[target.route].distinct)
     .map((target) => {
       const total = (pick: (log: ServerLog) => number) => integer(sum(target.rounds.map((round) => pick(round.log))))
-      return `${target.runtime} ${variants[target.variant].label} handled ${total((l) => l.handledWebhooks)} (${total((l) => l.refusedWebhooks)} refused, ${total((l) => l.duplicateWebhooks)} duplicates)`
+      return `${label(target.runtime, variants[target.variant])} handled ${total((l) => l.handledWebhooks)} (${total((l) => l.refusedWebhooks)} refused, ${total((l) => l.duplicateWebhooks)} duplicates)`
     })
   return `Webhooks: each sent once, with its own event id and signature; ${notes.join('; ')}.`
 }
@@ -174,11 +181,23 @@ export interface Report {
   problems: string[]
 }
 
-/** A comparison's table under its heading, and the goal it is held to. */
-function goalSection(comparison: Comparison, heading: string, runtimes: Runtime[], find: Find): string[] {
-  const goal = comparison.goal!
-  return [`#### ${heading}`, '', comparisonTable(comparison, runtimes, find), '', `Goal: ${goal.meaning} (${comparison.title} ≥ ${goal.atLeast.toFixed(2)}×).`, '']
+/** A comparison's table under its heading, the goals it is held to, and what else the reader must know. */
+function goalSection(comparison: Comparison, heading: string, runtimes: Runtime[], find: Find, note: string[] = []): string[] {
+  const goals = comparison.goals!.filter((goal) => runtimes.includes(goal.runtime))
+  const lines = goals.map((goal) => `Goal: ${goal.meaning} (${comparison.title} ≥ ${goal.atLeast.toFixed(2)}×).`)
+  return [`#### ${heading}`, '', comparisonTable(comparison, runtimes, find), '', ...lines, ...(note.length > 0 ? ['', ...note] : []), '']
 }
+
+/** What the Go peer does and does not do that the server does, so that its ratio is read for what it is. */
+const goPeerNote = [
+  'The Go peer is a separate program (Go\'s net/http and encoding/json, `GOMAXPROCS=1`, on the same core as each runtime\'s process), ',
+  'started once per run and measured once per round on each route, before the runtimes\' rows; each runtime\'s ratio pairs its rounds with the same Go rounds. ',
+  'It answers 200 to every request these routes are sent here, with `Access-Control-Allow-Origin: *` on every answer. It does less than the server: ',
+  '/token serves the OpenVidu contract only (the standard one, with room_config, is answered 400, so it is not measured there), signs the claims by hand ',
+  'and checks no Content-Type or Host; the webhook is checked (HS256, iss, exp, the body\'s SHA-256) and decoded as generic JSON, ',
+  'with no duplicate detection and a shorter log line (event and id); no response schemas, no error mapping. ',
+  'On /health, wrk (one core) may set the pace rather than the process: the CPU ratio holds there.',
+].join('')
 
 export function report({ options, machine, targets, processes, problems }: Report): string {
   const find = finder(targets)
@@ -190,7 +209,8 @@ export function report({ options, machine, targets, processes, problems }: Repor
     '',
     howToRead(options.rounds),
     '',
-    ...options.runtimes.flatMap((runtime) => [`#### ${runtime}: the server against the floor`, '', floorTable(runtime, find), '']),
+    ...options.runtimes.flatMap((runtime) => [`#### ${runtime}: the server against the floor`, '', floorTable(runtime, find, options.goPeer), '']),
+    ...(options.goPeer ? goalSection(comparisons.go, `Against a compiled peer: ${comparisons.go.title}`, options.runtimes, find, [goPeerNote]) : []),
     ...goalSection(comparisons.redis, `Shared state: ${comparisons.redis.title}, TOKEN_RATE_LIMIT=${limit} on both`, options.runtimes, find),
     ...goalSection(comparisons.stream, `Events onward: ${comparisons.stream.title}, EVENTS_STREAM=${streamKey} against REDIS_URL alone, TOKEN_RATE_LIMIT on both`, options.runtimes, find),
     ...goalSection(comparisons.metrics, `Metrics: ${comparisons.metrics.title} (PROMETHEUS_PORT set, or not)`, options.runtimes, find),

@@ -4,6 +4,7 @@
 // out of every figure when it did not measure what its row claims.
 import type { Runtime, ServerProcess } from '../tests/server.ts'
 import {
+  label,
   launch,
   loopbackUrl,
   median,
@@ -20,7 +21,7 @@ import {
   type WrkResult,
 } from './harness.ts'
 import { routeKeys, scenarios, type RouteKey, type Scenario } from './scenarios.ts'
-import { activeComparisons, alsoMeasured, variantKeys, variants, type Options, type VariantKey } from './variants.ts'
+import { activeComparisons, alsoMeasured, placements, variantKeys, variants, type Options, type VariantKey } from './variants.ts'
 
 export interface Round {
   result: WrkResult
@@ -31,9 +32,9 @@ export interface Round {
   problems: string[]
 }
 
-/** A process of the run: one variant on one runtime. */
+/** A process of the run: one variant on one runtime (none for a variant with its own command). */
 export interface Running {
-  runtime: Runtime
+  runtime: Runtime | undefined
   variant: VariantKey
   server: ServerProcess
   pinned: boolean
@@ -41,7 +42,7 @@ export interface Running {
 
 /** One route on one process of one runtime, measured over rounds that alternate with every other target's. */
 export interface Target {
-  runtime: Runtime
+  runtime: Runtime | undefined
   variant: VariantKey
   route: RouteKey
   server: ServerProcess
@@ -53,7 +54,7 @@ export interface Target {
   rounds: Round[]
 }
 
-export const where = (target: Target) => `${target.runtime} ${variants[target.variant].label} ${scenarios[target.route].label}`
+export const where = (target: Target) => `${label(target.runtime, variants[target.variant])} ${scenarios[target.route].label}`
 
 /** The routes each variant is measured on: what the comparisons and alsoMeasured name. */
 function routesByVariant(options: Options): Map<VariantKey, Set<RouteKey>> {
@@ -72,19 +73,18 @@ function routesByVariant(options: Options): Map<VariantKey, Set<RouteKey>> {
 /** The variants something is measured on, in the order of the variants table. */
 const measuredVariants = (needed: Map<VariantKey, Set<RouteKey>>) => variantKeys.filter((variant) => needed.has(variant))
 
-/** Route by route, then runtime, then process: the two sides of every comparison run next to each other. */
+/**
+ * Route by route, then runtime, then process: the two sides of every comparison run next to each
+ * other. A process on no runtime of the run (the Go peer) goes first on each route, once per round.
+ */
 export function planTargets(running: Running[], options: Options): Target[] {
   const needed = routesByVariant(options)
-  const processOf = (runtime: Runtime, variant: VariantKey) => running.find((one) => one.runtime === runtime && one.variant === variant)!
+  const processOf = (runtime: Runtime | undefined, variant: VariantKey) => running.find((one) => one.runtime === runtime && one.variant === variant)!
   return routeKeys.flatMap((route) =>
-    options.runtimes.flatMap((runtime) =>
-      measuredVariants(needed)
-        .filter((variant) => needed.get(variant)!.has(route))
-        .map((variant) => {
-          const { server, pinned } = processOf(runtime, variant)
-          return { runtime, variant, route, server, pinned, perThread: 1, rounds: [] }
-        }),
-    ),
+    placements(measuredVariants(needed).filter((variant) => needed.get(variant)!.has(route)), options).map(({ runtime, variant }) => {
+      const { server, pinned } = processOf(runtime, variant)
+      return { runtime, variant, route, server, pinned, perThread: 1, rounds: [] }
+    }),
   )
 }
 
@@ -134,11 +134,11 @@ export interface ServerLog {
 }
 
 /** Counts by substring: the log is one JSON object per line, keys in a fixed order. */
-function readServerLog(lines: string[]): ServerLog {
+function readServerLog(lines: string[], handledLog = '"msg":"webhook",'): ServerLog {
   const count = (needle: string) => lines.reduce((sum, line) => sum + (line.includes(needle) ? 1 : 0), 0)
   return {
     warningsAndErrors: count('"level":"warn"') + count('"level":"error"'),
-    handledWebhooks: count('"msg":"webhook",'),
+    handledWebhooks: count(handledLog),
     refusedWebhooks: count('"msg":"webhook refused"'),
     duplicateWebhooks: count('"msg":"webhook duplicate"'),
   }
@@ -167,7 +167,7 @@ async function measureRound(target: Target): Promise<void> {
     const cpuBefore = treeCpuMicros(target.server.child.pid)
     const result = await runScenario(target, roundSeconds)
     const cpuMicros = treeCpuMicros(target.server.child.pid) - cpuBefore
-    const log = readServerLog(await settledLines(target.server, from))
+    const log = readServerLog(await settledLines(target.server, from), variants[target.variant].handledLog)
     // A server that gave up on Redis during the round measured its own memory, for part of it at least.
     const lostRedis = variants[target.variant].redis && !(await redisInUse(target.server))
     // A thread that ran out of distinct requests resent one: discard the round, retry with twice as many.
@@ -208,15 +208,13 @@ function roundProblems(target: Target, result: WrkResult, log: ServerLog): strin
 // Around the rounds
 
 export async function timeStartups(options: Options): Promise<Map<string, number>> {
-  const timed = variantKeys.filter((variant) => variants[variant].timeStartup)
-  console.error(`Timing ${startupRuns} starts of ${timed.map((variant) => variants[variant].label).join(' and ')} per runtime…`)
+  const timed = variantKeys.filter((variant) => variants[variant].timeStartup && (options.goPeer || variant !== 'go'))
+  console.error(`Timing ${startupRuns} starts of ${timed.map((variant) => variants[variant].label).join(', ')}…`)
   const samples = new Map<string, number[]>()
   for (let run = 0; run < startupRuns; run++) {
-    for (const runtime of options.runtimes) {
-      for (const variant of timed) {
-        const key = `${runtime} ${variant}`
-        samples.set(key, [...(samples.get(key) ?? []), await startupMs(runtime, variants[variant])])
-      }
+    for (const { runtime, variant } of placements(timed, options)) {
+      const key = `${runtime} ${variant}`
+      samples.set(key, [...(samples.get(key) ?? []), await startupMs(runtime, variants[variant])])
     }
   }
   return new Map([...samples].map(([key, values]) => [key, median(values)!]))
@@ -225,12 +223,10 @@ export async function timeStartups(options: Options): Promise<Map<string, number
 /** Every process the plan needs, per runtime, all up for the whole measurement. */
 export async function launchAll(options: Options): Promise<Running[]> {
   const running: Running[] = []
-  for (const runtime of options.runtimes) {
-    for (const variant of measuredVariants(routesByVariant(options))) {
-      console.error(`Starting ${runtime} ${variants[variant].label}…`)
-      const pinned = !variants[variant].workers
-      running.push({ runtime, variant, pinned, server: await launch(runtime, variants[variant], { pinned }) })
-    }
+  for (const { runtime, variant } of placements(measuredVariants(routesByVariant(options)), options)) {
+    console.error(`Starting ${label(runtime, variants[variant])}…`)
+    const pinned = !variants[variant].workers
+    running.push({ runtime, variant, pinned, server: await launch(runtime, variants[variant], { pinned }) })
   }
   return running
 }
@@ -242,7 +238,7 @@ export function strayWarnings(running: Running[], targets: Target[]): string[] {
     const warnings = server.lines.filter((line) => readServerLog([line]).warningsAndErrors > 0)
     if (warnings.length <= inRounds) return []
     const messages = [...new Set(warnings.map(logMessage))].map((message) => `"${message}"`).join(', ')
-    return [`${runtime} ${variants[variant].label}: ${warnings.length - inRounds} warnings or errors outside the measured rounds (its log's: ${messages})`]
+    return [`${label(runtime, variants[variant])}: ${warnings.length - inRounds} warnings or errors outside the measured rounds (its log's: ${messages})`]
   })
 }
 

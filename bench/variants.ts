@@ -2,14 +2,14 @@
 // them (the comparisons) with the goals they are held to, and, with --costs, the copies of index.ts
 // each without one behaviour. A new process to measure is a row in `variants`; a new ratio, a row
 // in `comparisons` (and, in bench/report.ts, the section that shows it).
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Runtime } from '../tests/server.ts'
-import { root, type Variant } from './harness.ts'
+import { root, workDir, type Variant } from './harness.ts'
 import type { RouteKey } from './scenarios.ts'
 
 type CostKey = 'cors' | 'bodyBounds' | 'tokenParser' | 'dedupe' | 'responseSchemas'
-export type VariantKey = 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | 'metrics' | 'policy' | `without ${CostKey}`
+export type VariantKey = 'go' | 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | 'metrics' | 'policy' | `without ${CostKey}`
 
 /** What a run measures, from its command line. */
 export interface Options {
@@ -17,6 +17,8 @@ export interface Options {
   rounds: number
   runtimes: Runtime[]
   costs: boolean
+  /** Whether the Go peer was built (buildGoPeer), and so is measured. */
+  goPeer: boolean
 }
 
 // TOKEN_RATE_LIMIT's largest value: the limiter runs on every token request, and never refuses one
@@ -81,8 +83,18 @@ export const costKeys = Object.keys(costs) as CostKey[]
 export const costsDir = '.bench-costs'
 const costEntry = (key: CostKey) => `${costsDir}/without-${key}.ts`
 
-/** Every process a run starts, per runtime. */
+/**
+ * The Go peer: a server doing the three routes' work with Go's standard library (net/http,
+ * encoding/json, crypto/hmac), kept outside this project; built by buildGoPeer into the run's folder.
+ */
+export const goPeerSource = '/work/shared/peers/go-stdlib'
+const goPeerBinary = join(workDir, 'peer-go')
+
+/** Every process a run starts, per runtime (or once per run, for one with its own command). */
 export const variants: Record<VariantKey, Variant> = {
+  // One Go thread (GOMAXPROCS=1) on the measured core, as each runtime's process.
+  go:          { label: 'Go peer (net/http, GOMAXPROCS=1)', command: (port) => [goPeerBinary, port], env: { GOMAXPROCS: '1' },
+                 handledLog: '"msg":"webhook received"', redis: false, workers: false, timeStartup: true },
   // First, so that each round measures it right before the server it is compared with (and the server right before the floor).
   policy:      { label: 'TOKEN_POLICY',    entry: 'index.ts',       env: { TOKEN_POLICY: benchPolicy }, redis: false, workers: false, timeStartup: false },
   server:      { label: 'server',          entry: 'index.ts',       env: {},                            redis: false, workers: false, timeStartup: true },
@@ -105,23 +117,27 @@ export interface Comparison {
   numerator: VariantKey
   denominator: VariantKey
   routes: RouteKey[]
-  /** The ratio a runtime's rows are held to, and what that means. */
-  goal?: { runtime: Runtime; atLeast: number; meaning: string }
+  /** The ratio a runtime's rows are held to, and what that means; at most one per runtime. */
+  goals?: { runtime: Runtime; atLeast: number; meaning: string }[]
 }
 
 /** Every ratio the report gives (besides the server's own "vs /health"); a variant is measured on the routes its comparisons name. */
-export const comparisons: Record<'floor' | 'cors' | 'redis' | 'stream' | 'workers' | 'metrics' | 'policy', Comparison> = {
+export const comparisons: Record<'floor' | 'cors' | 'go' | 'redis' | 'stream' | 'workers' | 'metrics' | 'policy', Comparison> = {
   floor:   { title: 'server ÷ floor',            numerator: 'server',     denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
   cors:    { title: 'floor+cors ÷ floor',        numerator: 'floorCors',  denominator: 'floor',        routes: ['health', 'openvidu', 'webhook'] },
+  // The Go peer does not serve the standard token contract (it answers 400), so it is not measured there.
+  go:      { title: 'server ÷ Go peer',          numerator: 'server',     denominator: 'go',           routes: ['health', 'openvidu', 'webhook'],
+             goals: [{ runtime: 'bun', atLeast: 1, meaning: 'on Bun the server answers at least as many requests per second as the Go peer' },
+                     { runtime: 'deno', atLeast: 0.5, meaning: 'on Deno the server answers at least half as many requests per second as the Go peer' }] },
   redis:   { title: 'Redis on ÷ off',            numerator: 'limitRedis', denominator: 'limitMemory',  routes: ['openvidu', 'webhook'],
-             goal: { runtime: 'bun', atLeast: 0.75, meaning: 'shared state costs at most 25 % of throughput on Bun' } },
+             goals: [{ runtime: 'bun', atLeast: 0.75, meaning: 'shared state costs at most 25 % of throughput on Bun' }] },
   stream:  { title: 'stream ÷ Redis dedupe',     numerator: 'stream',     denominator: 'limitRedis',   routes: ['webhook'],
-             goal: { runtime: 'bun', atLeast: 0.85, meaning: 'appending each event to a Redis Stream costs at most 15 % of webhook throughput on Bun' } },
+             goals: [{ runtime: 'bun', atLeast: 0.85, meaning: 'appending each event to a Redis Stream costs at most 15 % of webhook throughput on Bun' }] },
   workers: { title: 'WORKERS=2 ÷ WORKERS=1',     numerator: 'workers2',   denominator: 'workers1',     routes: ['health', 'openvidu'] },
   metrics: { title: 'metrics on ÷ off',          numerator: 'metrics',    denominator: 'server',       routes: ['health', 'openvidu', 'standard', 'webhook'],
-             goal: { runtime: 'bun', atLeast: 0.97, meaning: 'PROMETHEUS_PORT costs at most 3 % of throughput on Bun' } },
+             goals: [{ runtime: 'bun', atLeast: 0.97, meaning: 'PROMETHEUS_PORT costs at most 3 % of throughput on Bun' }] },
   policy:  { title: 'TOKEN_POLICY ÷ none',       numerator: 'policy',     denominator: 'server',       routes: ['openvidu', 'standard'],
-             goal: { runtime: 'bun', atLeast: 0.95, meaning: 'a 10-role, 20-pattern policy costs /token at most 5 % on Bun' } },
+             goals: [{ runtime: 'bun', atLeast: 0.95, meaning: 'a 10-role, 20-pattern policy costs /token at most 5 % on Bun' }] },
 }
 
 /** With --costs: the server without each behaviour ÷ the server. */
@@ -132,8 +148,31 @@ const costComparisons: Comparison[] = costKeys.map((key) => ({
   routes: costs[key].routes,
 }))
 
-/** The comparisons a run makes. */
-export const activeComparisons = (options: Options) => [...Object.values(comparisons), ...(options.costs ? costComparisons : [])]
+/** The comparisons a run makes: the Go peer's only when it was built. */
+export const activeComparisons = (options: Options) => [
+  ...Object.values(comparisons).filter(({ numerator, denominator }) => options.goPeer || (numerator !== 'go' && denominator !== 'go')),
+  ...(options.costs ? costComparisons : []),
+]
+
+/**
+ * The processes of these variants a run starts, in order: first those on no runtime (a variant with
+ * its own command, started once), then runtime by runtime, each in the order given.
+ */
+export const placements = (keys: VariantKey[], options: Options) =>
+  [undefined, ...options.runtimes].flatMap((runtime) => keys.filter((key) => (variants[key].command === undefined) === (runtime !== undefined)).map((variant) => ({ runtime, variant })))
+
+/** Builds the Go peer from `source` into the run's folder; when it cannot, says in one line why it is not measured. */
+export function buildGoPeer(source: string): boolean {
+  const build = () => {
+    // A cache of the run's own: the default one may not be writable, and `source` is not written to.
+    const env = { ...process.env, GOCACHE: join(workDir, 'go-cache') }
+    const result = Bun.spawnSync(['go', 'build', '-o', goPeerBinary, '.'], { cwd: source, env, stdout: 'pipe', stderr: 'pipe' })
+    return result.exitCode === 0 ? undefined : `go build failed in ${source}: ${result.stderr.toString().trim().split('\n').join(' ')}`
+  }
+  const why = !Bun.which('go') ? 'go is not on the PATH' : !existsSync(join(source, 'main.go')) ? `there is no ${join(source, 'main.go')}` : build()
+  if (why) console.error(`The Go peer was not measured: ${why}.`)
+  return why === undefined
+}
 
 /** Writes the copies of index.ts that --costs measures, each without one behaviour. */
 export function writeCostVariants(): void {

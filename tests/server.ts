@@ -47,6 +47,10 @@ export interface StartOptions {
   command?: readonly string[]
   /** The working directory (by default the project's root). */
   cwd?: string
+  /** For a process that prints no `listening on` line (another server, measured beside this one): its URL; it has started once it answers HTTP there. */
+  listensAt?: string
+  /** What the errors call the process (by default "<runtime> server"). */
+  name?: string
 }
 
 export interface ServerProcess {
@@ -104,11 +108,14 @@ const parseLogs = (lines: string[]) =>
 /** Starts the server on a free port (SERVER_PORT=0) and resolves once it says where it listens. */
 export async function startServer(runtime: Runtime, env: Record<string, string> = {}, options: StartOptions = {}): Promise<ServerProcess> {
   const { child, lines, listeners, exited } = spawnServer(runtime, { SERVER_PORT: '0', ...env }, options)
+  const name = options.name ?? `${runtime} server`
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL') // nothing could stop it otherwise
-      reject(new Error(`${runtime} server did not start:\n${lines.join('\n')}`))
+      reject(new Error(`${name} did not start:\n${lines.join('\n')}`))
     }, 20_000)
+    const { listensAt } = options
+    if (listensAt) firstAnswer(listensAt, exited).then((answered) => answered && (clearTimeout(timer), resolve(listensAt)))
     const onLine = (line: string) => {
       const match = /listening on (http:\/\/\S+?)"/.exec(line)
       // With WORKERS, the primary's line (no "worker" field) says the server listens, not a worker's.
@@ -119,7 +126,7 @@ export async function startServer(runtime: Runtime, env: Record<string, string> 
     }
     lines.forEach(onLine)
     listeners.add(onLine)
-    exited.then((code) => reject(new Error(`${runtime} server exited with ${code}:\n${lines.join('\n')}`)))
+    exited.then((code) => reject(new Error(`${name} exited with ${code}:\n${lines.join('\n')}`)))
   })
   return {
     url,
@@ -130,10 +137,20 @@ export async function startServer(runtime: Runtime, env: Record<string, string> 
     stop: async (signal = 'SIGTERM') => {
       child.kill(signal)
       const code = await exited
-      assertNoLeaks(`${runtime} server log`, lines.join('\n'), { tokensAllowed: false })
+      assertNoLeaks(`${name} log`, lines.join('\n'), { tokensAllowed: false })
       return code
     },
   }
+}
+
+/** Polls the URL until anything answers HTTP there (any status): true, or false once the process has exited. */
+async function firstAnswer(url: string, exited: Promise<number>): Promise<boolean> {
+  let gone = false
+  exited.then(() => (gone = true))
+  for (; !gone; await Bun.sleep(5)) {
+    if (await fetch(url).then((response) => response.arrayBuffer()).then(() => true, () => false)) return true
+  }
+  return false
 }
 
 /** Runs the server expecting it to exit on its own (a configuration error); returns code and output. */

@@ -70,6 +70,19 @@ for (const runtime of runtimeNames) {
       expect(handledLines(event.id)).toHaveLength(1)
     })
 
+    test('logs an event written with the .proto field names (egress_info, room_name) as one written in camelCase', async () => {
+      const id = `EV_${crypto.randomUUID()}`
+      const event = { event: 'egress_started', id, created_at: '1764000000', egress_info: { egress_id: 'EG_9', room_name: 'room9' } }
+      expect((await postSigned(running.http, event)).status).toBe(200)
+      const [line] = await waitForLog(running.server, (entry) => entry.id === id)
+      expect(line).toMatchObject({ msg: 'webhook', event: 'egress_started', room: 'room9', egress: 'EG_9' })
+    })
+
+    test('refuses with 401 a signed event whose fields are not a WebhookEvent', async () => {
+      const answer = await postSigned(running.http, { event: 'room_started', id: `EV_${crypto.randomUUID()}`, room: { name: 7 } })
+      expect(answer.status).toBe(401)
+    })
+
     test('handles every delivery of an event that has no id', async () => {
       const event = webhookEvent('room_started', { room: { sid: 'RM_noid', name: 'no-id-room' } })
       delete event.id
@@ -108,6 +121,13 @@ for (const runtime of sourceRuntimes) {
       expect([repeat.status, repeat.json()]).toEqual([200, { received: 'duplicate' }])
       await waitForLog(running.server, (entry) => entry.id === event.id && entry.msg === 'webhook duplicate')
       expect(running.server.logs().filter((entry) => entry.id === event.id).map((entry) => entry.msg)).toEqual(['webhook handler failed', 'webhook', 'webhook duplicate'])
+    })
+
+    test("hands the app's own handler the whole event, decoded as the SDK's WebhookEvent", async () => {
+      const event = webhookEvent('room_started', { room: { sid: 'RM_decoded', name: 'decoded-room', numParticipants: 3 } })
+      expect((await postSigned(running.http, event)).status).toBe(200)
+      const [line] = await waitForLog(running.server, (entry) => entry.id === event.id && entry.msg === 'handler saw')
+      expect(line).toMatchObject({ decoded: true, createdAt: 'bigint', numParticipants: 3 })
     })
 
     test('keeps handling other events after a handler failed, with no stack trace or API secret in its log', async () => {

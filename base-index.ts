@@ -1,0 +1,2548 @@
+// The application server for LiveKit and OpenVidu apps: it mints access tokens for clients
+// (POST /token) and receives the webhooks a LiveKit server posts (POST /livekit/webhook). Runs with
+// `bun run index.ts`, or under Deno 2. Sections, in the order an app changes them:
+//
+//   Configuration            every environment variable, read and checked once (docs/configuration.md)
+//   Webhook handlers         what to do when LiveKit reports an event: edit these
+//   Token decisions          who gets which grant in which room: TOKEN_POLICY, or your own function
+//   Routes                   the whole HTTP surface, on one screen
+//   --- the machinery, each section standing alone ---
+//   Token requests           the two contracts' bodies, checked; the route's parser and handler
+//   Token policy             applying TOKEN_POLICY, then reading it
+//   Tokens                   signing LiveKit access tokens
+//   Callers                  authentication (AUTH_JWKS_URL), rate limits, client addresses
+//   Webhooks                 verifying LiveKit's signature; remembering handled event ids
+//   Shared state             Redis (REDIS_URL) for handled ids and allowances, memory when it fails
+//   Events onward            the Redis Stream (EVENTS_STREAM) and its outbox
+//   Request bodies           bounded reading, costly JSON refused, the error shape, CORS, OpenAPI
+//   Logging, Metrics         JSON log lines; GET /metrics on PROMETHEUS_PORT
+//   Serving                  Bun and Deno (every difference between them lives here), stopping
+//   Workers, main            WORKERS=N processes or threads; starting up
+import { Elysia, getSchemaValidator, status, t, type ErrorContext } from 'elysia'
+import { cors } from '@elysiajs/cors'
+import { openapi } from '@elysiajs/openapi'
+import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose'
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
+import { createServer as createNetServer, isIP } from 'node:net'
+import { availableParallelism } from 'node:os'
+import { readFileSync } from 'node:fs'
+import { claimsToJwtPayload, RoomConfiguration, TrackSource, WebhookEvent, type ClaimGrants, type VideoGrant, type WebhookEventNames } from 'livekit-server-sdk'
+import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
+
+// Configuration: every variable once, with its default, its bounds and what it means; the checks
+// and their messages come from these entries. The secrets and the rules between variables follow.
+
+/** One variable: how its text (undefined when unset) is checked and read, and what it means. */
+type Setting<T> = { read(text: string | undefined, name: string): T; meaning: string }
+
+const invalid = (name: string, expected: string, text: string | undefined) => new ConfigError(`${name} must be ${expected}, got "${text}"`)
+
+const integer = <T extends number | undefined>(fallback: T, min: number, max: number, meaning: string): Setting<number | T> => ({
+  meaning,
+  read(text, name) {
+    if (!text) return fallback
+    if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) throw invalid(name, `an integer from ${min} to ${max}`, text)
+    return Number(text)
+  },
+})
+
+const choice = <const T extends string>(choices: [T, ...T[]], meaning: string): Setting<T> => ({
+  meaning,
+  read(text, name) {
+    const chosen = (text?.toLowerCase() || choices[0]) as T
+    if (!choices.includes(chosen)) throw invalid(name, `one of ${choices.join(', ')}`, text)
+    return chosen
+  },
+})
+
+const secondsPerUnit: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
+
+/** A lifetime in seconds ("600") or with a unit ("10m", "6h", "1d"), at most 366 days. */
+const duration = (fallback: string, meaning: string): Setting<number> => ({
+  meaning,
+  read(text, name) {
+    const match = /^(\d+)([smhd]?)$/.exec(text || fallback)
+    const seconds = match ? Number(match[1]) * secondsPerUnit[match[2] || 's']! : NaN
+    if (!(seconds > 0 && seconds <= 366 * 86400)) throw invalid(name, 'a positive duration such as 600, 10m or 6h (at most 366d)', text || fallback)
+    return seconds
+  },
+})
+
+const url = <T extends string | undefined>(fallback: T, schemes: RegExp, expected: string, meaning: string): Setting<string | T> => ({
+  meaning,
+  read(text, name) {
+    const value = text || fallback
+    if (value !== undefined && !(URL.canParse(value) && schemes.test(new URL(value).protocol))) throw invalid(name, expected, value)
+    return value as string | T
+  },
+})
+
+const text = (meaning: string, fallback?: string): Setting<string | undefined> => ({ read: (value) => value || fallback, meaning })
+
+export const settings = {
+  SERVER_PORT: integer(6080, 0, 65535, 'the port to listen on (0: a free one)'),
+  LIVEKIT_URL: url('ws://localhost:7880', /^(wss?|https?):$/, 'a ws://, wss://, http:// or https:// URL', 'where clients connect, returned to standard-contract clients as server_url'),
+  TOKEN_TTL: duration('6h', 'how long a token lasts'),
+  MAX_BODY_BYTES: integer(1024 * 1024, 1, 64 * 1024 * 1024, 'the largest webhook body; token requests are capped lower still'),
+  MAX_PENDING_BODY_BYTES: integer(16 * 1024 * 1024, 1, 1024 * 1024 * 1024, 'the bytes of request bodies being read at once, per route; beyond, 503 before reading'),
+  LOG_LEVEL: choice(['info', 'warn', 'error'], 'the least severe lines logged'),
+  OPENAPI: choice(['1', '0'], 'whether GET /openapi.json and the docs page at GET /openapi are served'),
+  AUTH_JWKS_URL: url(undefined, /^https?:$/, 'an http:// or https:// URL', "the identity provider's key set: /token then requires a bearer ID token"),
+  AUTH_ISSUER: text("the iss that callers' ID tokens must carry"),
+  AUTH_AUDIENCE: text("the aud that callers' ID tokens must carry"),
+  AUTH_IDENTITY_CLAIM: text('the ID-token claim that becomes the LiveKit identity', 'sub'),
+  TOKEN_RATE_LIMIT: integer(undefined, 1, 1_000_000, 'token requests each caller may make per minute; no limit when unset'),
+  TRUST_PROXY: { read: readProxyCount, meaning: 'how many reverse proxies in a row append to X-Forwarded-For (0: trust none of it)' },
+  REDIS_URL: { read: readRedisUrl, meaning: "where handled webhook ids and rate-limit allowances are shared; this process's memory when unset" },
+  REDIS_KEY_PREFIX: text('what Redis keys start with (by default per API key), so that deployments sharing one Redis do not meet'),
+  WORKERS: { read: readWorkers, meaning: 'how many processes (Bun) or threads (Deno) serve the port' },
+  EVENTS_STREAM: { read: readStreamKey, meaning: 'the Redis Stream each verified event is appended to, exactly as given (not prefixed)' },
+  EVENTS_STREAM_MAXLEN: integer(100_000, 1, 1_000_000_000, 'the stream is trimmed to about this many entries (MAXLEN ~)'),
+  EVENTS_OUTBOX: integer(10_000, 1, 1_000_000, 'the most events held in memory while Redis does not answer (and at most 64 MiB of bodies)'),
+  PROMETHEUS_PORT: integer(undefined, 1, 65535, 'where GET /metrics is served, on a listener of its own; no metrics when unset'),
+} satisfies Record<string, Setting<unknown>>
+
+// Besides: LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LIVEKIT_KEYS and TOKEN_POLICY, each also from a
+// NAME_FILE (parseCredentials, readSetting), and the variables only meaningful with another set.
+const needs: Record<string, keyof typeof settings> = {
+  AUTH_ISSUER: 'AUTH_JWKS_URL',
+  AUTH_AUDIENCE: 'AUTH_JWKS_URL',
+  AUTH_IDENTITY_CLAIM: 'AUTH_JWKS_URL',
+  EVENTS_STREAM_MAXLEN: 'EVENTS_STREAM',
+  EVENTS_OUTBOX: 'EVENTS_STREAM',
+}
+
+export class ConfigError extends Error {}
+
+type Env = Record<string, string | undefined>
+
+/** Reads and validates the configuration once; throws a ConfigError naming the bad variable. */
+export function loadConfig(env: Env) {
+  const setting = <Name extends keyof typeof settings>(name: Name) => settings[name].read(env[name]?.trim() || undefined, name) as ReturnType<(typeof settings)[Name]['read']>
+  for (const [name, needed] of Object.entries(needs)) {
+    if (env[name]?.trim() && !env[needed]?.trim()) throw new ConfigError(`${name} has no effect without ${needed}`)
+  }
+  const { apiKey, apiSecret, keys } = parseCredentials(env)
+  const tokenTtlSeconds = setting('TOKEN_TTL')
+  const redisUrl = setting('REDIS_URL')
+  const jwksUrl = setting('AUTH_JWKS_URL')
+  const streamKey = setting('EVENTS_STREAM')
+  if (streamKey && !redisUrl) throw new ConfigError('EVENTS_STREAM needs REDIS_URL: the stream is kept in Redis')
+  const config = {
+    port: setting('SERVER_PORT'),
+    // The key tokens are signed with, and every key webhooks may be signed with (several, for rotation).
+    apiKey,
+    apiSecret,
+    keys,
+    livekitUrl: setting('LIVEKIT_URL'),
+    tokenTtlSeconds,
+    maxBodyBytes: setting('MAX_BODY_BYTES'),
+    maxPendingBodyBytes: setting('MAX_PENDING_BODY_BYTES'),
+    usesDevCredentials: apiKey === devCredentials.apiKey && apiSecret === devCredentials.apiSecret,
+    // Secrets too short for HS256, to warn about at start.
+    weakKeys: [...keys].filter(([key, secret]) => key !== devCredentials.apiKey && secret.length < 32).map(([key]) => key),
+    logLevel: setting('LOG_LEVEL'),
+    openapi: setting('OPENAPI') === '1',
+    auth: jwksUrl ? { jwksUrl: new URL(jwksUrl), issuer: setting('AUTH_ISSUER'), audience: setting('AUTH_AUDIENCE'), identityClaim: setting('AUTH_IDENTITY_CLAIM')! } : undefined,
+    tokenRateLimit: setting('TOKEN_RATE_LIMIT'),
+    trustedProxies: setting('TRUST_PROXY'),
+    redisUrl,
+    redisKeyPrefix: setting('REDIS_KEY_PREFIX') ?? `livekit-server:${apiKey}:`,
+    workers: setting('WORKERS'),
+    eventStream: streamKey ? { key: streamKey, maxLength: setting('EVENTS_STREAM_MAXLEN'), outboxEvents: setting('EVENTS_OUTBOX') } : undefined,
+    prometheusPort: setting('PROMETHEUS_PORT'),
+    tokenPolicy: parseTokenPolicy(readSetting(env, 'TOKEN_POLICY'), tokenTtlSeconds),
+  }
+  if (config.workers > 1 && !config.redisUrl) {
+    throw new ConfigError('WORKERS above 1 needs REDIS_URL: without it the workers would not share handled webhook ids and rate limits')
+  }
+  if (config.workers > 1 && config.port === 0) throw new ConfigError('WORKERS above 1 needs a SERVER_PORT other than 0')
+  if (config.prometheusPort === config.port) throw new ConfigError('PROMETHEUS_PORT must differ from SERVER_PORT: metrics are never served on the public port')
+  return config
+}
+
+export type Config = ReturnType<typeof loadConfig>
+export type AuthConfig = NonNullable<Config['auth']>
+export type EventStreamConfig = NonNullable<Config['eventStream']>
+
+/** A number of proxies: 0 to 10, with true/yes for 1 and false/no for 0. */
+function readProxyCount(text: string | undefined, name: string): number {
+  const value = text?.toLowerCase() ?? ''
+  if (['', 'false', 'no'].includes(value)) return 0
+  if (['true', 'yes'].includes(value)) return 1
+  if (/^\d{1,2}$/.test(value) && Number(value) <= 10) return Number(value)
+  throw invalid(name, 'the number of proxies in front of the server (0 to 10)', text)
+}
+
+function readRedisUrl(text: string | undefined, name: string): string | undefined {
+  if (!text) return undefined
+  const url = URL.canParse(text) ? new URL(text) : undefined
+  const valid = url && /^rediss?:$/.test(url.protocol) && url.hostname && /^(\/\d{0,5})?$/.test(url.pathname) && !url.search
+  // Not echoed: a password that is not URL-encoded may be what made it invalid.
+  if (!valid) throw new ConfigError(`${name} must be redis://[user:password@]host:port[/db] (rediss:// for TLS, db a number)`)
+  return text
+}
+
+function readWorkers(text: string | undefined, name: string): number {
+  if (text?.toLowerCase() === 'auto') return Math.min(availableParallelism(), 64)
+  return integer(1, 1, 64, '').read(text, name)
+}
+
+function readStreamKey(text: string | undefined): string | undefined {
+  if (text && (text.length > 256 || /\s/.test(text))) throw new ConfigError('EVENTS_STREAM must be a Redis key of at most 256 characters, without spaces')
+  return text
+}
+
+// LiveKit's and OpenVidu's development servers run with these credentials.
+const devCredentials = { apiKey: 'devkey', apiSecret: 'secret' }
+
+/** The API key and secret, or several keys in LIVEKIT_KEYS (for rotation: webhooks signed with any verify). */
+function parseCredentials(env: Env): { apiKey: string; apiSecret: string; keys: Map<string, string> } {
+  const apiKey = readSetting(env, 'LIVEKIT_API_KEY')
+  const apiSecret = readSetting(env, 'LIVEKIT_API_SECRET')
+  const keysText = readSetting(env, 'LIVEKIT_KEYS')
+  if (keysText !== undefined) {
+    if (apiSecret !== undefined) throw new ConfigError('LIVEKIT_KEYS and LIVEKIT_API_SECRET cannot both be set: list every key and its secret in LIVEKIT_KEYS')
+    const keys = parseKeys(keysText)
+    if (apiKey === undefined && keys.size > 1) throw new ConfigError('LIVEKIT_API_KEY must name the key that signs tokens when LIVEKIT_KEYS lists several')
+    const signingKey = apiKey ?? [...keys.keys()][0]!
+    if (!keys.has(signingKey)) throw new ConfigError(`LIVEKIT_API_KEY "${signingKey}" is not one of the keys in LIVEKIT_KEYS`)
+    return { apiKey: signingKey, apiSecret: keys.get(signingKey)!, keys }
+  }
+  if (apiKey !== undefined && apiSecret === undefined) throw new ConfigError('LIVEKIT_API_SECRET is required when LIVEKIT_API_KEY is set')
+  if (apiSecret !== undefined && apiKey === undefined) throw new ConfigError('LIVEKIT_API_KEY is required when LIVEKIT_API_SECRET is set')
+  const credentials = apiKey !== undefined && apiSecret !== undefined ? { apiKey, apiSecret } : devCredentials
+  return { ...credentials, keys: new Map([[credentials.apiKey, credentials.apiSecret]]) }
+}
+
+/** "key: secret" pairs, one a line; blank lines and # comments skipped. Errors name the line, never the secret. */
+function parseKeys(text: string): Map<string, string> {
+  const keys = new Map<string, string>()
+  for (const [index, line] of text.split(/\r?\n/).entries()) {
+    if (!line.trim() || line.trim().startsWith('#')) continue
+    const match = /^\s*([^:\s]+)\s*:\s*(\S+)\s*$/.exec(line)
+    if (!match) throw new ConfigError(`LIVEKIT_KEYS line ${index + 1} is not "key: secret"`)
+    keys.set(match[1]!, match[2]!)
+  }
+  if (keys.size === 0) throw new ConfigError('LIVEKIT_KEYS lists no key')
+  return keys
+}
+
+/** A variable's value, or the content of the file its NAME_FILE variable names (trailing newline trimmed). */
+function readSetting(env: Env, name: string): string | undefined {
+  const value = env[name] || undefined
+  const path = env[`${name}_FILE`]?.trim() || undefined
+  if (path === undefined) return value
+  if (value !== undefined) throw new ConfigError(`${name} and ${name}_FILE cannot both be set`)
+  let content: string
+  try {
+    content = readFileSync(path, 'utf8')
+  } catch (error) {
+    const reason = (error as { code?: string }).code ?? (error as Error).name
+    const hint = onBun ? '' : ` (Deno needs --allow-read=${path})`
+    throw new ConfigError(`${name}_FILE: cannot read "${path}" (${reason})${hint}`)
+  }
+  const trimmed = content.replace(/\r?\n$/, '')
+  if (!trimmed.trim()) throw new ConfigError(`${name}_FILE: "${path}" is empty`)
+  return trimmed
+}
+
+// Webhook handlers: what to do when LiveKit reports an event. Replace an entry to add behaviour; a
+// handler that throws makes the answer a 500, so that LiveKit delivers the event again.
+
+export type WebhookEventName = Exclude<WebhookEventNames, ''>
+export type WebhookHandler = (event: WebhookEvent) => void | Promise<void>
+
+export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
+  room_started: logEvent,
+  room_finished: logEvent,
+  participant_joined: logEvent,
+  participant_left: logEvent,
+  participant_connection_aborted: logEvent,
+  track_published: logEvent,
+  track_unpublished: logEvent,
+  egress_started: logEvent,
+  egress_updated: logEvent,
+  egress_ended: logEvent,
+  ingress_started: logEvent,
+  ingress_ended: logEvent,
+}
+
+function logEvent(event: WebhookEvent): void {
+  log('info', 'webhook', describeEvent(event))
+}
+
+function logUnknownEvent(event: WebhookEvent): void {
+  log('info', 'webhook with unknown event name', describeEvent(event))
+}
+
+/** What the log line of an event names: the room, and whoever or whatever it is about. */
+function describeEvent(event: WebhookEvent): Record<string, string | undefined> {
+  return {
+    event: event.event || undefined,
+    id: event.id || undefined,
+    room: event.room?.name || event.egressInfo?.roomName || event.ingressInfo?.roomName || undefined,
+    participant: event.participant?.identity || undefined,
+    track: event.track?.sid || undefined,
+    egress: event.egressInfo?.egressId || undefined,
+    ingress: event.ingressInfo?.ingressId || undefined,
+  }
+}
+
+// Token decisions: every token's room, grant, room settings and lifetime. By default TOKEN_POLICY's
+// (see "Token policy"), and without one the same grant for everyone in any room; an app whose rules
+// no JSON can say (a lookup in its own database) passes its own TokenDecider to createApp.
+
+/** What a policy may grant; `roomJoin` and `room` are always the server's. */
+const grantNames = ['canPublish', 'canSubscribe', 'canPublishData', 'canPublishSources', 'canUpdateOwnMetadata', 'canSubscribeMetrics', 'hidden', 'roomAdmin', 'roomRecord', 'roomCreate'] as const
+export type TokenGrant = Pick<VideoGrant, (typeof grantNames)[number]>
+
+/** What a token request asks for, once the participant's identity is settled. */
+export interface TokenAsk {
+  contract: 'openvidu' | 'standard'
+  /** The room named; undefined when a standard request names none. */
+  room?: string
+  identity: string
+  /** The agents a standard request asks to dispatch (nothing else: parseRoomConfig refuses the rest). */
+  roomConfig?: RoomConfiguration
+}
+
+/** The token to mint, or why not (answered 403 with that message). */
+export type TokenDecision = { room: string; grant: TokenGrant; ttlSeconds: number; roomConfig?: RoomConfiguration } | { refused: string }
+
+/** The caller is undefined when authentication (AUTH_JWKS_URL) is off. */
+export type TokenDecider = (caller: Caller | undefined, asked: TokenAsk, config: Config) => TokenDecision | Promise<TokenDecision>
+
+// Without a policy, everyone's: join, publish, subscribe, send data.
+const fullGrant: TokenGrant = { canPublish: true, canSubscribe: true, canPublishData: true }
+
+export function decideToken(caller: Caller | undefined, asked: TokenAsk, config: Config): TokenDecision {
+  if (!config.tokenPolicy) {
+    return { room: asked.room ?? `room-${randomSuffix()}`, grant: fullGrant, ttlSeconds: config.tokenTtlSeconds, roomConfig: asked.roomConfig }
+  }
+  return applyTokenPolicy(config.tokenPolicy, caller?.claims, asked)
+}
+
+// Routes: the whole HTTP surface. What each route does is a section below ("Token requests",
+// "Webhooks"); every error answers the OpenVidu clients' shape, { "errorMessage": … }.
+
+export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers, decide: TokenDecider = decideToken) {
+  const memory = { ids: new RecentIds(), limiter: config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined }
+  const state = new SharedState(memory, config.redisUrl, config.redisKeyPrefix)
+  const events = config.eventStream && new EventStream(config.eventStream, config.redisUrl!, config.redisKeyPrefix, memory.ids, state)
+  const readBody = createBodyReader(config.maxPendingBodyBytes)
+  const tokens = createTokenRoute(config, decide, state, readBody)
+  const receiveWebhook = createWebhookRoute(config, handlers, state, events, readBody)
+  if (config.redisUrl) metrics.watch({ redisStatus: () => state.redisStatus() })
+
+  const app = new Elysia({
+    // Validate what the client sent: normalising first would reshape it (an array into an object).
+    normalize: false,
+    // Route the path after "http://" whatever the Host: by default Elysia skips 11 characters, so a
+    // short Host ("a") shifts the path it routes (`/ab/token` as `/token`).
+    handler: { standardHostname: false },
+  })
+    .use(corsPlugin())
+    .use(config.openapi ? apiDocumentation() : new Elysia())
+    .onError(answerError)
+    .options('/*', ({ request }) => answerPreflight(request))
+    .get('/health', config.redisUrl ? async () => ({ status: 'ok' as const, redis: await state.redisStatus() }) : () => ({ status: 'ok' as const }), {
+      response: { 200: HealthAnswer },
+      detail: { summary: 'Whether the server answers, and whether Redis is in use (with REDIS_URL)' },
+    })
+    .post('/token', ({ body, request }) => tokens.answer(body, request), {
+      // The JSON parser after ours is never reached; naming it keeps the body schema in the OpenAPI document.
+      parse: [tokens.read, 'json'],
+      body: TokenRequest,
+      response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
+      detail: {
+        summary: 'An access token for a LiveKit room',
+        description:
+          "Two contracts, told apart by the body: OpenVidu's tutorial clients send {roomName, participantName} and get {token}; " +
+          "LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint) sends optional snake_case fields and gets {server_url, participant_token}. " +
+          'A 403 names what the caller may not have: another identity than its own, room_config beyond agents, or under TOKEN_POLICY a room or an agent no role of its allows.',
+      },
+    })
+    .post('/livekit/webhook', ({ request }) => receiveWebhook(request), {
+      parse: 'none',
+      response: { 200: WebhookAnswer, ...errorAnswers(401, 408, 413, 500, 503) },
+      detail: {
+        summary: 'An event posted by a LiveKit server',
+        description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
+      },
+    })
+  // What serving needs to know: whether to record addresses, when Redis was first tried, what to flush.
+  servingNeeds.set(app, { addresses: config.tokenRateLimit !== undefined, connecting: Promise.all([state.connected, events?.connected]), events })
+  return app
+}
+
+/** What createApp returns, for typed clients: `treaty<App>(url).token.post(…)`. */
+export type App = ReturnType<typeof createApp>
+
+const ErrorAnswer = t.Object({ errorMessage: t.String() })
+const errorAnswers = <const Codes extends number[]>(...codes: Codes) =>
+  Object.fromEntries(codes.map((code) => [code, ErrorAnswer])) as { [Code in Codes[number]]: typeof ErrorAnswer }
+const OpenViduTokenAnswer = t.Object({ token: t.String({ description: 'A LiveKit access token (JWT)' }) })
+const StandardTokenAnswer = t.Object({
+  server_url: t.String({ description: 'LIVEKIT_URL: where the client connects' }),
+  participant_token: t.String({ description: 'A LiveKit access token (JWT)' }),
+})
+const WebhookAnswer = t.Object({ received: t.Union([t.Literal(true), t.Literal('duplicate')]) })
+const HealthAnswer = t.Object({ status: t.Literal('ok'), redis: t.Optional(t.Union([t.Literal('ok'), t.Literal('unavailable')])) })
+
+// Token requests: two contracts on one route, told apart by their fields. First the bodies, then
+// the route: admission (authentication, rate limit) before the body is read, then the decision.
+
+const maxNameLength = 256
+const maxMetadataBytes = 64 * 1024
+const maxAttributes = 64
+const maxAttributesBytes = 64 * 1024
+const maxAgents = 8
+const maxAgentMetadataBytes = 64 * 1024
+// The largest request those bounds allow (three 64 KiB fields), with room for JSON escaping.
+const tokenBodyLimit = 256 * 1024
+
+const nameField = (field: string) =>
+  t.String({ maxLength: maxNameLength, error: `${field} must be a string of at most ${maxNameLength} characters` })
+
+/** OpenVidu's tutorial clients: {"roomName", "participantName"} → {"token"}. */
+const OpenViduTokenRequest = t.Object(
+  {
+    roomName: t.String({ minLength: 1, maxLength: maxNameLength }),
+    participantName: t.String({ minLength: 1, maxLength: maxNameLength }),
+  },
+  { additionalProperties: true },
+)
+
+/** LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint): every field optional. */
+const StandardTokenRequest = t.Object(
+  {
+    // Their absence tells this contract from OpenVidu's.
+    roomName: t.Optional(t.Never()),
+    participantName: t.Optional(t.Never()),
+    room_name: t.Optional(nameField('room_name')),
+    participant_identity: t.Optional(nameField('participant_identity')),
+    participant_name: t.Optional(nameField('participant_name')),
+    participant_metadata: t.Optional(t.String({ error: 'participant_metadata must be a string' })),
+    participant_attributes: t.Optional(
+      t.Record(t.String(), t.String({ error: 'participant_attributes values must be strings' }), {
+        maxProperties: maxAttributes,
+        error: `participant_attributes must be an object of at most ${maxAttributes} string values`,
+      }),
+    ),
+    room_config: t.Optional(
+      t.Record(t.String(), t.Unknown(), { error: 'room_config must be a RoomConfiguration object' }),
+    ),
+  },
+  { additionalProperties: true },
+)
+
+type OpenViduTokenRequest = typeof OpenViduTokenRequest.static
+type StandardTokenRequest = typeof StandardTokenRequest.static
+
+const TokenRequest = t.Union([OpenViduTokenRequest, StandardTokenRequest])
+
+const openViduRequestError = 'roomName and participantName are required'
+const tokenRequestValidator = getSchemaValidator(TokenRequest)
+const standardRequestValidator = getSchemaValidator(StandardTokenRequest)
+
+const isOpenViduRequest = (body: object): body is OpenViduTokenRequest =>
+  'roomName' in body || 'participantName' in body
+
+/** The union's own error says only "Expected union value"; name the field that is wrong instead. */
+function describeTokenRequestError(body: Record<string, unknown>): string {
+  if (isOpenViduRequest(body)) {
+    const tooLong = [body.roomName, body.participantName].some((value) => typeof value === 'string' && value.length > maxNameLength)
+    return tooLong ? `roomName and participantName must be at most ${maxNameLength} characters` : openViduRequestError
+  }
+  const first = standardRequestValidator.Errors(body).First()
+  if (!first) return 'Invalid token request'
+  const custom = (first.schema as { error?: unknown }).error
+  return typeof custom === 'string' ? custom : `${first.path.slice(1).replaceAll('/', '.')}: ${first.message}`
+}
+
+interface Participant {
+  identity: string
+  name?: string
+  metadata?: string
+  attributes?: Record<string, string>
+  room: string
+  roomConfig?: RoomConfiguration
+}
+
+const randomSuffix = () => crypto.randomUUID().slice(0, 13).replace('-', '')
+
+/** Turns a standard request into the participant it asks for, refusing what a client may not set. */
+function standardParticipant(body: StandardTokenRequest): Omit<Participant, 'room'> {
+  const metadata = body.participant_metadata
+  if (metadata !== undefined && Buffer.byteLength(metadata) > maxMetadataBytes) {
+    throw new HttpError(400, `participant_metadata must be at most ${maxMetadataBytes} bytes`)
+  }
+  const attributes = body.participant_attributes
+  if (attributes) {
+    const size = Object.entries(attributes).reduce((sum, [key, value]) => sum + Buffer.byteLength(key) + Buffer.byteLength(value), 0)
+    if (size > maxAttributesBytes) throw new HttpError(400, `participant_attributes must be at most ${maxAttributesBytes} bytes in all`)
+  }
+  return {
+    identity: body.participant_identity || `participant-${randomSuffix()}`,
+    name: body.participant_name || undefined,
+    metadata: metadata || undefined,
+    attributes: attributes && Object.keys(attributes).length > 0 ? attributes : undefined,
+    roomConfig: body.room_config && parseRoomConfig(body.room_config),
+  }
+}
+
+/** A client may ask for agents to be dispatched; recording, limits and timeouts stay the server's call. */
+function parseRoomConfig(json: Record<string, unknown>): RoomConfiguration {
+  let roomConfig: RoomConfiguration
+  try {
+    roomConfig = RoomConfiguration.fromJson(json as never)
+  } catch (error) {
+    throw new HttpError(400, `room_config is not a valid RoomConfiguration: ${(error as Error).message}`)
+  }
+  const requested = Object.keys(roomConfig.toJson() as object).filter((field) => field !== 'agents')
+  if (requested.length > 0) throw new HttpError(403, `room_config may only request agents, not ${requested.join(', ')}`)
+  checkAgentDispatch(roomConfig.agents)
+  return roomConfig
+}
+
+/** Which agents join, and what they are told; how they are deployed and restarted is the server's call. */
+function checkAgentDispatch(agents: RoomConfiguration['agents']): void {
+  if (agents.length > maxAgents) throw new HttpError(400, `room_config may request at most ${maxAgents} agents`)
+  let metadataBytes = 0
+  for (const agent of agents) {
+    const requested = Object.keys(agent.toJson() as object).filter((field) => field !== 'agentName' && field !== 'metadata')
+    if (requested.length > 0) throw new HttpError(403, `room_config.agents may only name an agent and its metadata, not ${requested.join(', ')}`)
+    if (agent.agentName.length > maxNameLength) throw new HttpError(400, `room_config agent names must be at most ${maxNameLength} characters`)
+    metadataBytes += Buffer.byteLength(agent.metadata)
+  }
+  if (metadataBytes > maxAgentMetadataBytes) throw new HttpError(400, `room_config agent metadata must be at most ${maxAgentMetadataBytes} bytes in all`)
+}
+
+// Token requests, answered: admitted (authenticated, rate-limited) before the body is read, then
+// checked, decided and signed.
+
+type ReadBody = ReturnType<typeof createBodyReader>
+
+function createTokenRoute(config: Config, decide: TokenDecider, state: SharedState, readBody: ReadBody) {
+  const mintToken = createTokenMinter(config)
+  const authenticate = config.auth && createCallerAuthenticator(config.auth)
+  const { tokenRateLimit, trustedProxies } = config
+  const maxTokenBodyBytes = Math.min(config.maxBodyBytes, tokenBodyLimit)
+  // Who asked for each token request, once admitted.
+  const callers = new WeakMap<Request, Caller>()
+
+  async function admitTokenRequest(request: Request, server: BunServer): Promise<void> {
+    const caller = authenticate && (await authenticate(request))
+    if (caller) callers.set(request, caller)
+    if (!tokenRateLimit) return
+    const waitSeconds = await state.take(caller?.identity ?? `address:${addressKey(clientAddress(request, server, trustedProxies))}`, tokenRateLimit)
+    if (waitSeconds) throw new HttpError(429, `Too many token requests, retry in ${waitSeconds} s`, { 'retry-after': String(waitSeconds) })
+  }
+
+  // The route's own parser, so that no spelling of the path (`/token/`, `/token?x`) skips admission.
+  function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
+    requireHostName(request)
+    // Not async: with nothing to admit, the body's promise is handed on without a layer around it.
+    if (authenticate || tokenRateLimit) return admitTokenRequest(request, server).then(() => readJsonObject(request))
+    return readJsonObject(request)
+  }
+
+  async function readJsonObject(request: Request): Promise<Record<string, unknown>> {
+    requireJsonContentType(request)
+    const body = parseJsonObject(await readBody(request, maxTokenBodyBytes, 'token', 'text'))
+    metrics.tokenBodyRead(request, body)
+    // Refused here, so that Elysia never builds its validation error, which pretty-prints the body.
+    if (!tokenRequestValidator.Check(body)) throw new HttpError(400, describeTokenRequestError(body))
+    return body
+  }
+
+  /** The identity and name a token gets: the authenticated caller's when there is one. */
+  function participantFor(request: Request, asked: { identity?: string; name?: string }): { identity?: string; name?: string } {
+    const caller = callers.get(request)
+    if (!caller) return asked
+    if (asked.identity && asked.identity !== caller.identity) throw new HttpError(403, 'participant_identity must be the authenticated caller')
+    return { identity: caller.identity, name: caller.name ?? asked.name }
+  }
+
+  function answerTokenRequest(body: OpenViduTokenRequest | StandardTokenRequest, request: Request) {
+    if (isOpenViduRequest(body)) {
+      const { roomName, participantName } = body
+      const { identity, name } = participantFor(request, { name: participantName })
+      const participant = { identity: identity ?? participantName, name }
+      return whenSettled(decidedToken(request, participant, { contract: 'openvidu', room: roomName, identity: participant.identity }), (token) => ({ token }))
+    }
+    const requested = standardParticipant(body)
+    const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: requested.name })
+    const participant = { ...requested, identity: identity ?? requested.identity, name }
+    const asked: TokenAsk = { contract: 'standard', room: body.room_name || undefined, identity: participant.identity, roomConfig: requested.roomConfig }
+    return whenSettled(decidedToken(request, participant, asked), (participantToken) => ({ server_url: config.livekitUrl, participant_token: participantToken }))
+  }
+
+  /** The token the decision grants the participant; a refusal answers 403 with its message. */
+  function decidedToken(request: Request, participant: Omit<Participant, 'room'>, asked: TokenAsk): string | Promise<string> {
+    return whenSettled(decide(callers.get(request), asked, config), (decision) => {
+      if ('refused' in decision) {
+        log('info', 'token refused by the token policy', { reason: decision.refused })
+        throw new HttpError(403, decision.refused)
+      }
+      return mintToken({ ...participant, room: decision.room, roomConfig: decision.roomConfig }, decision.grant, decision.ttlSeconds)
+    })
+  }
+
+  return { read: readTokenRequest, answer: answerTokenRequest }
+}
+
+/** `next` applied to the value, at once unless it is still to come: no promise layer when it is here. */
+function whenSettled<T, U>(value: T | Promise<T>, next: (value: T) => U): U | Promise<U> {
+  return value instanceof Promise ? value.then(next) : next(value)
+}
+
+// Token policy, applied: a parsed TOKEN_POLICY settles a request in a few string comparisons.
+
+interface PolicyRole {
+  name: string
+  rooms: RoomPattern[]
+  /** canPublish, canSubscribe and canPublishData always set: LiveKit takes a missing one for true. */
+  grant: TokenGrant
+  agents: Set<string> | 'any'
+  ttlSeconds: number
+  /** The top-level roomConfig with the role's own over it; with the metadata bytes of its agents. */
+  roomConfig?: RoomConfiguration
+  hasOwnRoomConfig: boolean
+  agentMetadataBytes: number
+}
+
+/** A parsed TOKEN_POLICY: everything a request needs, ready. */
+export interface TokenPolicy {
+  /** The roles claim's full name, and the same as a dotted path. */
+  rolesClaim: string
+  rolesPath: string[]
+  /** In the policy's order. */
+  roles: PolicyRole[]
+  defaultRole?: PolicyRole
+}
+
+/** A room pattern as the runs of text between its `*`s (with their `{claim}`s): no RegExp to build per caller. */
+interface RoomPattern {
+  runs: (string | RunPiece[])[]
+}
+type RunPiece = string | { claim: string; path: string[] }
+
+// A claim used in a room name: the characters of ids, emails, Auth0's "auth0|…" subjects.
+const roomPiece = /^[\w.@|:+=-]{1,128}$/
+
+type Claims = Record<string, unknown> | undefined
+
+function applyTokenPolicy(policy: TokenPolicy, claims: Claims, asked: TokenAsk): TokenDecision {
+  const roles = callerRoles(policy, claims)
+  if (roles.length === 0) return { refused: 'The token policy gives this caller no role' }
+  const room = asked.room ?? roomToMake(roles, claims)
+  if (room === undefined) return { refused: 'room_name is required: the token policy makes no room for this caller' }
+  const allowing = roles.filter((role) => role.rooms.some((pattern) => roomMatches(room, pattern, claims)))
+  if (allowing.length === 0) return { refused: `Room "${room}" is not one this caller may join` }
+  for (const { agentName } of asked.roomConfig?.agents ?? []) {
+    if (!allowing.some((role) => role.agents === 'any' || role.agents.has(agentName))) return { refused: `Agent "${agentName}" is not one this caller may dispatch` }
+  }
+  const [first] = allowing as [PolicyRole]
+  const settings = allowing.find((role) => role.hasOwnRoomConfig) ?? first
+  const roomConfig = withAgents(settings, asked.roomConfig)
+  if (typeof roomConfig === 'string') return { refused: roomConfig }
+  if (allowing.length === 1) return { room, grant: first.grant, ttlSeconds: first.ttlSeconds, roomConfig }
+  return { room, grant: unionOfGrants(allowing), ttlSeconds: Math.max(...allowing.map((role) => role.ttlSeconds)), roomConfig }
+}
+
+/** The policy's roles the caller's roles claim names, in the policy's order; else the default role. */
+function callerRoles(policy: TokenPolicy, claims: Claims): PolicyRole[] {
+  const value = claims && claimAt(claims, policy.rolesClaim, policy.rolesPath)
+  const names = typeof value === 'string' ? [value] : Array.isArray(value) ? value : []
+  const roles = names.length > 0 ? policy.roles.filter((role) => names.includes(role.name)) : []
+  return roles.length > 0 ? roles : policy.defaultRole ? [policy.defaultRole] : []
+}
+
+/** A claim by its full name (Auth0's "https://my-app.com/roles"), else as a dotted path (Keycloak's "realm_access.roles"). */
+function claimAt(claims: Record<string, unknown>, name: string, path: string[]): unknown {
+  if (Object.hasOwn(claims, name)) return claims[name]
+  let value: unknown = claims
+  for (const key of path) {
+    if (!isJsonObject(value) || !Object.hasOwn(value, key)) return undefined
+    value = value[key]
+  }
+  return value
+}
+
+/** A standard request without room_name: the first of the caller's patterns naming one room, else a random room if allowed. */
+function roomToMake(roles: PolicyRole[], claims: Claims): string | undefined {
+  for (const role of roles) {
+    for (const { runs } of role.rooms) {
+      const room = runs.length === 1 ? runText(runs[0]!, claims) : undefined
+      if (room !== undefined) return room
+    }
+  }
+  const random = `room-${randomSuffix()}`
+  return roles.some((role) => role.rooms.some((pattern) => roomMatches(random, pattern, claims))) ? random : undefined
+}
+
+/** A run with the caller's claims put in; undefined when one is missing or no room-name piece. */
+function runText(run: string | RunPiece[], claims: Claims): string | undefined {
+  if (typeof run === 'string') return run
+  let text = ''
+  for (const piece of run) {
+    const value = typeof piece === 'string' ? piece : claims && claimAt(claims, piece.claim, piece.path)
+    if (typeof value !== 'string' || (typeof piece !== 'string' && !roomPiece.test(value))) return undefined
+    text += value
+  }
+  return text
+}
+
+function roomMatches(room: string, { runs }: RoomPattern, claims: Claims): boolean {
+  const first = runText(runs[0]!, claims)
+  if (first === undefined || !room.startsWith(first)) return false
+  if (runs.length === 1) return room === first
+  const last = runText(runs[runs.length - 1]!, claims)
+  const end = room.length - (last?.length ?? 0)
+  if (last === undefined || end < first.length || !room.endsWith(last)) return false
+  let at = first.length
+  for (let i = 1; i < runs.length - 1; i++) {
+    const text = runText(runs[i]!, claims)
+    const found = text === undefined ? -1 : room.indexOf(text, at)
+    if (found < 0 || found + text!.length > end) return false
+    at = found + text!.length
+  }
+  return true
+}
+
+/** Every role's grant together; canPublishSources limits publishing only if every publishing role limits it. */
+function unionOfGrants(roles: PolicyRole[]): TokenGrant {
+  const grant: Record<string, unknown> = {}
+  for (const role of roles) for (const [key, value] of Object.entries(role.grant)) grant[key] = grant[key] === true || value
+  const publishing = roles.filter((role) => role.grant.canPublish)
+  delete grant.canPublishSources
+  if (publishing.length > 0 && publishing.every((role) => role.grant.canPublishSources)) {
+    grant.canPublishSources = [...new Set(publishing.flatMap((role) => role.grant.canPublishSources!))]
+  }
+  return grant as TokenGrant
+}
+
+/** The role's room settings with the agents the client asked for added, within the bounds a client has alone. */
+function withAgents(role: PolicyRole, asked: RoomConfiguration | undefined): RoomConfiguration | undefined | string {
+  if (!asked || asked.agents.length === 0) return role.roomConfig ?? asked
+  if (!role.roomConfig) return asked
+  const serverAgents = role.roomConfig.agents.length
+  if (serverAgents + asked.agents.length > maxAgents) {
+    return `room_config may request at most ${maxAgents - serverAgents} agents besides the ${serverAgents} the server dispatches`
+  }
+  const metadataBytes = asked.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), role.agentMetadataBytes)
+  if (metadataBytes > maxAgentMetadataBytes) return `room_config agent metadata must be at most ${maxAgentMetadataBytes} bytes in all, with the server's`
+  const roomConfig = role.roomConfig.clone()
+  roomConfig.agents.push(...asked.agents)
+  return roomConfig
+}
+
+// TOKEN_POLICY, read once: every mistake is a ConfigError naming its place in the JSON.
+
+const trackSourceNames = ['camera', 'microphone', 'screen_share', 'screen_share_audio'] as const
+const trackSources = { camera: TrackSource.CAMERA, microphone: TrackSource.MICROPHONE, screen_share: TrackSource.SCREEN_SHARE, screen_share_audio: TrackSource.SCREEN_SHARE_AUDIO }
+const maxPolicyRoles = 256
+const maxRolePatterns = 256
+
+/** The policy's JSON Schema, built only when there is a policy to check. */
+function tokenPolicySchema() {
+  const grants = t.Object(
+    Object.fromEntries(
+      grantNames.map((name) => [
+        name,
+        t.Optional(
+          name === 'canPublishSources'
+            ? t.Array(t.UnionEnum(trackSourceNames, { error: `must be one of ${trackSourceNames.join(', ')}` }), { maxItems: 4 })
+            : t.Boolean({ error: 'must be true or false' }),
+        ),
+      ]),
+    ),
+    { additionalProperties: false, notA: `a grant (the grants: ${grantNames.join(', ')})` },
+  )
+  const roomConfig = t.Record(t.String(), t.Unknown(), { error: 'must be a RoomConfiguration object' })
+  const role = t.Object(
+    {
+      rooms: t.Array(t.String({ minLength: 1, maxLength: maxNameLength, error: `must be a room pattern of 1 to ${maxNameLength} characters` }), {
+        minItems: 1,
+        maxItems: maxRolePatterns,
+        error: `must be a list of 1 to ${maxRolePatterns} room patterns`,
+      }),
+      grants: t.Optional(grants),
+      agents: t.Optional(t.Array(t.String({ maxLength: maxNameLength, error: 'must be an agent name, or "*"' }), { maxItems: maxRolePatterns })),
+      ttl: t.Optional(t.String({ error: 'must be a duration such as 600, 10m or 6h' })),
+      roomConfig: t.Optional(roomConfig),
+    },
+    { additionalProperties: false, notA: 'a role setting (rooms, grants, agents, ttl, roomConfig)' },
+  )
+  return t.Object(
+    {
+      rolesClaim: t.Optional(t.String({ minLength: 1, maxLength: maxNameLength, error: 'must be the name of a claim' })),
+      defaultRole: t.Optional(t.String({ error: 'must be the name of a role' })),
+      roles: t.Record(t.String(), role, { minProperties: 1, maxProperties: maxPolicyRoles, error: `must be an object of 1 to ${maxPolicyRoles} roles` }),
+      roomConfig: t.Optional(roomConfig),
+    },
+    { additionalProperties: false, notA: 'a policy setting (rolesClaim, defaultRole, roles, roomConfig)', error: 'must be a JSON object' },
+  )
+}
+type TokenPolicyJson = ReturnType<typeof tokenPolicySchema>['static']
+
+const policyError = (where: string, problem: string) => new ConfigError(`TOKEN_POLICY: ${where ? `${where} ` : ''}${problem}`)
+
+/** TOKEN_POLICY (or the file TOKEN_POLICY_FILE names), checked and made ready for requests; undefined when unset. */
+function parseTokenPolicy(text: string | undefined, tokenTtlSeconds: number): TokenPolicy | undefined {
+  if (text === undefined) return undefined
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (error) {
+    throw policyError('', `is not JSON (${(error as Error).message})`)
+  }
+  const validator = getSchemaValidator(tokenPolicySchema())
+  if (!validator.Check(json)) {
+    // A misspelt key says more about the mistake than the required one it leaves missing.
+    const errors = [...validator.Errors(json)]
+    throw describePolicyError(errors.find((error) => error.type === ValueErrorType.ObjectAdditionalProperties) ?? errors[0]!)
+  }
+  const policy = json as TokenPolicyJson
+  const topConfig = policy.roomConfig && parsePolicyRoomConfig(policy.roomConfig, 'roomConfig')
+  const roles = Object.entries(policy.roles).map(([name, role]) => parsePolicyRole(name, role, topConfig, tokenTtlSeconds))
+  const defaultRole = policy.defaultRole === undefined ? undefined : roles.find((role) => role.name === policy.defaultRole)
+  if (policy.defaultRole !== undefined && !defaultRole) {
+    throw policyError('defaultRole', `"${policy.defaultRole}" is not one of the roles (${roles.map((role) => role.name).join(', ')})`)
+  }
+  const rolesClaim = policy.rolesClaim ?? 'roles'
+  return { rolesClaim, rolesPath: rolesClaim.split('.'), roles, defaultRole }
+}
+
+/** The schema's first complaint, where it is: "roles.host.grants.canPublsh is not a grant". */
+function describePolicyError(first: ValueError): ConfigError {
+  const where = first.path.slice(1).split('/').map((key) => key.replaceAll('~1', '/').replaceAll('~0', '~')).join('.')
+  if (first.type === ValueErrorType.ObjectAdditionalProperties) return policyError(where, `is not ${(first.schema as { notA?: string }).notA}`)
+  if (first.type === ValueErrorType.ObjectRequiredProperty) return policyError(where, 'is required')
+  const custom = (first.schema as { error?: unknown }).error
+  return policyError(where, typeof custom === 'string' ? custom : first.message)
+}
+
+function parsePolicyRole(name: string, role: TokenPolicyJson['roles'][string], topConfig: RoomConfiguration | undefined, tokenTtlSeconds: number): PolicyRole {
+  const at = `roles.${name}`
+  if (!name.trim()) throw policyError('roles', 'has a role with an empty name')
+  const rooms = role.rooms.map((pattern, i) => parseRoomPattern(pattern, `${at}.rooms.${i}`))
+  const ttlName = `TOKEN_POLICY: ${at}.ttl`
+  const ttlSeconds = role.ttl === undefined ? tokenTtlSeconds : duration('', '').read(role.ttl, ttlName)
+  const own = role.roomConfig && parsePolicyRoomConfig(role.roomConfig, `${at}.roomConfig`)
+  const roomConfig = own && topConfig ? RoomConfiguration.fromJson({ ...(topConfig.toJson() as object), ...(own.toJson() as object) }) : (own ?? topConfig)
+  const agentMetadataBytes = roomConfig?.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), 0) ?? 0
+  const agents = role.agents ?? []
+  return {
+    name,
+    rooms,
+    grant: roleGrant(role.grants ?? {}, at),
+    agents: agents.includes('*') ? 'any' : new Set(agents),
+    ttlSeconds,
+    roomConfig: roomConfig && shareRoomConfig(roomConfig),
+    hasOwnRoomConfig: own !== undefined,
+    agentMetadataBytes,
+  }
+}
+
+/** The role's grant as it goes into tokens: the three grants LiveKit defaults to true always written out. */
+function roleGrant(grants: NonNullable<TokenPolicyJson['roles'][string]['grants']>, at: string): TokenGrant {
+  const { canPublish = false, canSubscribe = false, canPublishData = false, canPublishSources, ...others } = grants as Record<string, unknown>
+  if (canPublishSources && !canPublish) throw policyError(`${at}.grants.canPublishSources`, 'needs canPublish: true')
+  const grant: Record<string, unknown> = { canPublish, canSubscribe, canPublishData }
+  if (canPublishSources) grant.canPublishSources = [...new Set(canPublishSources as (keyof typeof trackSources)[])].map((source) => trackSources[source])
+  for (const [key, value] of Object.entries(others)) if (value) grant[key] = true
+  return grant as TokenGrant
+}
+
+/** "team-{org}-*": text, `*` (any run of characters) and `{claim}`s (a claim's name or dotted path). */
+function parseRoomPattern(pattern: string, at: string): RoomPattern {
+  const runs = pattern.split('*').map((run) => {
+    const pieces: RunPiece[] = []
+    for (const [, text, claim] of run.matchAll(/([^{}]+)|\{([^{}]*)\}/g)) {
+      if (claim !== undefined && !claim.trim()) throw policyError(at, `"${pattern}" has an empty {}`)
+      pieces.push(claim === undefined ? text! : { claim, path: claim.split('.') })
+    }
+    if (pieces.map((piece) => (typeof piece === 'string' ? piece : `{${piece.claim}}`)).join('') !== run) {
+      throw policyError(at, `"${pattern}" has a { or } that opens or closes no {claim}`)
+    }
+    return pieces.every((piece) => typeof piece === 'string') ? pieces.join('') : pieces
+  })
+  return { runs }
+}
+
+/** A LiveKit RoomConfiguration, strictly: an unknown field is a mistake, not something to drop. */
+function parsePolicyRoomConfig(json: Record<string, unknown>, at: string): RoomConfiguration {
+  let roomConfig: RoomConfiguration
+  try {
+    roomConfig = RoomConfiguration.fromJson(json as never)
+  } catch (error) {
+    throw policyError(at, `is not a RoomConfiguration: ${(error as Error).message}`)
+  }
+  if (roomConfig.name) throw policyError(`${at}.name`, "is the request's to say, not the policy's")
+  if (roomConfig.agents.length > maxAgents) throw policyError(`${at}.agents`, `may list at most ${maxAgents} agents`)
+  const metadataBytes = roomConfig.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), 0)
+  if (metadataBytes > maxAgentMetadataBytes) throw policyError(`${at}.agents`, `metadata must be at most ${maxAgentMetadataBytes} bytes in all`)
+  return roomConfig
+}
+
+// Tokens: the SDK says what the claims are (claimsToJwtPayload); signing is one synchronous HMAC
+// with a key prepared once, where the SDK's AccessToken imports the key into WebCrypto every time.
+
+// Encoding straight from bytes: Deno's Buffer polyfill spent more on its pool than on the HMAC.
+const utf8Encoder = new TextEncoder()
+const base64url = (text: string): string => utf8Encoder.encode(text).toBase64({ alphabet: 'base64url', omitPadding: true })
+
+// The header LiveKit's own Go minter writes.
+const jwtHeader = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url')
+
+// A role's room settings go into many tokens: serialised once, without the fields at their defaults
+// (LiveKit reads them as absent), and frozen, so that the serialised copy stays true to them.
+const roomConfigClaims = new WeakMap<RoomConfiguration, unknown>()
+
+function shareRoomConfig(roomConfig: RoomConfiguration): RoomConfiguration {
+  roomConfigClaims.set(roomConfig, roomConfig.toJson())
+  return deepFreeze(roomConfig)
+}
+
+/** The claim a token carries for the room settings: the serialised copy of a shared one, else the settings themselves. */
+const roomConfigClaim = (roomConfig: RoomConfiguration) => (roomConfigClaims.get(roomConfig) ?? roomConfig) as RoomConfiguration
+
+function deepFreeze<T>(value: T): T {
+  // Typed arrays (bytes fields) cannot be frozen.
+  if (typeof value !== 'object' || value === null || Object.isFrozen(value) || ArrayBuffer.isView(value)) return value
+  Object.freeze(value)
+  for (const field of Object.values(value)) deepFreeze(field)
+  return value
+}
+
+export function createTokenMinter(config: Config) {
+  // A Buffer key: Deno's node:crypto takes it about twice as fast as a string or a KeyObject.
+  const signingKey = Buffer.from(config.apiSecret)
+  return function mintToken(participant: Participant, grant = fullGrant, ttlSeconds = config.tokenTtlSeconds): string {
+    const grants: ClaimGrants = {
+      name: participant.name,
+      metadata: participant.metadata,
+      attributes: participant.attributes,
+      // Join this one room, and what the token policy grants there (by default publish, subscribe, send data).
+      video: { roomJoin: true, room: participant.room, ...grant },
+      roomConfig: participant.roomConfig && roomConfigClaim(participant.roomConfig),
+    }
+    const now = Math.floor(Date.now() / 1000)
+    const claims = {
+      ...claimsToJwtPayload(grants),
+      iss: config.apiKey,
+      sub: participant.identity,
+      nbf: now,
+      exp: now + ttlSeconds,
+    }
+    const signingInput = `${jwtHeader}.${base64url(JSON.stringify(claims))}`
+    return `${signingInput}.${createHmac('sha256', signingKey).update(signingInput).digest('base64url')}`
+  }
+}
+
+// Callers: who may ask for a token, and how often
+
+export interface Caller {
+  identity: string
+  name?: string
+  /** The verified ID token's claims, where the token policy finds roles and {claim}s. */
+  claims: JWTPayload
+}
+
+// Identity providers sign ID tokens with public-key algorithms; an HMAC "alg" here would be an attack.
+const asymmetricAlgorithms = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519']
+
+/** Checks the caller's bearer token against the identity provider's published keys (JWKS). */
+export function createCallerAuthenticator(auth: AuthConfig) {
+  // jose caches the key set, refetches it when an unknown key id shows up (key rotation; at most
+  // every 5 s), and gives up on a slow provider after 3 s instead of hanging the request.
+  const keySet = createRemoteJWKSet(auth.jwksUrl, { timeoutDuration: 3000, cooldownDuration: 5000 })
+  const refused = (reason: string) => {
+    log('warn', 'token request refused', { reason })
+    return new HttpError(401, 'A valid bearer token is required', { 'www-authenticate': 'Bearer' })
+  }
+
+  return async function authenticate(request: Request): Promise<Caller> {
+    const bearer = /^Bearer +([\w-]+\.[\w-]+\.[\w-]+) *$/i.exec(request.headers.get('authorization') ?? '')
+    if (!bearer) throw refused('no bearer token')
+    let payload: JWTPayload
+    try {
+      ;({ payload } = await jwtVerify(bearer[1]!, keySet, {
+        algorithms: asymmetricAlgorithms,
+        issuer: auth.issuer,
+        audience: auth.audience,
+        // An ID token without an expiry would be good forever once leaked.
+        requiredClaims: ['exp'],
+        clockTolerance: 30,
+      }))
+    } catch (error) {
+      if (isProviderFailure(error)) {
+        log('error', 'identity provider unavailable', { reason: String(error) })
+        throw new HttpError(503, 'The identity provider is unavailable, try again shortly', { 'retry-after': '5' })
+      }
+      throw refused(String(error))
+    }
+    const identity = payload[auth.identityClaim]
+    if (typeof identity !== 'string' || identity.length === 0 || identity.length > maxNameLength) throw refused(`claim ${auth.identityClaim} is not an identity`)
+    const name = typeof payload.name === 'string' && payload.name.length > 0 ? payload.name.slice(0, maxNameLength) : undefined
+    return { identity, name, claims: payload }
+  }
+}
+
+/** The key set could not be fetched (down, slow, not a JWKS), as opposed to a bad token. */
+function isProviderFailure(error: unknown): boolean {
+  if (!(error instanceof joseErrors.JOSEError)) return true // fetch's own network errors
+  return error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid || error.code === 'ERR_JOSE_GENERIC'
+}
+
+/** A token bucket per caller, refilled continuously; at most `maxCallers` remembered, idle ones forgotten. */
+export class RateLimiter {
+  private readonly buckets = new Map<string, { allowance: number; at: number }>()
+  private sweptAt = 0
+
+  constructor(
+    private readonly perMinute: number,
+    private readonly maxCallers = 100_000,
+  ) {}
+
+  get callerCount(): number {
+    return this.buckets.size
+  }
+
+  /** Takes one request from the caller's allowance; returns 0, or the seconds to wait for one. */
+  take(caller: string, now = Date.now()): number {
+    const refillPerMs = this.perMinute / 60_000
+    const bucket = this.buckets.get(caller)
+    const allowance = bucket ? Math.min(this.perMinute, bucket.allowance + (now - bucket.at) * refillPerMs) : this.perMinute
+    if (allowance < 1) return Math.ceil((1 - allowance) / refillPerMs / 1000)
+    this.buckets.set(caller, { allowance: allowance - 1, at: now })
+    if (this.buckets.size > this.maxCallers || now - this.sweptAt >= 60_000) this.sweep(now)
+    return 0
+  }
+
+  /** Forgets idle callers (full again anyway), then the longest-known down to 90%, so that not every request sweeps. */
+  private sweep(now: number): void {
+    this.sweptAt = now
+    for (const [caller, { at }] of this.buckets) if (now - at >= 60_000) this.buckets.delete(caller)
+    for (const caller of this.buckets.keys()) {
+      if (this.buckets.size <= this.maxCallers * 0.9) break
+      this.buckets.delete(caller)
+    }
+  }
+}
+
+
+type BunServer = { requestIP(request: Request): { address: string } | null } | null
+
+/** The connection's address, or behind N trusted proxies the X-Forwarded-For hop N from the right (the rest is the client's to write). */
+function clientAddress(request: Request, server: BunServer, trustedProxies: number): string {
+  const connectionAddress = unmapped(remoteAddresses.get(request) ?? server?.requestIP(request)?.address ?? 'unknown')
+  if (trustedProxies === 0) return connectionAddress
+  const hops = request.headers.get('x-forwarded-for')?.split(',') ?? []
+  const hop = withoutPort(hops[hops.length - trustedProxies]?.trim() ?? '')
+  // Only a real address: it becomes a rate-limit key, so nothing long or made-up.
+  return isIP(hop) ? unmapped(hop) : connectionAddress
+}
+
+/** A hop as some proxies write it, with a port ("203.0.113.7:5678", "[2001:db8::1]:443"), without it. */
+function withoutPort(hop: string): string {
+  const bracketed = /^\[([^\]]+)\](:\d+)?$/.exec(hop)
+  if (bracketed) return bracketed[1]!
+  const ipv4WithPort = /^(\d+\.\d+\.\d+\.\d+):\d+$/.exec(hop)
+  return ipv4WithPort ? ipv4WithPort[1]! : hop
+}
+
+/** An IPv4 client as "1.2.3.4" on every runtime: Bun, listening on IPv6 too, sees "::ffff:1.2.3.4". */
+const unmapped = (address: string) => (address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address)
+
+/** Whom an address counts as: IPv4 by address, IPv6 by its /64 (one home's or host's: else 2^64 allowances). */
+function addressKey(address: string): string {
+  if (isIP(address) !== 6) return address
+  // The URL parser writes every spelling of an address one way (zeros compressed, IPv4 tails in hex).
+  const url = `http://[${address.replace(/%.*$/, '')}]`
+  if (!URL.canParse(url)) return address
+  const [head, tail] = new URL(url).hostname.slice(1, -1).split('::').map((part) => (part ? part.split(':') : []))
+  const groups = tail ? [...head!, ...Array(8 - head!.length - tail.length).fill('0'), ...tail] : head!
+  return `${groups.slice(0, 4).join(':')}::/64`
+}
+
+// Webhooks: verified before anything else is done with them, each event handled once.
+
+function createWebhookRoute(config: Config, handlers: Record<string, WebhookHandler>, state: SharedState, events: EventStream | undefined, readBody: ReadBody) {
+  const verifyWebhookSigner = createWebhookSignerVerifier(config)
+  return async function receiveWebhook(request: Request) {
+    requireHostName(request)
+    let event: WebhookEvent
+    let body: Uint8Array
+    try {
+      const claims = verifyWebhookSigner(request.headers.get('authorization'))
+      // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
+      event = eventFromBody((body = await readBody(request, config.maxBodyBytes, 'webhook', 'bytes')), claims)
+    } catch (error) {
+      if (error instanceof HttpError) throw error
+      log('warn', 'webhook refused', { reason: (error as Error).message })
+      return status(401, errorBody('Webhook signature is missing or invalid'))
+    }
+    // An event waiting in the outbox is handled: its redelivery must not run the handlers again.
+    const claim = event.id ? (events?.holds(event.id) ? 'handled' : await state.claim(event.id)) : 'new'
+    metrics.webhookClaimed(request, event, claim)
+    if (claim === 'handled') {
+      log('info', 'webhook duplicate', describeEvent(event))
+      return { received: 'duplicate' as const }
+    }
+    if (claim === 'being handled') {
+      // Never a 200 while another process (or request) handles it: that one may still fail.
+      log('info', 'webhook being handled elsewhere', describeEvent(event))
+      throw new HttpError(503, 'This event is being handled, retry shortly', { 'retry-after': '5' })
+    }
+    try {
+      // Own entries only: an event named "__proto__" or "valueOf" must not find Object.prototype's.
+      await (Object.hasOwn(handlers, event.event) ? handlers[event.event]! : logUnknownEvent)(event)
+    } catch (error) {
+      // Release the id so that LiveKit's redelivery of this event is handled.
+      if (event.id) await state.release(event.id)
+      log('error', 'webhook handler failed', { ...describeEvent(event), error: String(error) })
+      return status(500, errorBody('Webhook handler failed'))
+    }
+    if (events) return events.append(event, body)
+    if (event.id) await state.complete(event.id)
+    return { received: true as const }
+  }
+}
+
+/** Verifies a webhook as the SDK's WebhookReceiver does, synchronously and for HS256 (what LiveKit signs with) only. */
+export function createWebhookVerifier(config: Config) {
+  const verifySigner = createWebhookSignerVerifier(config)
+  return (body: Uint8Array, authorization: string | null): WebhookEvent => eventFromBody(body, verifySigner(authorization))
+}
+
+/**
+ * The Authorization header's claims, checked before the body is read: only whoever holds an API secret
+ * makes the server read one. Checked as jose checks it for the SDK, by one HMAC with a key prepared once.
+ */
+export function createWebhookSignerVerifier(config: Config) {
+  // The JWT's issuer (its API key) picks the secret, as LiveKit's own server does.
+  const secrets = new Map([...config.keys].map(([apiKey, apiSecret]) => [apiKey, Buffer.from(apiSecret)]))
+  return function verifySigner(authorization: string | null): WebhookClaims {
+    if (!authorization) throw new Error('authorization header is empty')
+    const segments = authorization.split('.')
+    if (segments.length !== 3 || !segments.every(isBase64url)) throw new Error('authorization header is not a JWT')
+    const [header, claims, signature] = segments as [string, string, string]
+    const { alg, crit } = jsonObjectFrom(header, 'header')
+    // No extension is understood here, so none may be critical (RFC 7515, 4.1.11).
+    if (alg !== 'HS256' || crit !== undefined) throw new Error('JWT must be signed with HS256 and nothing else')
+    const payload = jsonObjectFrom(claims, 'claims')
+    const secret = typeof payload.iss === 'string' ? secrets.get(payload.iss) : undefined
+    if (!secret) throw new Error('JWT iss must be a known API key')
+    const expected = createHmac('sha256', secret).update(`${header}.${claims}`).digest()
+    const signed = Buffer.from(signature, 'base64url')
+    if (signed.length !== expected.length || !timingSafeEqual(signed, expected)) throw new Error('JWT signature does not verify')
+    requireCurrent(payload)
+    return payload
+  }
+}
+
+const clockToleranceSeconds = 10
+// Base64url as LiveKit writes it: no padding, no whitespace, no standard-base64 characters.
+const isBase64url = (segment: string) => /^[\w-]+$/.test(segment)
+
+function jsonObjectFrom(segment: string, what: string): Record<string, unknown> {
+  let value: unknown
+  try {
+    value = JSON.parse(Buffer.from(segment, 'base64url').toString())
+  } catch {
+    throw new Error(`JWT ${what} is not JSON`)
+  }
+  if (!isJsonObject(value)) throw new Error(`JWT ${what} is not a JSON object`)
+  return value
+}
+
+/** exp required, and with nbf and iat numbers of seconds; exp and nbf checked with 10 s to spare, as jose does. */
+function requireCurrent({ exp, nbf, iat }: Record<string, unknown>): void {
+  const now = Math.floor(Date.now() / 1000)
+  if (typeof exp !== 'number' || (nbf !== undefined && typeof nbf !== 'number') || (iat !== undefined && typeof iat !== 'number')) {
+    throw new Error('JWT exp must be a number, and nbf and iat numbers when present')
+  }
+  if (exp <= now - clockToleranceSeconds) throw new Error('JWT has expired')
+  if (nbf !== undefined && nbf > now + clockToleranceSeconds) throw new Error('JWT is not valid yet')
+}
+
+type WebhookClaims = { sha256?: unknown }
+
+/** The event in a webhook body, once its SHA-256 matches the one the signed claims carry. */
+function eventFromBody(body: Uint8Array, claims: WebhookClaims): WebhookEvent {
+  const expected = Buffer.from(createHash('sha256').update(body).digest('base64'))
+  const signed = Buffer.from(typeof claims.sha256 === 'string' ? claims.sha256 : '')
+  if (signed.length !== expected.length || !timingSafeEqual(signed, expected)) throw new Error('sha256 checksum of body does not match')
+  return WebhookEvent.fromJson(JSON.parse(utf8.decode(body)), { ignoreUnknownFields: true })
+}
+
+type MaybePromise<T> = T | Promise<T>
+
+/** What claiming an event id finds: a new event, one handled already, or one being handled now. */
+export type Claim = 'new' | 'handled' | 'being handled'
+
+// How long a claim holds while its handler runs: past that, its process is taken for dead.
+const claimTtlMs = 30_000
+const handledTtlMs = 10 * 60_000
+
+/** Event ids being handled or handled, the newest 10,000 for 10 minutes: LiveKit redelivers, and can repeat. */
+export class RecentIds {
+  // A ring of slots, each new id taking the oldest one's (a Map's front deleted is slow to walk
+  // again); a slot holds an id, when it was last claimed or handled, and which.
+  private readonly slotOf = new Map<string, number>()
+  private readonly ids: (string | undefined)[]
+  private readonly times: Float64Array
+  private readonly handled: Uint8Array
+  private nextSlot = 0
+
+  constructor(
+    capacity = 10_000,
+    private readonly ttlMs = handledTtlMs,
+  ) {
+    this.ids = new Array(capacity)
+    this.times = new Float64Array(capacity)
+    this.handled = new Uint8Array(capacity)
+  }
+
+  /** Claims the id for handling, unless it is handled already or claimed and not yet expired. */
+  claim(id: string, now = Date.now()): Claim {
+    const slot = this.slotOf.get(id)
+    if (slot !== undefined) {
+      const age = now - this.times[slot]!
+      if (this.handled[slot] && age < this.ttlMs) return 'handled'
+      if (!this.handled[slot] && age < claimTtlMs) return 'being handled'
+    }
+    this.remember(id, now, false)
+    return 'new'
+  }
+
+  /** Remembers the id as handled. */
+  complete(id: string, now = Date.now()): void {
+    this.remember(id, now, true)
+  }
+
+  /** Forgets the id, so that its redelivery is handled. */
+  release(id: string): void {
+    this.slotOf.delete(id)
+  }
+
+  get size(): number {
+    return this.slotOf.size
+  }
+
+  private remember(id: string, now: number, handled: boolean): void {
+    let slot = this.slotOf.get(id)
+    if (slot === undefined) {
+      slot = this.nextSlot
+      this.nextSlot = (slot + 1) % this.ids.length
+      // The oldest id leaves, unless it was released and has a newer slot since.
+      const evicted = this.ids[slot]
+      if (evicted !== undefined && this.slotOf.get(evicted) === slot) this.slotOf.delete(evicted)
+      this.ids[slot] = id
+      this.slotOf.set(id, slot)
+    }
+    this.times[slot] = now
+    this.handled[slot] = handled ? 1 : 0
+  }
+}
+
+// Shared state: with REDIS_URL, the handled ids and the callers' allowances live in Redis, so that
+// every process and machine sharing it keeps the same promises; whenever Redis does not answer in
+// time, each process falls back to its own memory, and returns to Redis once it answers again.
+
+
+// A token bucket, as RateLimiter keeps it, on Redis's clock so that the machines' clocks don't matter.
+const takeTokenScript = `
+local perMinute = tonumber(ARGV[1])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local bucket = redis.call('HMGET', KEYS[1], 'allowance', 'at')
+local allowance = perMinute
+if bucket[1] then allowance = math.min(perMinute, tonumber(bucket[1]) + (now - tonumber(bucket[2])) * perMinute / 60000) end
+if allowance < 1 then return math.ceil((1 - allowance) * 60 / perMinute) end
+redis.call('HSET', KEYS[1], 'allowance', tostring(allowance - 1), 'at', now)
+redis.call('PEXPIRE', KEYS[1], 60000)
+return 0`
+// Claims an id unless it is claimed or handled already; returns what it found (nil: claimed now).
+// A script rather than SET NX GET, which Redis before 7.0 refuses.
+const claimScript = `local found = redis.call('GET', KEYS[1])
+if found then return found end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false`
+// Releases a claim only if it is still this one's (it may have expired and been taken since).
+const releaseScript = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`
+
+/** Handled ids and allowances: in Redis while it answers in time, else in this process's memory. */
+export class SharedState {
+  // This state's claims carry its own mark, so that it only ever releases its own.
+  private readonly claimMark = `claimed:${crypto.randomUUID()}`
+  private redis?: RedisConnection
+  private status: 'connecting' | 'ok' | 'unavailable' | 'not configured'
+  /** Settles once the first attempt to reach Redis has ended, either way; startServer waits for it. */
+  readonly connected: Promise<void>
+
+  constructor(
+    private readonly memory: { ids: RecentIds; limiter?: RateLimiter },
+    private readonly redisUrl?: string,
+    /** Keys start with it, so that deployments sharing one Redis do not see each other's. */
+    private readonly keyPrefix = '',
+  ) {
+    this.status = redisUrl ? 'connecting' : 'not configured'
+    this.connected = redisUrl ? this.connect(redisUrl) : Promise.resolve()
+  }
+
+  /** Whether Redis is in use, once the first attempt to connect has ended. */
+  async redisStatus(): Promise<'ok' | 'unavailable'> {
+    await this.connected
+    return this.status === 'ok' ? 'ok' : 'unavailable'
+  }
+
+  claim(id: string): MaybePromise<Claim> {
+    return this.use(
+      async (redis) => {
+        const previous = await runScript(redis, claimScript, 1, `${this.keyPrefix}webhook:${id}`, this.claimMark, String(claimTtlMs))
+        if (previous === null) return 'new'
+        return previous === 'handled' ? 'handled' : 'being handled'
+      },
+      () => this.memory.ids.claim(id),
+    )
+  }
+
+  complete(id: string): MaybePromise<void> {
+    this.memory.ids.complete(id)
+    return this.use(async (redis) => void (await redis.send('SET', [`${this.keyPrefix}webhook:${id}`, 'handled', 'PX', String(handledTtlMs)])), () => {})
+  }
+
+  release(id: string): MaybePromise<void> {
+    this.memory.ids.release(id)
+    return this.use(async (redis) => void (await runScript(redis, releaseScript, 1, `${this.keyPrefix}webhook:${id}`, this.claimMark)), () => {})
+  }
+
+  /** Takes one token request from the caller's allowance; 0, or the seconds to wait for one. */
+  take(caller: string, perMinute: number): MaybePromise<number> {
+    return this.use(
+      async (redis) => Number(await runScript(redis, takeTokenScript, 1, `${this.keyPrefix}rate:${caller}`, String(perMinute))),
+      () => this.memory.limiter!.take(caller),
+    )
+  }
+
+  /** Without REDIS_URL, on memory and at once: no promise for every webhook and rate-limited request. */
+  private use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): MaybePromise<T> {
+    return this.redisUrl ? this.useRedis(onRedis, inMemory) : inMemory()
+  }
+
+  /** On Redis if it is in use and answers within 250 ms, else on memory. */
+  private async useRedis<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {
+    if (this.status === 'connecting') await this.connected
+    if (this.status !== 'ok' || !this.redis) return inMemory()
+    try {
+      return await withTimeout(onRedis(this.redis), 250)
+    } catch (error) {
+      this.degrade(error)
+      return inMemory()
+    }
+  }
+
+  private async connect(url: string): Promise<void> {
+    try {
+      this.redis = await openRedis(url)
+      await withTimeout(this.redis.connect(), 1000)
+      await withTimeout(this.redis.send('PING', []), 1000)
+      this.status = 'ok'
+    } catch (error) {
+      this.status = 'unavailable'
+      log('error', "redis unavailable at start: using this process's memory until it answers", { redis: redactedUrl(url), error: redacted(error, url) })
+      if (this.redis) this.watchForRecovery()
+    }
+  }
+
+  private degrade(error: unknown): void {
+    if (this.status !== 'ok') return
+    this.status = 'unavailable'
+    log('warn', "redis unavailable: using this process's memory until it answers", { error: redacted(error, this.redisUrl!) })
+    this.watchForRecovery()
+  }
+
+  /** Asks Redis once a second whether it answers again; back to shared state when it does. */
+  private watchForRecovery(): void {
+    let asking = false
+    const timer = setInterval(async () => {
+      if (asking) return
+      asking = true
+      try {
+        await withTimeout(this.redis!.connect(), 1000)
+        await withTimeout(this.redis!.send('PING', []), 500)
+      } catch {
+        return
+      } finally {
+        asking = false
+      }
+      clearInterval(timer)
+      this.status = 'ok'
+      announce('redis available again: sharing state through it')
+    }, 1000)
+    ;(timer as { unref?: () => void }).unref?.()
+  }
+
+
+}
+
+// Redis, for the shared state and the stream: scripts, time limits, URLs kept out of log lines.
+
+const scriptHashes = new Map<string, string>()
+
+/** EVALSHA, loading the script (EVAL) the first time or when Redis has forgotten it; the first `keyCount` arguments are keys. */
+async function runScript(redis: RedisConnection, script: string, keyCount: number, ...args: string[]): Promise<unknown> {
+  let hash = scriptHashes.get(script)
+  if (hash === undefined) scriptHashes.set(script, (hash = createHash('sha1').update(script).digest('hex')))
+  try {
+    return await redis.send('EVALSHA', [hash, String(keyCount), ...args])
+  } catch (error) {
+    if (!String(error).includes('NOSCRIPT')) throw error
+    return redis.send('EVAL', [script, String(keyCount), ...args])
+  }
+}
+
+/** The promise's outcome, or an error ("no answer within …") once `ms` have passed. */
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  // One promise around the awaited one (not a race and a finally): every Redis command goes through here.
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)
+    promise.then(
+      (value) => (clearTimeout(timer), resolve(value)),
+      (error) => (clearTimeout(timer), reject(error)),
+    )
+  })
+}
+
+/** The (valid) Redis URL without its password, for log lines. */
+function redactedUrl(url: string): string {
+  const parsed = new URL(url)
+  if (parsed.password) parsed.password = '***'
+  return parsed.href
+}
+
+/** An error's text with the URL's password masked, should a client have put it there. */
+function redacted(error: unknown, url: string): string {
+  const password = URL.canParse(url) ? decodeURIComponent(new URL(url).password) : ''
+  return password ? String(error).replaceAll(password, '***') : String(error)
+}
+
+// Events onward: with EVENTS_STREAM, each event whose handlers succeeded is appended to a Redis
+// Stream, once: appending and marking the id handled are one script. While Redis does not answer,
+// events wait in a bounded outbox, in order; a 200 means in the stream or in the outbox.
+
+
+// KEYS: the id's dedupe key (SharedState's), the stream. ARGV: the id ('' for an event without one),
+// MAXLEN, how long the id stays handled (ms), then the entry's fields. XADD first: a script that
+// fails midway keeps what it wrote, and an id marked handled without its entry would be lost.
+const appendEventScript = `if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == 'handled' then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], 'handled', 'PX', ARGV[3]) end
+return 1`
+
+// The bodies the outbox holds at most, in bytes, whatever EVENTS_OUTBOX says.
+const outboxBytes = 64 * 1024 * 1024
+// How long the last appends may take when the server stops.
+const flushTimeoutMs = 5000
+
+interface HeldEvent {
+  id: string
+  /** The script's keys and arguments. */
+  args: (string | Buffer)[]
+  bytes: number
+}
+
+/** The stream of one app; the outbox lives in this process's memory. */
+export class EventStream {
+  private readonly outbox: HeldEvent[] = []
+  private outboxBodyBytes = 0
+  /** The ids in the outbox. */
+  private readonly held = new Set<string>()
+  private readonly redis: Promise<RedisConnection>
+  /** Settles once the first attempt to reach Redis has ended, either way; startServer waits for it. */
+  readonly connected: Promise<unknown>
+  private connecting = true
+  /** Set once an append failed, until the outbox is appended: one warn line an outage. */
+  private away = false
+  private draining?: Promise<void>
+  /** When the drainer gives up (the server is stopping); until then it keeps trying. */
+  private drainDeadline = Infinity
+
+  constructor(
+    private readonly settings: EventStreamConfig,
+    private readonly redisUrl: string,
+    private readonly keyPrefix: string,
+    private readonly ids: RecentIds,
+    private readonly state: SharedState,
+  ) {
+    this.redis = openRedis(redisUrl).then(async (redis) => {
+      await withTimeout(redis.connect(), 1000).catch(() => {}) // the first append says whether it worked
+      this.connecting = false
+      return redis
+    })
+    this.connected = this.redis
+  }
+
+  /** Whether the event with this id waits in the outbox. */
+  holds(id: string): boolean {
+    return this.held.has(id)
+  }
+
+  /** Appends the event, or holds it in the outbox; a 503 to retry when the outbox is full. */
+  async append(event: WebhookEvent, body: Uint8Array): Promise<{ received: true }> {
+    const entry = this.entryFor(event, body)
+    if (this.connecting) await this.redis
+    // Behind events already waiting, never before them.
+    if (this.outbox.length === 0) {
+      try {
+        await withTimeout(this.run(entry), 250)
+        return { received: true }
+      } catch (error) {
+        if (!this.away) log('warn', 'redis stream unavailable: holding events in the outbox until it answers', { stream: this.settings.key, error: redacted(error, this.redisUrl) })
+        this.away = true
+      }
+    }
+    if (this.outbox.length >= this.settings.outboxEvents || this.outboxBodyBytes + entry.bytes > outboxBytes) {
+      // Its redelivery runs the handlers again, as after any 5xx.
+      if (event.id) await this.state.release(event.id)
+      log('warn', 'webhook refused: the event outbox is full', { ...describeEvent(event), stream: this.settings.key, held: this.outbox.length })
+      throw new HttpError(503, 'The event stream is unavailable and the outbox is full, retry later', { 'retry-after': '5' })
+    }
+    this.outbox.push(entry)
+    this.outboxBodyBytes += entry.bytes
+    if (entry.id) (this.held.add(entry.id), this.ids.complete(entry.id))
+    this.drainSoon()
+    return { received: true }
+  }
+
+  /** On stop: the outbox appended if Redis answers within 5 s; else one line saying what was lost. */
+  async flush(): Promise<void> {
+    if (this.outbox.length === 0) return
+    this.drainDeadline = Date.now() + flushTimeoutMs
+    this.drainSoon()
+    await this.draining
+    if (this.outbox.length === 0) return
+    log('error', `${this.outbox.length} events were not appended to the stream: Redis did not answer, and they are lost with this process`, {
+      stream: this.settings.key,
+      notAppended: this.outbox.length,
+    })
+  }
+
+  private entryFor(event: WebhookEvent, body: Uint8Array): HeldEvent {
+    const { room = '', participant = '' } = describeEvent(event)
+    const fields = ['id', event.id, 'event', event.event, 'room', room, 'participant', participant, 'created_at', String(event.createdAt)]
+    // The exact bytes LiveKit signed, as bytes: both clients send a Buffer as it is.
+    const bytes = Buffer.from(body.buffer, body.byteOffset, body.byteLength)
+    const args = [`${this.keyPrefix}webhook:${event.id}`, this.settings.key, event.id, String(this.settings.maxLength), String(handledTtlMs), ...fields, 'body', bytes]
+    return { id: event.id, args, bytes: body.byteLength }
+  }
+
+  /** The append script, for one event. */
+  private async run(entry: HeldEvent): Promise<void> {
+    // The clients' types say strings; each sends a Buffer's bytes as they are.
+    await runScript(await this.redis, appendEventScript, 2, ...(entry.args as string[]))
+    if (entry.id) this.ids.complete(entry.id)
+  }
+
+  private drainSoon(): void {
+    this.draining ??= this.drain().finally(() => (this.draining = undefined))
+  }
+
+  /** Appends the outbox in order, from its oldest event, waiting for Redis whenever it does not answer. */
+  private async drain(): Promise<void> {
+    let appended = 0
+    // It starts after a failed append, and after any failure asks with a PING first: the attempts
+    // sent to a frozen Redis would each keep a body in memory until it answers.
+    let failed = true
+    while (this.outbox.length > 0 && Date.now() < this.drainDeadline) {
+      const entry = this.outbox[0]!
+      try {
+        const redis = await this.redis
+        if (failed) {
+          await withTimeout(redis.connect(), 1000)
+          await withTimeout(redis.send('PING', []), 500)
+        }
+        await withTimeout(this.run(entry), 1000)
+      } catch {
+        failed = true
+        await new Promise((resolve) => setTimeout(resolve, 500))
+        continue
+      }
+      failed = false
+      this.outbox.shift()
+      this.outboxBodyBytes -= entry.bytes
+      this.held.delete(entry.id)
+      appended += 1
+    }
+    if (this.outbox.length === 0) this.away = false
+    if (appended > 0) announce('redis stream available again: held events appended', { stream: this.settings.key, appended, held: this.outbox.length })
+  }
+}
+
+// Request bodies and errors: every error answers the OpenVidu clients' shape, { "errorMessage": … }
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message)
+  }
+}
+
+const errorBody = (errorMessage: string) => ({ errorMessage })
+
+const utf8 = new TextDecoder()
+
+/**
+ * Reads bodies up to their route's limit, within a budget per route of bytes being read at once
+ * (each body at its declared length, or the limit when chunked): a body that does not fit is refused
+ * before it is read, and one not arrived within 10 s given up. A crowd on /token cannot starve webhooks.
+ */
+function createBodyReader(maxPendingBytes: number) {
+  const pendingBytes = { token: 0, webhook: 0 }
+  metrics.watch({ pendingBodyBytes: pendingBytes })
+  const withBodyTimeout = createBodyTimeouts()
+  return async function readBody<As extends 'text' | 'bytes'>(
+    request: Request,
+    maxBytes: number,
+    route: keyof typeof pendingBytes,
+    as: As,
+  ): Promise<As extends 'text' ? string : Uint8Array> {
+    const contentLength = request.headers.get('content-length')
+    const reservedBytes = contentLength === null ? maxBytes : Number(contentLength)
+    if (!(reservedBytes <= maxBytes)) throw tooLarge(maxBytes)
+    if (pendingBytes[route] + reservedBytes > maxPendingBytes) {
+      // Closing the connection stops the upload rather than draining it.
+      throw new HttpError(503, 'The server is busy receiving other requests, retry shortly', { 'retry-after': '1', connection: 'close' })
+    }
+    pendingBytes[route] += reservedBytes
+    try {
+      // A declared length bounds the body (the HTTP server enforces it), so the runtime reads it in
+      // one go, decoding it too when text is wanted.
+      const reading = contentLength === null && request.body ? readChunkedBody(request.body, maxBytes, as) : as === 'text' ? request.text() : request.bytes()
+      return (await withBodyTimeout<string | Uint8Array>(reading)) as As extends 'text' ? string : Uint8Array
+    } catch (error) {
+      if (error instanceof HttpError) throw error
+      if (error === bodyTimedOut) throw new HttpError(408, `Request body must arrive within ${bodyTimeoutMs / 1000} s`, { connection: 'close' })
+      // The upload broke off: nothing of ours failed, and no one is left to read the answer.
+      log('info', 'request aborted by client', { reason: String(error) })
+      throw new HttpError(400, 'Request body could not be read')
+    } finally {
+      pendingBytes[route] -= reservedBytes
+    }
+  }
+}
+
+const bodyTimeoutMs = 10_000
+const bodyTimedOut = new Error('request body timed out')
+const tooLarge = (maxBytes: number) => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
+
+/** Fails body reads that ran 10 s (at most 11): one timer a second checks them all, as Node's HTTP server does. */
+function createBodyTimeouts() {
+  // The reads running, each as the function that fails it and when; oldest first, as each gets the
+  // same time on a clock that never goes back.
+  const deadlines = new Map<(reason: Error) => void, number>()
+  let checking = false
+  const failOverdue = () => {
+    const now = performance.now()
+    for (const [fail, deadline] of deadlines) {
+      if (deadline > now) break
+      deadlines.delete(fail)
+      fail(bodyTimedOut)
+    }
+  }
+  return <T>(reading: Promise<T>): Promise<T> =>
+    new Promise((resolve, reject) => {
+      if (!checking) {
+        checking = true
+        const timer = setInterval(failOverdue, 1000)
+        ;(timer as { unref?: () => void }).unref?.()
+      }
+      deadlines.set(reject, performance.now() + bodyTimeoutMs)
+      reading.then(
+        (value) => (deadlines.delete(reject), resolve(value)),
+        (error) => (deadlines.delete(reject), reject(error)),
+      )
+    })
+}
+
+/** A chunked body has no declared length: count while reading, stop at the limit. */
+async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: number, as: 'text' | 'bytes'): Promise<string | Uint8Array> {
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for await (const chunk of stream) {
+    size += chunk.byteLength
+    if (size > maxBytes) throw tooLarge(maxBytes) // leaving the loop cancels the stream
+    chunks.push(chunk)
+  }
+  const body = new Uint8Array(size)
+  let offset = 0
+  for (const chunk of chunks) {
+    body.set(chunk, offset)
+    offset += chunk.byteLength
+  }
+  return as === 'text' ? utf8.decode(body) : body
+}
+
+/** Bun gives a request whose Host is no host name ("a b") a bare path, which Elysia's router reads shifted. */
+function requireHostName(request: Request): void {
+  if (request.url.startsWith('/')) throw new HttpError(400, 'Invalid Host header')
+}
+
+function requireJsonContentType(request: Request): void {
+  const contentType = request.headers.get('content-type') ?? ''
+  if (!/^application\/([\w.+-]+\+)?json\s*(;|$)/i.test(contentType)) throw new HttpError(400, 'Content-Type must be application/json')
+}
+
+function parseJsonObject(text: string): Record<string, unknown> {
+  refuseCostlyJson(text)
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch {
+    throw new HttpError(400, 'Request body must be valid JSON')
+  }
+  if (!isJsonObject(value)) throw new HttpError(400, 'Request body must be a JSON object')
+  return value
+}
+
+/** Whether parsed JSON is an object: not null, not an array. */
+const isJsonObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
+
+// Parsing costs per value, and every step after it per level: 256 KiB of tiny nested arrays cost ten
+// times 256 KiB of long strings. The largest token request the field bounds allow holds some 200 values.
+const maxJsonDepth = 32
+const maxJsonValues = 1000
+// The characters that matter: " \ { } [ ] ,
+const [quote, backslash, openBrace, closeBrace, openBracket, closeBracket, comma] = [0x22, 0x5c, 0x7b, 0x7d, 0x5b, 0x5d, 0x2c]
+
+/** Refuses JSON deeper than maxJsonDepth or of more than maxJsonValues values, in one pass before parsing. */
+function refuseCostlyJson(json: string): void {
+  let depth = 0
+  let values = 0
+  let inString = false
+  for (let i = 0; i < json.length; i++) {
+    const code = json.charCodeAt(i)
+    if (inString) {
+      if (code === backslash) i++
+      else if (code === quote) inString = false
+    } else if (code === quote) inString = true
+    else if (code === openBrace || code === openBracket) {
+      if (++depth > maxJsonDepth) throw new HttpError(400, `Request body must be nested at most ${maxJsonDepth} levels deep`)
+      if (++values > maxJsonValues) break
+    } else if (code === closeBrace || code === closeBracket) depth--
+    else if (code === comma && ++values > maxJsonValues) break
+  }
+  if (values > maxJsonValues) throw new HttpError(400, `Request body must hold at most ${maxJsonValues} JSON values`)
+}
+
+// CORS, the API described, and every error in one shape.
+
+const corsSettings = {
+  origin: '*',
+  credentials: false,
+  methods: [],
+  allowedHeaders: noHeader(),
+  exposeHeaders: noHeader(),
+  preflight: false,
+} satisfies Parameters<typeof cors>[0]
+
+/**
+ * The plugin, its one hook marked synchronous: Elysia guesses from the hook's source (and takes its
+ * `return handleOption(` for a promise), and an async hook makes every handler async.
+ */
+export function corsPlugin() {
+  const plugin = cors(corsSettings)
+  // Where Elysia keeps its guesses, so that it does not guess.
+  for (const hook of plugin.event.request ?? []) Object.assign(hook, { isAsync: false, hasReturn: false })
+  return plugin
+}
+
+/** `false`: the plugin's code reads it as "send no such header", though its types leave it out (an empty list would send an empty header). */
+function noHeader(): string {
+  return false as unknown as string
+}
+
+
+// With OPENAPI=1: GET /openapi.json from the routes' own schemas, and a docs page at GET /openapi
+// whose Swagger UI files are served from the package (embedded in the binary), never from a CDN.
+
+function apiDocumentation() {
+  return new Elysia({ name: 'api-documentation' })
+    .use(
+      openapi({
+        path: '/openapi',
+        specPath: '/openapi.json',
+        provider: 'swagger-ui',
+        swagger: { cdn: '/openapi/swagger-ui-bundle.js', theme: '/openapi/swagger-ui.css', autoDarkMode: false },
+        exclude: { paths: ['/openapi/swagger-ui-bundle.js', '/openapi/swagger-ui.css'] },
+        documentation: {
+          info: {
+            title: 'LiveKit / OpenVidu application server',
+            version: '0.1.0',
+            description: 'Access tokens for LiveKit rooms, and the webhooks a LiveKit server posts. Every error answers {"errorMessage": …}.',
+          },
+        },
+      }),
+    )
+    .get('/openapi/swagger-ui-bundle.js', () => docsFile('swagger-ui-bundle.js', 'text/javascript'))
+    .get('/openapi/swagger-ui.css', () => docsFile('swagger-ui.css', 'text/css'))
+}
+
+const docsFiles = new Map<string, Promise<string>>()
+
+/** One of Swagger UI's files, read once. */
+async function docsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css', contentType: string): Promise<Response> {
+  if (!docsFiles.has(name)) docsFiles.set(name, loadDocsFile(name))
+  return new Response(await docsFiles.get(name), { headers: { 'content-type': contentType, 'cache-control': 'public, max-age=86400' } })
+}
+
+/** Imported as text: `bun build --compile` embeds them, and Deno needs no --allow-read. No types describe it. */
+async function loadDocsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css'): Promise<string> {
+  const { default: text }: { default: string } =
+    name === 'swagger-ui.css'
+      ? // @ts-ignore
+        await import('swagger-ui-dist/swagger-ui.css', { with: { type: 'text' } })
+      : // @ts-ignore
+        await import('swagger-ui-dist/swagger-ui-bundle.js', { with: { type: 'text' } })
+  return text
+}
+
+/** Every error as { "errorMessage": … }, never a stack; a status() answer, so typed clients see an error. */
+function answerError({ code, error, set, path, request }: ErrorContext & { code: string | number; error: unknown }) {
+  // Elysia wraps what a body parser throws in a ParseError; the HttpError is its cause.
+  const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
+  if (httpError instanceof HttpError) {
+    Object.assign(set.headers, httpError.headers)
+    // A page on another origin may read it only if told so.
+    if (httpError.headers['retry-after']) set.headers['access-control-expose-headers'] = 'Retry-After'
+    return status(httpError.status as ErrorStatus, errorBody(httpError.message))
+  }
+  if (code === 'NOT_FOUND') return status(404, errorBody(`No route for ${request.method} ${path}`))
+  if (code === 'VALIDATION' || code === 'PARSE') return status(400, errorBody('Invalid request'))
+  // Anything else is a bug here: say so generically, keep the details (not the stack) in the log.
+  log('error', 'request failed', { method: request.method, path, error: String(error) })
+  return status(500, errorBody('Internal server error'))
+}
+
+type ErrorStatus = 400 | 401 | 403 | 404 | 408 | 413 | 429 | 500 | 503
+
+/** CORS preflights: any origin, and whatever headers the browser asks for ("*" would not cover Authorization). */
+function answerPreflight(request: Request): Response {
+  const headers = new Headers({ 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-max-age': '600' })
+  const requestedHeaders = request.headers.get('access-control-request-headers')
+  if (requestedHeaders) headers.set('access-control-allow-headers', requestedHeaders)
+  return new Response(null, { status: 204, headers })
+}
+
+// Logging: one JSON object per line, so logs stay greppable and machine-readable.
+
+export type Level = 'info' | 'warn' | 'error'
+
+const lineSeparators = /[\u2028\u2029]/g
+const escapeCharacter = (character: string) => `\\u${character.charCodeAt(0).toString(16)}`
+
+const levelRanks: Record<Level, number> = { info: 0, warn: 1, error: 2 }
+let lowestLevelLogged: Level = 'info'
+
+/** LOG_LEVEL: at "warn", the per-request and per-event info lines go quiet. */
+export function setLogLevel(level: Level): void {
+  lowestLevelLogged = level
+}
+
+export function log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
+  if (levelRanks[level] < levelRanks[lowestLevelLogged]) return
+  writeLogLine(level, msg, fields)
+}
+
+/** An info line whatever LOG_LEVEL says: starting, stopping, recovering. */
+function announce(msg: string, fields: Record<string, unknown> = {}): void {
+  writeLogLine('info', msg, fields)
+}
+
+function writeLogLine(level: Level, msg: string, fields: Record<string, unknown>): void {
+  // U+2028 and U+2029 are valid in JSON but end a line for some log readers: escape them too.
+  const line = JSON.stringify({ time: new Date().toISOString(), level, msg, worker: workerNumber, ...fields }).replace(lineSeparators, escapeCharacter)
+  if (level === 'info') console.log(line)
+  else console.error(line)
+}
+
+// Metrics: with PROMETHEUS_PORT, GET /metrics on a listener of its own, never the public port.
+// Answers are tallied in plain numbers that prom-client's registry reads at each scrape (cheaper per
+// request than its counters); without PROMETHEUS_PORT, prom-client is never loaded.
+
+type MetricValue = { value: number; labels: Record<string, string | number>; metricName?: string }
+type MetricsJson = Awaited<ReturnType<import('prom-client').Registry['getMetricsAsJSON']>>
+type MetricsReply = { metricsReply: number; metrics: MetricsJson }
+
+/** What the app tells the metrics; every label value is one of a few, never a client's text. */
+interface Metrics {
+  /** Whether answers are measured: the server wraps its handler only then. */
+  readonly enabled: boolean
+  /** A token request's body was read: it tells the contract. */
+  tokenBodyRead(request: Request, body: object): void
+  /** A webhook verified: its event, and whether it was handled already. */
+  webhookClaimed(request: Request, event: WebhookEvent, claim: Claim): void
+  /** An answer, and how long the app took to give it. */
+  answered(request: Request, status: number, seconds: number): void
+  /** What is read at each scrape: whether Redis is in use, the body bytes being read, the workers. */
+  watch(sources: MetricSources): void
+}
+
+interface MetricSources {
+  redisStatus?: () => Promise<'ok' | 'unavailable'>
+  pendingBodyBytes?: Record<string, number>
+  workers?: () => WorkerHandle[]
+}
+
+const noMetrics: Metrics = { enabled: false, tokenBodyRead() {}, webhookClaimed() {}, answered() {}, watch() {} }
+let metrics: Metrics = noMetrics
+
+const metricPrefix = 'app_server_'
+const durationBuckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+// LiveKit's event names (the SDK's and the protocol's agent events); any other counts as "unknown".
+const knownEventNames = new Set([...Object.keys(webhookHandlers), 'agent_job_started', 'agent_job_ended'])
+
+/** Measures from now on and serves GET /metrics (a worker answers the first process instead). Throws if the port is busy. */
+export async function startMetrics(config: Config): Promise<void> {
+  if (config.prometheusPort === undefined) return
+  const { Registry, AggregatorRegistry } = await loadPromClient()
+  const registry = new Registry()
+  const recorder = createMetricsRecorder(registry)
+  metrics = recorder
+  if (workerNumber !== undefined) return answerMetricsRequests(registry)
+  const scrape =
+    config.workers > 1
+      ? async () => AggregatorRegistry.aggregate([await registry.getMetricsAsJSON(), ...(await askWorkers(recorder.workers()))]).metrics()
+      : () => registry.metrics()
+  await serveMetrics(config.prometheusPort, scrape, registry.contentType)
+}
+
+/** prom-client's registry and aggregation alone (its index loads far more), with literal specifiers the binary embeds. */
+async function loadPromClient(): Promise<Pick<typeof import('prom-client'), 'Registry' | 'AggregatorRegistry'>> {
+  // @ts-ignore: the package declares types for its index alone
+  const [registry, cluster] = await Promise.all([import('prom-client/lib/registry.js'), import('prom-client/lib/cluster.js')])
+  return { Registry: registry.default, AggregatorRegistry: cluster.default }
+}
+
+function createMetricsRecorder(registry: import('prom-client').Registry) {
+  const tokenContracts = new WeakMap<Request, 'openvidu' | 'standard'>()
+  const webhookEvents = new WeakMap<Request, { event: string; duplicate: boolean }>()
+  const tokens = new Tally('contract', 'status')
+  const webhooks = new Tally('event', 'outcome')
+  const durations = new DurationTally()
+  let workers = () => [] as WorkerHandle[]
+  // A series read at each scrape through get(); `aggregator`: how the workers' figures add up.
+  const register = (name: string, help: string, type: 'counter' | 'gauge' | 'histogram', aggregator: 'sum' | 'min' | 'max', read: () => MetricValue[] | Promise<MetricValue[]>) => {
+    const metric = { name, help, type, aggregator, get: async () => ({ name, help, type, aggregator, values: await read() }) }
+    registry.removeSingleMetric(name)
+    registry.registerMetric(metric as unknown as import('prom-client').Metric)
+  }
+  const durationSeries = `${metricPrefix}http_request_duration_seconds`
+  register(`${metricPrefix}token_requests_total`, 'Token requests answered, by contract (none: refused before the body was read) and status', 'counter', 'sum', () => tokens.values())
+  register(`${metricPrefix}webhooks_total`, 'Webhooks answered, by event and outcome (handled, duplicate, refused, failed, busy)', 'counter', 'sum', () => webhooks.values())
+  register(durationSeries, 'Time from a request reaching the app to its answer, by route and status', 'histogram', 'sum', () => durations.values(durationSeries))
+  // A worker thread shares its process with the others: only the first thread reports the process.
+  if (!isWorkerThread) {
+    register('process_resident_memory_bytes', 'Resident memory size in bytes', 'gauge', 'sum', () => [{ labels: {}, value: process.memoryUsage().rss }])
+    register('process_cpu_seconds_total', 'User and system CPU time spent in seconds', 'counter', 'sum', () => {
+      const { user, system } = process.cpuUsage()
+      return [{ labels: {}, value: (user + system) / 1e6 }]
+    })
+  }
+  const lag = measureEventLoopLag()
+  register('nodejs_eventloop_lag_seconds', 'How late a timer fired, at the last check (every 0.5 s): the event loop was busy that long', 'gauge', 'max', () => [
+    { labels: {}, value: lag() },
+  ])
+
+  return {
+    enabled: true,
+    workers: () => workers(),
+    tokenBodyRead: (request: Request, body: object) => void tokenContracts.set(request, isOpenViduRequest(body) ? 'openvidu' : 'standard'),
+    webhookClaimed(request: Request, event: WebhookEvent, claim: Claim) {
+      webhookEvents.set(request, { event: knownEventNames.has(event.event) ? event.event : 'unknown', duplicate: claim === 'handled' })
+    },
+    answered(request: Request, status: number, seconds: number) {
+      const route = routeOf(request.url)
+      durations.observe(route, status, seconds)
+      if (request.method !== 'POST') return
+      if (route === '/token') tokens.add(tokenContracts.get(request) ?? 'none', status)
+      else if (route === '/livekit/webhook') {
+        const verified = webhookEvents.get(request)
+        webhooks.add(verified?.event ?? 'unknown', webhookOutcome(status, verified?.duplicate))
+      }
+    },
+    watch({ redisStatus, pendingBodyBytes, workers: workersNow }: MetricSources) {
+      if (redisStatus) {
+        register(`${metricPrefix}shared_state_up`, '1 while Redis holds the shared state, 0 while this process runs on its own memory', 'gauge', 'min', async () => [
+          { labels: {}, value: (await redisStatus()) === 'ok' ? 1 : 0 },
+        ])
+      }
+      if (pendingBodyBytes) {
+        register(`${metricPrefix}request_body_bytes_pending`, 'Bytes of request bodies being read, by route', 'gauge', 'sum', () =>
+          Object.entries(pendingBodyBytes).map(([route, value]) => ({ labels: { route: route === 'token' ? '/token' : '/livekit/webhook' }, value })),
+        )
+      }
+      if (workersNow) workers = workersNow
+    },
+  } satisfies Metrics & { workers: () => WorkerHandle[] }
+}
+
+// Metrics, tallied: plain numbers per label values, as prom-client reads them at each scrape.
+
+const routeLabels = ['/token', '/livekit/webhook', '/health']
+
+/** A request's route label: one of the routes (as Elysia routes them) or "other", never a client's own path. */
+function routeOf(url: string): string {
+  const start = url.indexOf('/', url.indexOf('//') + 2)
+  let end = url.indexOf('?', start)
+  if (end === -1) end = url.length
+  if (end - start > 1 && url.charCodeAt(end - 1) === 47) end-- // a trailing "/"
+  for (const route of routeLabels) if (end - start === route.length && url.startsWith(route, start)) return route
+  return 'other'
+}
+
+function webhookOutcome(status: number, duplicate = false): string {
+  if (status === 200) return duplicate ? 'duplicate' : 'handled'
+  if (status === 500) return 'failed'
+  if (status === 503) return 'busy'
+  return 'refused'
+}
+
+/** Counts by two label values, in nested maps: a key joined per answer costs more than the counting. */
+class Tally {
+  private readonly counts = new Map<string, Map<string | number, MetricValue>>()
+
+  constructor(
+    private readonly firstLabel: string,
+    private readonly secondLabel: string,
+  ) {}
+
+  add(first: string, second: string | number): void {
+    let bySecond = this.counts.get(first)
+    if (!bySecond) this.counts.set(first, (bySecond = new Map()))
+    const entry = bySecond.get(second)
+    if (entry) entry.value++
+    else bySecond.set(second, { labels: { [this.firstLabel]: first, [this.secondLabel]: String(second) }, value: 1 })
+  }
+
+  values(): MetricValue[] {
+    return [...this.counts.values()].flatMap((bySecond) => [...bySecond.values()].map((entry) => ({ ...entry })))
+  }
+}
+
+/** Answer times by route and status, in durationBuckets, as a Prometheus histogram reads them. */
+class DurationTally {
+  private readonly series = new Map<string, Map<number, { labels: Record<string, string>; buckets: number[]; sum: number; count: number }>>()
+
+  observe(route: string, status: number, seconds: number): void {
+    let byStatus = this.series.get(route)
+    if (!byStatus) this.series.set(route, (byStatus = new Map()))
+    let series = byStatus.get(status)
+    if (!series) byStatus.set(status, (series = { labels: { route, status: String(status) }, buckets: durationBuckets.map(() => 0), sum: 0, count: 0 }))
+    let bucket = 0
+    while (bucket < durationBuckets.length && seconds > durationBuckets[bucket]!) bucket++
+    if (bucket < durationBuckets.length) series.buckets[bucket]!++
+    series.sum += seconds
+    series.count++
+  }
+
+  values(name: string): MetricValue[] {
+    return [...this.series.values()].flatMap((byStatus) => [...byStatus.values()]).flatMap(({ labels, buckets, sum, count }) => {
+      let cumulative = 0
+      return [
+        ...durationBuckets.map((le, index) => ({ metricName: `${name}_bucket`, labels: { ...labels, le }, value: (cumulative += buckets[index]!) })),
+        { metricName: `${name}_bucket`, labels: { ...labels, le: '+Inf' }, value: count },
+        { metricName: `${name}_sum`, labels, value: sum },
+        { metricName: `${name}_count`, labels, value: count },
+      ]
+    })
+  }
+}
+
+/** How late a timer set every 0.5 s fires: how long the event loop was kept busy. */
+function measureEventLoopLag(): () => number {
+  let lagSeconds = 0
+  let due = performance.now() + 500
+  const timer = setInterval(() => {
+    const now = performance.now()
+    lagSeconds = Math.max(0, now - due) / 1000
+    due = now + 500
+  }, 500)
+  ;(timer as { unref?: () => void }).unref?.()
+  return () => lagSeconds
+}
+
+/** The handler, reporting each answer's status and time; an answer given at once is handed on at once. */
+function measured<Rest extends unknown[]>(handler: (request: Request, ...rest: Rest) => Response | Promise<Response>) {
+  return (request: Request, ...rest: Rest): Response | Promise<Response> => {
+    const started = performance.now()
+    const record = (response: Response) => {
+      metrics.answered(request, response.status, (performance.now() - started) / 1000)
+      return response
+    }
+    const response = handler(request, ...rest)
+    return response instanceof Promise ? response.then(record) : record(response)
+  }
+}
+
+// Serving: every difference between Bun and Deno is here, and nowhere else. Deno's API as far as
+// this file uses it, declared so that one file type-checks for both.
+
+const onBun = 'Bun' in globalThis
+
+declare const Deno: {
+  serve(
+    options: { port: number; reusePort?: boolean; onListen?: (address: { port: number }) => void; onError?: (error: unknown) => Response },
+    handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>,
+  ): { shutdown(): Promise<void>; finished: Promise<void> }
+  addSignalListener(signal: 'SIGTERM' | 'SIGINT', handler: () => void): void
+}
+
+/**
+ * What serving an app needs to know (createApp says): whether its rate limit needs the connecting
+ * address, which Deno hands to its serve handler alone and costs every request to read; the first
+ * attempt to reach Redis, which serving waits for so that no request does; the stream to flush on stop.
+ */
+const servingNeeds = new WeakMap<object, { addresses: boolean; connecting: Promise<unknown>; events?: EventStream }>()
+const remoteAddresses = new WeakMap<Request, string>()
+
+/** What this file needs of a Redis client: Bun's built-in one, or node-redis's on Deno. */
+interface RedisConnection {
+  send(command: string, args: string[]): Promise<unknown>
+  /** Resolves once connected, (re)connecting a client that is not. */
+  connect(): Promise<void>
+}
+
+/** A client for the URL, not yet connected. Neither queues commands while disconnected: they fail at once. */
+async function openRedis(url: string): Promise<RedisConnection> {
+  if (onBun) {
+    const client = new Bun.RedisClient(url, { enableOfflineQueue: false, connectionTimeout: 1000 })
+    return { send: (command, args) => client.send(command, args), connect: async () => void (client.connected || (await client.connect())) }
+  }
+  const { createClient } = await import('@redis/client')
+  const client = createClient({ url, disableOfflineQueue: true, socket: { connectTimeout: 1000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 1000) } })
+  client.on('error', () => {}) // a lost connection is noticed, and logged, by the commands that fail
+  // node-redis keeps retrying a refused first connection, and reconnects by itself after: the first
+  // attempt ends at its first error (as Bun's does), and later ones wait for it to be ready.
+  const firstAttempt = new Promise<void>((resolve, reject) => {
+    client.once('error', reject)
+    client.connect().then(() => resolve(), reject)
+  })
+  firstAttempt.catch(() => {})
+  let attempted = false
+  let ready: Promise<void> | undefined
+  const whenReady = () => (ready ??= new Promise<void>((resolve) => client.once('ready', () => ((ready = undefined), resolve()))))
+  return {
+    send: (command, args) => client.sendCommand([command, ...args]),
+    connect: async () => {
+      if (!attempted) return (attempted = true), firstAttempt
+      if (!client.isReady) await whenReady()
+    },
+  }
+}
+
+/** Bun: listen() routes past app.fetch, so measuring every answer takes serving app.fetch (Elysia's timeout). */
+function serveMeasured(app: ReturnType<typeof createApp>, port: number, reusePort: boolean): void {
+  app.compile()
+  app.server = Bun.serve({ port, reusePort, idleTimeout: 30, fetch: measured((request: Request) => app.fetch(request)) })
+}
+
+/** GET /metrics on its own port; anything else a 404. */
+async function serveMetrics(port: number, scrape: () => Promise<string>, contentType: string): Promise<void> {
+  const handler = async (request: Request): Promise<Response> => {
+    if (request.method !== 'GET' || new URL(request.url).pathname !== '/metrics') {
+      return Response.json(errorBody('Only GET /metrics is served on this port'), { status: 404 })
+    }
+    try {
+      return new Response(await scrape(), { headers: { 'content-type': contentType } })
+    } catch (error) {
+      log('error', 'metrics unavailable', { error: String(error) })
+      return Response.json(errorBody('Metrics are unavailable right now'), { status: 503 })
+    }
+  }
+  if (onBun) return void Bun.serve({ port, reusePort: false, fetch: handler })
+  await new Promise<void>((resolve) => Deno.serve({ port, onListen: () => resolve() }, handler))
+}
+
+// Starting and stopping
+
+export interface RunningServer {
+  port: number
+  stop(): Promise<void>
+}
+
+/** Serves the app; resolves once it listens. The port is this process's alone unless `sharedPort` (workers). */
+export async function startServer(app: ReturnType<typeof createApp>, port: number, { sharedPort = false } = {}): Promise<RunningServer> {
+  await servingNeeds.get(app)?.connecting
+  if (!onBun) return serveOnDeno(app, port, sharedPort)
+  if (metrics.enabled) serveMeasured(app, port, sharedPort)
+  else app.listen({ port, reusePort: sharedPort })
+  const server = app.server!
+  // Bun's stop() closes the listener and resolves once the requests in flight are answered.
+  return { port: server.port!, stop: () => server.stop().then(() => servingNeeds.get(app)?.events?.flush()) }
+}
+
+function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort: boolean): Promise<RunningServer> {
+  // Deno's shutdown() (2.9, seen here) makes the bodies of requests in flight unreadable, so
+  // stopping first waits for those requests, and answers 503 to any that arrive meanwhile.
+  let inFlight = 0
+  let stopping = false
+  let onIdle = () => {}
+  const recordsAddresses = servingNeeds.get(app)?.addresses
+  const handler = async (request: Request, info: { remoteAddr: { hostname: string } }) => {
+    if (stopping) return Response.json(errorBody('The server is stopping'), { status: 503, headers: { connection: 'close', 'retry-after': '1' } })
+    // Deno writes the Host header into request.url as it came: a "/" in it would move the path routed.
+    if (request.headers.get('host')?.includes('/')) return Response.json(errorBody('Invalid Host header'), { status: 400 })
+    inFlight += 1
+    try {
+      if (recordsAddresses) remoteAddresses.set(request, info.remoteAddr.hostname)
+      const response = await app.fetch(request)
+      // An upload refused (503 while busy) or given up (408) closes its connection.
+      if ((response.status === 503 || response.status === 408) && response.headers.get('connection') === 'close') return cutShort(response)
+      return response
+    } finally {
+      inFlight -= 1
+      if (inFlight === 0) onIdle()
+    }
+  }
+
+  return new Promise((resolve, reject) => {
+    let server: ReturnType<typeof Deno.serve>
+    const stop = async () => {
+      stopping = true
+      if (inFlight > 0) await new Promise<void>((resolve) => (onIdle = resolve))
+      await server.shutdown()
+      await servingNeeds.get(app)?.events?.flush()
+    }
+    let listening = false
+    const onListen = (address: { port: number }) => {
+      // Listening again after recovering: same port (even when asked for 0), nothing more to say.
+      if (listening) return
+      listening = true
+      port = address.port
+      resolve({ port, stop })
+    }
+    const listen = () => {
+      if (stopping) return
+      try {
+        server = Deno.serve({ port, reusePort, onError: answerServeError, onListen }, metrics.enabled ? measured(handler) : handler)
+      } catch (error) {
+        if (!listening) return reject(error) // the first time: let the caller say why
+        log('warn', 'could not listen again, retrying in 1 s', { error: String(error) })
+        return void setTimeout(listen, 1000)
+      }
+      server.finished.catch((error) => recover(server, error))
+    }
+    // Deno.serve closes no idle connection: a flood can use up the descriptors and end its accept
+    // loop. Closing them (2 s for requests in flight), then listening again, brings it back.
+    const recover = async (deadServer: typeof server, error: unknown) => {
+      if (stopping) return
+      if (!/os error 2[34]\)/.test(String(error))) {
+        log('error', 'the server stopped accepting connections', { error: String(error) })
+        // process.exit() in a worker thread would end it silently: an error reaches the supervisor.
+        if (isWorkerThread) throw error
+        process.exit(1)
+      }
+      log('warn', 'out of file descriptors: closing every connection and listening again', { error: String(error) })
+      await withTimeout(deadServer.shutdown(), 2000).catch(() => {})
+      setTimeout(listen, 100)
+    }
+    listen()
+  })
+}
+
+/** Deno reads an unread body to its end before closing; an answer whose body fails closes at once (headers sent). */
+function cutShort(response: Response): Response {
+  const body = new ReadableStream({ start: (controller) => controller.error(connectionCutShort) })
+  return new Response(body, { status: response.status, headers: response.headers })
+}
+
+const connectionCutShort = new Error('connection cut short')
+
+/** What Deno calls with an error it caught while answering; only cutShort's is expected. */
+function answerServeError(error: unknown): Response {
+  if (error !== connectionCutShort) log('error', 'request failed', { error: String(error) })
+  return new Response(null, { status: 500 })
+}
+
+/** Stops taking connections on SIGTERM/SIGINT, lets requests in flight finish, then exits. */
+function stopOnSignals(server: RunningServer): void {
+  onStopSignal((signal) => {
+    announce(`${signal} received, finishing requests in flight`)
+    setTimeout(() => {
+      log('warn', 'requests still in flight after 10 s, exiting anyway')
+      process.exit(1)
+    }, 10_000).unref?.()
+    server.stop().then(() => {
+      announce('stopped')
+      process.exit(0)
+    })
+  })
+}
+
+/** Calls `stop` once, on the first SIGTERM or SIGINT. */
+function onStopSignal(stop: (signal: string) => void): void {
+  let stopping = false
+  const once = (signal: string) => {
+    if (stopping) return
+    stopping = true
+    stop(signal)
+  }
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    if (onBun) process.on(signal, () => once(signal))
+    else Deno.addSignalListener(signal, () => once(signal))
+  }
+}
+
+// Workers: WORKERS=N serves the port from N processes (Bun, each `bun run index.ts` again) or N
+// threads (Deno's web workers), the kernel spreading connections among them. The first process
+// only supervises: it says when all listen, forwards SIGTERM/SIGINT, and restarts a worker that dies.
+
+declare const WorkerGlobalScope: unknown
+declare const self: {
+  name: string
+  postMessage(message: unknown): void
+  onmessage: ((event: { data: unknown }) => void) | null
+  addEventListener(type: 'message', listener: (event: { data: unknown }) => void): void
+  close(): void
+}
+
+const isWorkerThread = typeof WorkerGlobalScope !== 'undefined'
+
+/** This worker's number (1 to N), or undefined in the first process. */
+const workerNumber: number | undefined = isWorkerThread ? Number(self.name) : process.env.SERVER_WORKER ? Number(process.env.SERVER_WORKER) : undefined
+
+interface WorkerHandle {
+  /** Posts the worker a message (its process's IPC channel, or its thread's). */
+  send(message: unknown): void
+  /** Asks the worker to finish its requests in flight and stop. */
+  stop(): void
+  /** Stops it now. */
+  kill(): void
+  /** Resolves when the worker has stopped, with how it ended. */
+  exited: Promise<string>
+}
+
+type WorkerMessage = { listening: number } | MetricsReply | 'stopped'
+
+function startWorker(number: number, onListening: () => void): WorkerHandle {
+  const onMessage = (message: WorkerMessage) => metricsReplied(message) || (typeof message === 'object' && onListening())
+  if (onBun) {
+    const child = Bun.spawn([process.execPath, ...process.argv.slice(1)], {
+      env: { ...process.env, SERVER_WORKER: String(number) },
+      stdio: ['ignore', 'inherit', 'inherit'],
+      ipc: (message) => onMessage(message as WorkerMessage),
+    })
+    const send = (message: unknown) => void child.send(message)
+    return { send, stop: () => child.kill('SIGTERM'), kill: () => child.kill('SIGKILL'), exited: child.exited.then((code) => `code ${code ?? child.signalCode}`) }
+  }
+  const worker = new Worker(import.meta.url, { type: 'module', name: String(number) })
+  const exited = Promise.withResolvers<string>()
+  worker.onmessage = (event) => {
+    onMessage(event.data as WorkerMessage)
+    if (event.data === 'stopped') (worker.terminate(), exited.resolve('stop'))
+  }
+  worker.onerror = (event) => {
+    event.preventDefault()
+    worker.terminate()
+    exited.resolve(`error ${event.message}`)
+  }
+  const kill = () => (worker.terminate(), exited.resolve('killed'))
+  return { send: (message) => worker.postMessage(message), stop: () => worker.postMessage('stop'), kill, exited: exited.promise }
+}
+
+// Metrics across workers: each scrape asks every worker for its figures
+// (prom-client's registry as JSON, over the channel it supervises them by), summed with its own.
+
+const metricsRequests = new Map<number, (metrics: MetricsJson) => void>()
+let lastMetricsRequest = 0
+
+async function askWorkers(workers: WorkerHandle[]): Promise<MetricsJson[]> {
+  return Promise.all(
+    workers.map((worker) => {
+      const id = ++lastMetricsRequest
+      const reply = new Promise<MetricsJson>((resolve) => metricsRequests.set(id, resolve))
+      worker.send({ metricsRequest: id })
+      // A worker restarting or frozen: no answer rather than a sum that misses it.
+      return withTimeout(reply, 2000).finally(() => metricsRequests.delete(id))
+    }),
+  )
+}
+
+/** In the first process: whether the message is a worker's figures (then handed to the scrape waiting for them). */
+function metricsReplied(message: unknown): boolean {
+  if (typeof message !== 'object' || message === null || !('metricsReply' in message)) return false
+  const { metricsReply, metrics } = message as MetricsReply
+  metricsRequests.get(metricsReply)?.(metrics)
+  return true
+}
+
+/** In a worker: answers each of the first process's requests with this worker's figures. */
+function answerMetricsRequests(registry: import('prom-client').Registry): void {
+  const answer = async (message: unknown, reply: (message: MetricsReply) => void) => {
+    if (typeof message !== 'object' || message === null || !('metricsRequest' in message)) return
+    reply({ metricsReply: Number(message.metricsRequest), metrics: await registry.getMetricsAsJSON() })
+  }
+  if (isWorkerThread) self.addEventListener('message', ({ data }) => void answer(data, (reply) => self.postMessage(reply)))
+  else process.on('message', (message) => void answer(message, (reply) => process.send?.(reply)))
+}
+
+// A worker that keeps crashing is restarted later each time; workers crashing more often than this
+// stop the server, so that whatever runs it sees a failed service rather than a spinning one.
+const maxCrashesPerMinute = 3
+const firstRestartDelayMs = 1000
+const longestRestartDelayMs = 30_000
+
+async function superviseWorkers(config: Config): Promise<void> {
+  // The workers share the port with whoever else asks to share it: only an exclusive probe tells.
+  if (!(await portIsFree(config.port))) return exitPortInUse(`port ${config.port}`)
+  let stopping = false
+  let announced = false
+  const workers = new Map<number, WorkerHandle>()
+  const listening = new Set<number>()
+  const crashTimes: number[] = []
+  const restartDelays = new Map<number, number>()
+  metrics.watch({ workers: () => [...workers.values()] })
+  const stopWorkers = async (exitCode: number) => {
+    stopping = true
+    for (const worker of workers.values()) worker.stop()
+    // Each worker gives its requests in flight 10 s; past that (and a second's grace), it is stuck.
+    const allExited = Promise.all([...workers.values()].map((worker) => worker.exited))
+    const stuck = await withTimeout(allExited, 11_000).then(() => false, () => true)
+    if (stuck) {
+      log('warn', 'workers still running after 11 s, stopping them now')
+      for (const worker of workers.values()) worker.kill()
+      exitCode = 1
+    }
+    if (exitCode === 0) announce('stopped')
+    process.exit(exitCode)
+  }
+  const run = (number: number) => {
+    let listened = false
+    let listenedAt = 0
+    const worker = startWorker(number, () => {
+      listened = true
+      listenedAt = Date.now()
+      listening.add(number)
+      if (listening.size === config.workers && !announced) {
+        announced = true
+        announce(`listening on http://localhost:${config.port}`, { port: config.port, workers: config.workers })
+      }
+    })
+    workers.set(number, worker)
+    worker.exited.then((how) => {
+      if (stopping) return
+      if (!listened) {
+        // It never served: starting it again would fail the same way (a busy port, a missing flag).
+        log('error', `worker ${number} could not start (${how}): stopping`)
+        return void stopWorkers(1)
+      }
+      // It served, then crashed or was killed: capacity must not silently shrink, unless crashing is all it does.
+      const now = Date.now()
+      crashTimes.push(now)
+      while (crashTimes[0]! <= now - 60_000) crashTimes.shift()
+      if (crashTimes.length > maxCrashesPerMinute) {
+        log('error', `workers crashed ${crashTimes.length} times within a minute (worker ${number}: ${how}): stopping`)
+        return void stopWorkers(1)
+      }
+      // Twice as long each time, back to the first delay once the worker had served for a minute.
+      const delay = now - listenedAt >= 60_000 ? firstRestartDelayMs : (restartDelays.get(number) ?? firstRestartDelayMs)
+      restartDelays.set(number, Math.min(delay * 2, longestRestartDelayMs))
+      log('warn', `worker ${number} exited (${how}), restarting it in ${delay / 1000} s`)
+      setTimeout(() => stopping || run(number), delay)
+    })
+  }
+  for (let number = 1; number <= config.workers; number++) run(number)
+  onStopSignal((signal) => {
+    announce(`${signal} received, stopping the workers`)
+    void stopWorkers(0)
+  })
+}
+
+/** In a worker: tells the first process it listens, and stops when told to (or when orphaned). */
+function reportToSupervisor(server: RunningServer): void {
+  if (isWorkerThread) {
+    self.onmessage = async ({ data }) => {
+      if (data !== 'stop') return
+      await server.stop()
+      self.postMessage('stopped')
+    }
+    return self.postMessage({ listening: server.port })
+  }
+  stopOnSignals(server)
+  process.send?.({ listening: server.port })
+  // A supervisor killed outright cannot stop its workers: they notice and stop by themselves.
+  const supervisor = process.ppid
+  setInterval(() => process.ppid !== supervisor && process.kill(process.pid, 'SIGTERM'), 1000).unref?.()
+}
+
+// Starting up: the configuration, the metrics, then the workers or the server.
+
+function warnAboutCredentials(config: Config): void {
+  if (config.usesDevCredentials) {
+    log('warn', 'LIVEKIT_API_KEY and LIVEKIT_API_SECRET are not set: using the development credentials (key "devkey")')
+  }
+  for (const key of config.weakKeys) {
+    log('warn', `the secret of API key "${key}" is shorter than 32 characters, weak for HS256: use a longer one`)
+  }
+}
+
+const isPortInUse = (error: unknown) => /EADDRINUSE|AddrInUse/.test(`${(error as { code?: string })?.code} ${(error as Error)?.name}`)
+
+/** Whether nothing listens on the port, shared or not: bound for a moment, without sharing it. */
+function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createNetServer()
+    // Any other failure (a port below 1024, say) is the workers' to report.
+    probe.once('error', (error) => resolve(!isPortInUse(error)))
+    probe.listen({ port, exclusive: true }, () => probe.close(() => resolve(true)))
+  })
+}
+
+/** One line saying the port is taken, and exit code 1 (a worker thread's through the first process). */
+function exitPortInUse(port: string): never {
+  log('error', `${port} is already in use`)
+  if (isWorkerThread) throw new Error('could not listen')
+  process.exit(1)
+}
+
+async function main(): Promise<void> {
+  let config: Config
+  try {
+    config = loadConfig(process.env)
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error
+    console.error(`Configuration error: ${error.message}`)
+    process.exit(1)
+  }
+  setLogLevel(config.logLevel)
+  if (workerNumber === undefined) warnAboutCredentials(config)
+  try {
+    await startMetrics(config)
+  } catch (error) {
+    if (!isPortInUse(error)) throw error
+    exitPortInUse(`PROMETHEUS_PORT ${config.prometheusPort}`)
+  }
+  if (config.workers > 1 && workerNumber === undefined) return superviseWorkers(config)
+  let server: RunningServer
+  try {
+    server = await startServer(createApp(config), config.port, { sharedPort: config.workers > 1 })
+  } catch (error) {
+    if (!isPortInUse(error)) throw error
+    exitPortInUse(`port ${config.port}`)
+  }
+  if (workerNumber !== undefined) return reportToSupervisor(server)
+  // Handle signals before saying so: whoever waits for this line may stop the server at once.
+  stopOnSignals(server)
+  announce(`listening on http://localhost:${server.port}`, { port: server.port })
+}
+
+if (import.meta.main || workerNumber !== undefined) await main()

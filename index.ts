@@ -1656,13 +1656,8 @@ const utf8 = new TextDecoder()
 function createBodyReader(maxPendingBytes: number) {
   const pendingBytes = { token: 0, webhook: 0 }
   metrics.watch({ pendingBodyBytes: pendingBytes })
-  const withBodyTimeout = createBodyTimeouts()
-  return async function readBody<As extends 'text' | 'bytes'>(
-    request: Request,
-    maxBytes: number,
-    route: keyof typeof pendingBytes,
-    as: As,
-  ): Promise<As extends 'text' ? string : Uint8Array> {
+  const withinBodyTime = createBodyTimeouts()
+  return function readBody<As extends 'text' | 'bytes'>(request: Request, maxBytes: number, route: keyof typeof pendingBytes, as: As): Promise<As extends 'text' ? string : Uint8Array> {
     const contentLength = request.headers.get('content-length')
     const reservedBytes = contentLength === null ? maxBytes : Number(contentLength)
     if (!(reservedBytes <= maxBytes)) throw tooLarge(maxBytes)
@@ -1671,53 +1666,51 @@ function createBodyReader(maxPendingBytes: number) {
       throw new HttpError(503, 'The server is busy receiving other requests, retry shortly', { 'retry-after': '1', connection: 'close' })
     }
     pendingBytes[route] += reservedBytes
-    try {
-      // A declared length bounds the body (the HTTP server enforces it), so the runtime reads it in
-      // one go, decoding it too when text is wanted.
-      const reading = contentLength === null && request.body ? readChunkedBody(request.body, maxBytes, as) : as === 'text' ? request.text() : request.bytes()
-      return (await withBodyTimeout<string | Uint8Array>(reading)) as As extends 'text' ? string : Uint8Array
-    } catch (error) {
-      if (error instanceof HttpError) throw error
-      if (error === bodyTimedOut) throw new HttpError(408, `Request body must arrive within ${bodyTimeoutMs / 1000} s`, { connection: 'close' })
-      // The upload broke off: nothing of ours failed, and no one is left to read the answer.
-      log('info', 'request aborted by client', { reason: String(error) })
-      throw new HttpError(400, 'Request body could not be read')
-    } finally {
-      pendingBytes[route] -= reservedBytes
-    }
+    // A declared length bounds the body (the HTTP server enforces it), so the runtime reads it in
+    // one go, decoding it too when text is wanted.
+    const reading = contentLength === null && request.body ? readChunkedBody(request.body, maxBytes, as) : as === 'text' ? request.text() : request.bytes()
+    return withinBodyTime(reading, () => (pendingBytes[route] -= reservedBytes)) as Promise<As extends 'text' ? string : Uint8Array>
   }
 }
 
 const bodyTimeoutMs = 10_000
-const bodyTimedOut = new Error('request body timed out')
 const tooLarge = (maxBytes: number) => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
 
-/** Fails body reads that ran 10 s (at most 11): one timer a second checks them all, as Node's HTTP server does. */
+/** Why a body could not be read, as the answer says it. */
+function bodyReadError(error: unknown): HttpError {
+  if (error instanceof HttpError) return error
+  // The upload broke off: nothing of ours failed, and no one is left to read the answer.
+  log('info', 'request aborted by client', { reason: String(error) })
+  return new HttpError(400, 'Request body could not be read')
+}
+
+/**
+ * A body read as one promise, failed with a 408 once it has run 10 s (at most 11: one timer a second
+ * checks them all, as Node's HTTP server does); `release` is called once, when it ends either way.
+ */
 function createBodyTimeouts() {
-  // The reads running, each as the function that fails it and when; oldest first, as each gets the
+  // The reads running, each as the function that fails it, and when; oldest first, as each gets the
   // same time on a clock that never goes back.
-  const deadlines = new Map<(reason: Error) => void, number>()
+  const deadlines = new Map<(reason: unknown) => void, number>()
   let checking = false
+  const timedOut = new HttpError(408, `Request body must arrive within ${bodyTimeoutMs / 1000} s`, { connection: 'close' })
   const failOverdue = () => {
     const now = performance.now()
     for (const [fail, deadline] of deadlines) {
       if (deadline > now) break
-      deadlines.delete(fail)
-      fail(bodyTimedOut)
+      fail(timedOut)
     }
   }
-  return <T>(reading: Promise<T>): Promise<T> =>
+  return <T>(reading: Promise<T>, release: () => void): Promise<T> =>
     new Promise((resolve, reject) => {
       if (!checking) {
         checking = true
         const timer = setInterval(failOverdue, 1000)
         ;(timer as { unref?: () => void }).unref?.()
       }
-      deadlines.set(reject, performance.now() + bodyTimeoutMs)
-      reading.then(
-        (value) => (deadlines.delete(reject), resolve(value)),
-        (error) => (deadlines.delete(reject), reject(error)),
-      )
+      const fail = (error: unknown) => deadlines.delete(fail) && (release(), reject(bodyReadError(error)))
+      deadlines.set(fail, performance.now() + bodyTimeoutMs)
+      reading.then((value) => deadlines.delete(fail) && (release(), resolve(value)), fail)
     })
 }
 

@@ -112,6 +112,8 @@ const needs: Record<string, keyof typeof settings> = {
   EVENTS_OUTBOX: 'EVENTS_STREAM',
 }
 
+// Configuration, read: the table applied, then the secrets and the rules between variables.
+
 export class ConfigError extends Error {}
 
 type Env = Record<string, string | undefined>
@@ -1120,6 +1122,9 @@ function createWebhookRoute(config: Config, handlers: Record<string, WebhookHand
   }
 }
 
+// Webhooks, verified: LiveKit's signature checked by hand (tests/fast-path.test.ts holds it to the
+// SDK's), the event read from the body, and the ids handled remembered.
+
 /** Verifies a webhook as the SDK's WebhookReceiver does, synchronously and for HS256 (what LiveKit signs with) only. */
 export function createWebhookVerifier(config: Config) {
   const verifySigner = createWebhookSignerVerifier(config)
@@ -1227,6 +1232,8 @@ function plainEventView(json: unknown): EventView | undefined {
   }
   return otherSpellings.some((name) => Object.hasOwn(json, name)) ? undefined : (json as EventView)
 }
+
+// Handled ids, in this process's memory: what the shared state falls back to, and all it uses without Redis.
 
 type MaybePromise<T> = T | Promise<T>
 
@@ -2457,7 +2464,7 @@ function answerMetricsRequests(registry: import('prom-client').Registry): void {
   else process.on('message', (message) => void answer(message, (reply) => process.send?.(reply)))
 }
 
-// A worker that keeps crashing is restarted later each time; workers crashing more often than this
+// Supervising: a worker that keeps crashing is restarted later each time; workers crashing more often than this
 // stop the server, so that whatever runs it sees a failed service rather than a spinning one.
 const maxCrashesPerMinute = 3
 const firstRestartDelayMs = 1000

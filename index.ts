@@ -22,7 +22,7 @@ import { Elysia, getSchemaValidator, status, t, type ErrorContext } from 'elysia
 import { cors } from '@elysiajs/cors'
 import { openapi } from '@elysiajs/openapi'
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose'
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
+import { createHash, createHmac, timingSafeEqual, type Hash } from 'node:crypto'
 import { createServer as createNetServer, isIP } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { readFileSync, writeSync } from 'node:fs'
@@ -921,8 +921,7 @@ function deepFreeze<T>(value: T): T {
 }
 
 export function createTokenMinter(config: Config) {
-  // A Buffer key: Deno's node:crypto takes it about twice as fast as a string or a KeyObject.
-  const signingKey = Buffer.from(config.apiSecret)
+  const sign = hmacSha256(config.apiSecret)
   return function mintToken(participant: Participant, grant = fullGrant, ttlSeconds = config.tokenTtlSeconds): string {
     const grants: ClaimGrants = {
       name: participant.name,
@@ -941,7 +940,7 @@ export function createTokenMinter(config: Config) {
       exp: now + ttlSeconds,
     }
     const signingInput = `${jwtHeader}.${base64url(JSON.stringify(claims))}`
-    return `${signingInput}.${createHmac('sha256', signingKey).update(signingInput).digest('base64url')}`
+    return `${signingInput}.${sign(signingInput).digest('base64url')}`
   }
 }
 
@@ -1137,7 +1136,7 @@ export function createWebhookVerifier(config: Config) {
  */
 export function createWebhookSignerVerifier(config: Config) {
   // The JWT's issuer (its API key) picks the secret, as LiveKit's own server does.
-  const secrets = new Map([...config.keys].map(([apiKey, apiSecret]) => [apiKey, Buffer.from(apiSecret)]))
+  const signers = new Map([...config.keys].map(([apiKey, apiSecret]) => [apiKey, hmacSha256(apiSecret)]))
   // The headers already read and found plain: LiveKit writes the same one every time.
   const plainHeaders = new Set<string>()
   return function verifySigner(authorization: string | null): WebhookClaims {
@@ -1152,9 +1151,9 @@ export function createWebhookSignerVerifier(config: Config) {
       if (plainHeaders.size < 16) plainHeaders.add(header)
     }
     const payload = jsonObjectFrom(claims, 'claims')
-    const secret = typeof payload.iss === 'string' ? secrets.get(payload.iss) : undefined
-    if (!secret) throw new Error('JWT iss must be a known API key')
-    const expected = createHmac('sha256', secret).update(`${header}.${claims}`).digest()
+    const sign = typeof payload.iss === 'string' ? signers.get(payload.iss) : undefined
+    if (!sign) throw new Error('JWT iss must be a known API key')
+    const expected = sign(`${header}.${claims}`).digest()
     const signed = Buffer.from(signature, 'base64url')
     if (signed.length !== expected.length || !timingSafeEqual(signed, expected)) throw new Error('JWT signature does not verify')
     requireCurrent(payload)
@@ -2182,6 +2181,21 @@ declare const Deno: {
  */
 const servingNeeds = new WeakMap<object, { addresses: boolean; connecting: Promise<unknown>; events?: EventStream }>()
 const remoteAddresses = new WeakMap<Request, string>()
+
+/**
+ * HMAC-SHA256 with its key prepared once. Bun's createHmac is native; Deno's pads the key again, in
+ * JavaScript, on every call (half of a token's signing), so there it is computed as RFC 2104 defines
+ * it: two SHA-256 hashes over pads made once.
+ */
+function hmacSha256(secret: string): (data: string) => Pick<Hash, 'digest'> {
+  const bytes = Buffer.from(secret)
+  if (onBun) return (data) => createHmac('sha256', bytes).update(data)
+  const key = Buffer.alloc(64)
+  ;(bytes.length > 64 ? createHash('sha256').update(bytes).digest() : bytes).copy(key)
+  const inner = key.map((byte) => byte ^ 0x36)
+  const outer = key.map((byte) => byte ^ 0x5c)
+  return (data) => createHash('sha256').update(outer).update(createHash('sha256').update(inner).update(data).digest())
+}
 
 /** What this file needs of a Redis client: Bun's built-in one, or node-redis's on Deno. */
 interface RedisConnection {

@@ -265,3 +265,25 @@ for (const runtime of runtimeNames) {
     })
   })
 }
+
+for (const runtime of runtimeNames) {
+  describe(`${runtime}: a secret longer than SHA-256's 64-byte block`, () => {
+    // HMAC hashes such a key first (RFC 2104): a signer that pads it instead signs with another key.
+    const long = { apiKey: 'long-key', apiSecret: `${crypto.randomUUID()}${crypto.randomUUID()}${crypto.randomUUID()}` }
+    const running = serveDuringTests(runtime, { LIVEKIT_API_KEY: long.apiKey, LIVEKIT_API_SECRET: long.apiSecret })
+    const postWebhook = (body: string, authorization: string) =>
+      running.http.request('/livekit/webhook', { method: 'POST', headers: { 'content-type': 'application/webhook+json', authorization }, body })
+
+    test('signs tokens that verify with it', async () => {
+      const answer = await running.http.postJson('/token', { roomName: 'room1', participantName: 'alice' })
+      expect(verifyAccessToken(answer.json().token, long).sub).toBe('alice')
+    })
+
+    test('accepts a webhook signed with it, and refuses one signed with the same secret but its last character', async () => {
+      const body = JSON.stringify(webhookEvent('room_started'))
+      expect((await postWebhook(body, signWebhook(body, long))).status).toBe(200)
+      const other = JSON.stringify(webhookEvent('room_started'))
+      expect((await postWebhook(other, signWebhook(other, { ...long, apiSecret: `${long.apiSecret.slice(0, -1)}x` }))).status).toBe(401)
+    })
+  })
+}

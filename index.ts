@@ -1211,10 +1211,16 @@ export type EventView = Pick<WebhookEvent, 'event' | 'id'> & {
   ingressInfo?: { roomName?: string; ingressId?: string }
 }
 
-// The parts an EventView reads, with their string fields; and the other spellings of those that
-// proto3 JSON allows (field names as in the .proto), which only a whole decoding reads right.
-const viewedParts = { room: ['name'], participant: ['identity'], track: ['sid'], egressInfo: ['roomName', 'egressId'], ingressInfo: ['roomName', 'ingressId'] }
-const otherSpellings = ['created_at', 'egress_info', 'ingress_info', 'room_name', 'egress_id', 'ingress_id']
+// The parts an EventView reads, each with its string fields and their other spellings in proto3
+// JSON (the names in the .proto), which only a whole decoding reads right; and the event's own.
+const viewedParts: [part: string, fields: string[], otherSpellings: string[]][] = [
+  ['room', ['name'], []],
+  ['participant', ['identity'], []],
+  ['track', ['sid'], []],
+  ['egressInfo', ['roomName', 'egressId'], ['room_name', 'egress_id']],
+  ['ingressInfo', ['roomName', 'ingressId'], ['room_name', 'ingress_id']],
+]
+const otherEventSpellings = ['created_at', 'egress_info', 'ingress_info']
 
 /**
  * The JSON itself as an EventView when it plainly is one, as LiveKit writes it (strings where read,
@@ -1223,13 +1229,14 @@ const otherSpellings = ['created_at', 'egress_info', 'ingress_info', 'room_name'
 function plainEventView(json: unknown): EventView | undefined {
   if (!isJsonObject(json) || typeof json.event !== 'string' || typeof json.id !== 'string') return undefined
   if (json.createdAt !== undefined && !(typeof json.createdAt === 'string' && /^(0|[1-9]\d{0,18})$/.test(json.createdAt))) return undefined
-  for (const [part, fields] of Object.entries(viewedParts)) {
+  if (otherEventSpellings.some((name) => Object.hasOwn(json, name))) return undefined
+  for (const [part, fields, otherSpellings] of viewedParts) {
     const value = json[part]
     if (value === undefined) continue
     if (!isJsonObject(value) || fields.some((field) => value[field] !== undefined && typeof value[field] !== 'string')) return undefined
     if (otherSpellings.some((name) => Object.hasOwn(value, name))) return undefined
   }
-  return otherSpellings.some((name) => Object.hasOwn(json, name)) ? undefined : (json as EventView)
+  return json as EventView
 }
 
 // Handled ids, in this process's memory: what the shared state falls back to, and all it uses without Redis.

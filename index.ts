@@ -26,7 +26,7 @@ import { createHash, createHmac, timingSafeEqual, type Hash } from 'node:crypto'
 import { createServer as createNetServer, isIP } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { readFileSync, writeSync } from 'node:fs'
-import { claimsToJwtPayload, RoomConfiguration, TrackSource, WebhookEvent, type ClaimGrants, type VideoGrant, type WebhookEventNames } from 'livekit-server-sdk'
+import { claimsToJwtPayload, RoomAgentDispatch, RoomConfiguration, TrackSource, WebhookEvent, type ClaimGrants, type VideoGrant, type WebhookEventNames } from 'livekit-server-sdk'
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
 
 // Configuration: every variable once, with its default, its bounds and what it means; the checks
@@ -88,8 +88,8 @@ export const settings = {
   LOG_LEVEL: choice(['info', 'warn', 'error'], 'the least severe lines logged'),
   OPENAPI: choice(['1', '0'], 'whether GET /openapi.json and the docs page at GET /openapi are served'),
   AUTH_JWKS_URL: url(undefined, /^https?:$/, 'an http:// or https:// URL', "the identity provider's key set: /token then requires a bearer ID token"),
-  AUTH_ISSUER: text("the iss that callers' ID tokens must carry"),
-  AUTH_AUDIENCE: text("the aud that callers' ID tokens must carry"),
+  AUTH_ISSUER: text("the iss that callers' ID tokens must carry; required with AUTH_JWKS_URL"),
+  AUTH_AUDIENCE: text("the aud that callers' ID tokens must carry (the app's client ID); required with AUTH_JWKS_URL"),
   AUTH_IDENTITY_CLAIM: text('the ID-token claim that becomes the LiveKit identity', 'sub'),
   TOKEN_RATE_LIMIT: integer(undefined, 1, 1_000_000, 'token requests each caller may make per minute; no limit when unset'),
   TRUST_PROXY: { read: readProxyCount, meaning: 'how many reverse proxies in a row append to X-Forwarded-For (0: trust none of it)' },
@@ -98,7 +98,7 @@ export const settings = {
   WORKERS: { read: readWorkers, meaning: 'how many processes (Bun) or threads (Deno) serve the port' },
   EVENTS_STREAM: { read: readStreamKey, meaning: 'the Redis Stream each verified event is appended to, exactly as given (not prefixed)' },
   EVENTS_STREAM_MAXLEN: integer(100_000, 1, 1_000_000_000, 'the stream is trimmed to about this many entries (MAXLEN ~)'),
-  EVENTS_OUTBOX: integer(10_000, 1, 1_000_000, 'the most events held in memory while Redis does not answer (and at most 64 MiB of bodies)'),
+  EVENTS_OUTBOX: integer(10_000, 1, 1_000_000, 'the most events held in memory while Redis does not answer (and at most 64 MiB in all)'),
   PROMETHEUS_PORT: integer(undefined, 1, 65535, 'where GET /metrics is served, on a listener of its own; no metrics when unset'),
 } satisfies Record<string, Setting<unknown>>
 
@@ -130,6 +130,13 @@ export function loadConfig(env: Env) {
   const jwksUrl = setting('AUTH_JWKS_URL')
   const streamKey = setting('EVENTS_STREAM')
   if (streamKey && !redisUrl) throw new ConfigError('EVENTS_STREAM needs REDIS_URL: the stream is kept in Redis')
+  // A key set is shared by every app of the provider (all of Firebase): iss and aud say the token is this app's.
+  if (jwksUrl && !setting('AUTH_ISSUER')) {
+    throw new ConfigError("AUTH_ISSUER is required with AUTH_JWKS_URL: set it to your identity provider's issuer, the iss of its ID tokens (docs/production.md)")
+  }
+  if (jwksUrl && !setting('AUTH_AUDIENCE')) {
+    throw new ConfigError("AUTH_AUDIENCE is required with AUTH_JWKS_URL: set it to your app's client ID, the aud of the ID tokens your clients send (docs/production.md)")
+  }
   const config = {
     port: setting('SERVER_PORT'),
     // The key tokens are signed with, and every key webhooks may be signed with (several, for rotation).
@@ -145,7 +152,9 @@ export function loadConfig(env: Env) {
     weakKeys: [...keys].filter(([key, secret]) => key !== devCredentials.apiKey && secret.length < 32).map(([key]) => key),
     logLevel: setting('LOG_LEVEL'),
     openapi: setting('OPENAPI') === '1',
-    auth: jwksUrl ? { jwksUrl: new URL(jwksUrl), issuer: setting('AUTH_ISSUER'), audience: setting('AUTH_AUDIENCE'), identityClaim: setting('AUTH_IDENTITY_CLAIM')! } : undefined,
+    auth: jwksUrl
+      ? { jwksUrl: new URL(jwksUrl), issuer: setting('AUTH_ISSUER')!, audience: setting('AUTH_AUDIENCE')!, identityClaim: setting('AUTH_IDENTITY_CLAIM')! }
+      : undefined,
     tokenRateLimit: setting('TOKEN_RATE_LIMIT'),
     trustedProxies: setting('TRUST_PROXY'),
     redisUrl,
@@ -252,7 +261,8 @@ function readSetting(env: Env, name: string): string | undefined {
 // Webhook handlers: what to do when LiveKit reports an event. Replace an entry to add behaviour; a
 // handler that throws makes the answer a 500, so that LiveKit delivers the event again.
 
-export type WebhookEventName = Exclude<WebhookEventNames, ''>
+/** LiveKit's event names: the SDK's, and the agent events the protocol added since (2026-08). */
+export type WebhookEventName = Exclude<WebhookEventNames, ''> | 'agent_job_started' | 'agent_job_ended'
 export type WebhookHandler = (event: WebhookEvent) => void | Promise<void>
 
 export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
@@ -268,6 +278,9 @@ export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
   egress_ended: logEvent,
   ingress_started: logEvent,
   ingress_ended: logEvent,
+  // An agent's job in a room: `event.job` (its id, agentName, state; the room on the first).
+  agent_job_started: logEvent,
+  agent_job_ended: logEvent,
 }
 
 function logEvent(event: EventView): void {
@@ -280,16 +293,22 @@ function logUnknownEvent(event: EventView): void {
 
 /** What the log line of an event names: the room, and whoever or whatever it is about. */
 function describeEvent(event: EventView): Record<string, string | undefined> {
+  const { room, participant, track, egressInfo, ingressInfo, job } = event
   return {
-    event: event.event || undefined,
-    id: event.id || undefined,
-    room: event.room?.name || event.egressInfo?.roomName || event.ingressInfo?.roomName || undefined,
-    participant: event.participant?.identity || undefined,
-    track: event.track?.sid || undefined,
-    egress: event.egressInfo?.egressId || undefined,
-    ingress: event.ingressInfo?.ingressId || undefined,
+    event: shortText(event.event),
+    id: shortText(event.id),
+    room: shortText(room?.name || egressInfo?.roomName || ingressInfo?.roomName || job?.room?.name),
+    participant: shortText(participant?.identity),
+    track: shortText(track?.sid),
+    egress: shortText(egressInfo?.egressId),
+    ingress: shortText(ingressInfo?.ingressId),
+    job: shortText(job?.id),
+    agent: shortText(job?.agentName),
   }
 }
+
+/** A field of a signed event as a log line or a stream entry holds it: at most 256 characters, none when empty. */
+const shortText = (text: string | undefined) => (text ? (text.length > 256 ? `${text.slice(0, 256)}…` : text) : undefined)
 
 // Token decisions: every token's room, grant, room settings and lifetime. By default TOKEN_POLICY's
 // (see "Token policy"), and without one the same grant for everyone in any room; an app whose rules
@@ -310,7 +329,12 @@ export interface TokenAsk {
 }
 
 /** The token to mint, or why not (answered 403 with that message). */
-export type TokenDecision = { room: string; grant: TokenGrant; ttlSeconds: number; roomConfig?: RoomConfiguration } | { refused: string }
+export type TokenDecision =
+  | { room: string; grant: TokenGrant; ttlSeconds: number; roomConfig?: RoomConfiguration }
+  | { refused: string; policy?: PolicyRefusal }
+
+/** Why TOKEN_POLICY refused, for the log line (never for the caller): the roles it found, what was missing. */
+export type PolicyRefusal = { roles: string[]; missing?: string }
 
 /** The caller is undefined when authentication (AUTH_JWKS_URL) is off. */
 export type TokenDecider = (caller: Caller | undefined, asked: TokenAsk, config: Config) => TokenDecision | Promise<TokenDecision>
@@ -367,7 +391,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
     })
     .post('/livekit/webhook', ({ request }) => receiveWebhook(request), {
       parse: 'none',
-      response: { 200: WebhookAnswer, ...errorAnswers(401, 408, 413, 500, 503) },
+      response: { 200: WebhookAnswer, ...errorAnswers(400, 401, 408, 413, 500, 503) },
       detail: {
         summary: 'An event posted by a LiveKit server',
         description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
@@ -403,6 +427,13 @@ const maxAgents = 8
 const maxAgentMetadataBytes = 64 * 1024
 // The largest request those bounds allow (three 64 KiB fields), with room for JSON escaping.
 const tokenBodyLimit = 256 * 1024
+
+// Control characters, line separators and bidirectional overrides and isolates: they make display names and
+// log lines say something else than they hold.
+const unsafeCharacters = /[\p{Cc}\u2028\u2029\u202A-\u202E\u2066-\u2069]/u
+
+/** Text fit for an identity, a name or a room name: none of the characters above, no lone surrogate. */
+const isPlainText = (text: string) => text.isWellFormed() && !unsafeCharacters.test(text)
 
 const nameField = (field: string) =>
   t.String({ maxLength: maxNameLength, error: `${field} must be a string of at most ${maxNameLength} characters` })
@@ -463,6 +494,17 @@ function describeTokenRequestError(body: Record<string, unknown>): string {
   return typeof custom === 'string' ? custom : `${first.path.slice(1).replaceAll('/', '.')}: ${first.message}`
 }
 
+/** Identities, names and room names are plain text (isPlainText), in either contract. */
+function requirePlainNames(body: Record<string, unknown>): void {
+  const fields = isOpenViduRequest(body) ? ['roomName', 'participantName'] : ['room_name', 'participant_identity', 'participant_name']
+  for (const field of fields) {
+    const value = body[field]
+    if (typeof value === 'string' && !isPlainText(value)) {
+      throw new HttpError(400, `${field} must not hold control characters, bidirectional overrides or lone surrogates`)
+    }
+  }
+}
+
 interface Participant {
   identity: string
   name?: string
@@ -482,8 +524,10 @@ function standardParticipant(body: StandardTokenRequest): Omit<Participant, 'roo
   }
   const attributes = body.participant_attributes
   if (attributes) {
-    const size = Object.entries(attributes).reduce((sum, [key, value]) => sum + Buffer.byteLength(key) + Buffer.byteLength(value), 0)
-    if (size > maxAttributesBytes) throw new HttpError(400, `participant_attributes must be at most ${maxAttributesBytes} bytes in all`)
+    requireOwnAttributes(attributes, 'participant_attributes')
+    if (attributesBytes(attributes) > maxAttributesBytes) {
+      throw new HttpError(400, `participant_attributes must be at most ${maxAttributesBytes} bytes in all`)
+    }
   }
   return {
     identity: body.participant_identity || `participant-${randomSuffix()}`,
@@ -494,32 +538,69 @@ function standardParticipant(body: StandardTokenRequest): Omit<Participant, 'roo
   }
 }
 
+const attributesBytes = (attributes: Record<string, string>) =>
+  Object.entries(attributes).reduce((sum, [key, value]) => sum + Buffer.byteLength(key) + Buffer.byteLength(value), 0)
+
+/** Attributes under "lk." are LiveKit's and its agents' (lk.agent.state, lk.publish_on_behalf): never a client's. */
+function requireOwnAttributes(attributes: Record<string, string>, field: string): void {
+  const reserved = Object.keys(attributes).find((key) => key.startsWith('lk.'))
+  if (reserved !== undefined) throw new HttpError(403, `${field} may not set "${reserved}": attributes under lk. are LiveKit's`)
+}
+
+// The JSON names (and .proto names) of a message's fields: anything else in a client's room_config is refused
+// before decoding, where a key such as "constructor" or "__proto__" would find the decoder's own object.
+const fieldNamesOf = (type: typeof RoomConfiguration | typeof RoomAgentDispatch) =>
+  new Set(type.fields.list().flatMap((field) => [field.name, field.jsonName]))
+const roomConfigFields = fieldNamesOf(RoomConfiguration)
+type ProtoJson = Parameters<typeof RoomConfiguration.fromJson>[0]
+const agentDispatchFields = fieldNamesOf(RoomAgentDispatch)
+// What a client may say of an agent it dispatches; its restart policy stays the server's call.
+const clientAgentFields = new Set(['agent_name', 'agentName', 'metadata', 'deployment', 'attributes'])
+
 /** A client may ask for agents to be dispatched; recording, limits and timeouts stay the server's call. */
 function parseRoomConfig(json: Record<string, unknown>): RoomConfiguration {
+  const unknown = Object.keys(json).find((field) => !roomConfigFields.has(field))
+  if (unknown !== undefined) throw new HttpError(400, `room_config.${unknown} is not a RoomConfiguration field`)
+  const requested = Object.keys(json).filter((field) => field !== 'agents')
+  if (requested.length > 0) throw new HttpError(403, `room_config may only request agents, not ${requested.join(', ')}`)
+  const agents = json.agents ?? []
+  if (!Array.isArray(agents)) throw new HttpError(400, 'room_config.agents must be a list of agent dispatches')
+  if (agents.length > maxAgents) throw new HttpError(400, `room_config may request at most ${maxAgents} agents`)
+  for (const agent of agents) {
+    if (!isJsonObject(agent)) throw new HttpError(400, 'room_config.agents must be a list of agent dispatches')
+    const unknownField = Object.keys(agent).find((field) => !agentDispatchFields.has(field))
+    if (unknownField !== undefined) throw new HttpError(400, `room_config.agents.${unknownField} is not a RoomAgentDispatch field`)
+    const serverField = Object.keys(agent).find((field) => !clientAgentFields.has(field))
+    if (serverField !== undefined) throw new HttpError(403, `room_config.agents may not set ${serverField}: it is the server's call`)
+  }
   let roomConfig: RoomConfiguration
   try {
-    roomConfig = RoomConfiguration.fromJson(json as never)
+    roomConfig = RoomConfiguration.fromJson(json as ProtoJson)
   } catch (error) {
     throw new HttpError(400, `room_config is not a valid RoomConfiguration: ${(error as Error).message}`)
   }
-  const requested = Object.keys(roomConfig.toJson() as object).filter((field) => field !== 'agents')
-  if (requested.length > 0) throw new HttpError(403, `room_config may only request agents, not ${requested.join(', ')}`)
   checkAgentDispatch(roomConfig.agents)
   return roomConfig
 }
 
-/** Which agents join, and what they are told; how they are deployed and restarted is the server's call. */
-function checkAgentDispatch(agents: RoomConfiguration['agents']): void {
-  if (agents.length > maxAgents) throw new HttpError(400, `room_config may request at most ${maxAgents} agents`)
-  let metadataBytes = 0
-  for (const agent of agents) {
-    const requested = Object.keys(agent.toJson() as object).filter((field) => field !== 'agentName' && field !== 'metadata')
-    if (requested.length > 0) throw new HttpError(403, `room_config.agents may only name an agent and its metadata, not ${requested.join(', ')}`)
-    if (agent.agentName.length > maxNameLength) throw new HttpError(400, `room_config agent names must be at most ${maxNameLength} characters`)
-    metadataBytes += Buffer.byteLength(agent.metadata)
+/** Each agent named in plain text, its attributes the client's own, all of it within the bounds. */
+function checkAgentDispatch(agents: RoomAgentDispatch[]): void {
+  for (const { agentName, deployment, attributes } of agents) {
+    for (const [field, value] of [['agent names', agentName], ['agent deployments', deployment]]) {
+      if (value!.length > maxNameLength || !isPlainText(value!)) {
+        throw new HttpError(400, `room_config ${field} must be plain text of at most ${maxNameLength} characters`)
+      }
+    }
+    requireOwnAttributes(attributes, 'room_config agent attributes')
   }
-  if (metadataBytes > maxAgentMetadataBytes) throw new HttpError(400, `room_config agent metadata must be at most ${maxAgentMetadataBytes} bytes in all`)
+  if (agentPayloadBytes(agents) > maxAgentMetadataBytes) {
+    throw new HttpError(400, `room_config agent metadata and attributes must be at most ${maxAgentMetadataBytes} bytes in all`)
+  }
 }
+
+/** What the agents' dispatches carry to them: metadata and attributes, counted against one bound. */
+const agentPayloadBytes = (agents: RoomAgentDispatch[]) =>
+  agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata) + attributesBytes(agent.attributes), 0)
 
 // Token requests, answered: admitted (authenticated, rate-limited) before the body is read, then
 // checked, decided and signed.
@@ -556,6 +637,7 @@ function createTokenRoute(config: Config, decide: TokenDecider, state: SharedSta
     metrics.tokenBodyRead(request, body)
     // Refused here, so that Elysia never builds its validation error, which pretty-prints the body.
     if (!tokenRequestValidator.Check(body)) throw new HttpError(400, describeTokenRequestError(body))
+    requirePlainNames(body)
     return body
   }
 
@@ -585,7 +667,8 @@ function createTokenRoute(config: Config, decide: TokenDecider, state: SharedSta
   function decidedToken(request: Request, participant: Omit<Participant, 'room'>, asked: TokenAsk): string | Promise<string> {
     return whenSettled(decide(callers.get(request), asked, config), (decision) => {
       if ('refused' in decision) {
-        log('info', 'token refused by the token policy', { reason: decision.refused })
+        const by = decision.policy ? 'TOKEN_POLICY' : "the app's TokenDecider"
+        log('info', 'token refused', { by, identity: participant.identity, reason: decision.refused, ...decision.policy })
         throw new HttpError(403, decision.refused)
       }
       return mintToken({ ...participant, room: decision.room, roomConfig: decision.roomConfig }, decision.grant, decision.ttlSeconds)
@@ -631,27 +714,56 @@ interface RoomPattern {
 }
 type RunPiece = string | { claim: string; path: string[] }
 
-// A claim used in a room name: the characters of ids, emails, Auth0's "auth0|…" subjects.
+// A claim used in a room name: the characters of ids, emails, Auth0's "auth0|…" subjects; any other delimits one.
 const roomPiece = /^[\w.@|:+=-]{1,128}$/
+const delimitsClaims = /[^\w.@|:+=-]/
 
 type Claims = Record<string, unknown> | undefined
 
 function applyTokenPolicy(policy: TokenPolicy, claims: Claims, asked: TokenAsk): TokenDecision {
   const roles = callerRoles(policy, claims)
-  if (roles.length === 0) return { refused: 'The token policy gives this caller no role' }
+  const refused = (message: string, missing?: string): TokenDecision => ({
+    refused: message,
+    policy: { roles: roles.map((role) => role.name), missing },
+  })
+  if (roles.length === 0) return refused('The token policy gives this caller no role', `a role in claim ${policy.rolesClaim}`)
   const room = asked.room ?? roomToMake(roles, claims)
-  if (room === undefined) return { refused: 'room_name is required: the token policy makes no room for this caller' }
+  if (room === undefined) {
+    return refused('room_name is required: the token policy makes no room for this caller', missingClaims(roles, claims))
+  }
   const allowing = roles.filter((role) => role.rooms.some((pattern) => roomMatches(room, pattern, claims)))
-  if (allowing.length === 0) return { refused: `Room "${room}" is not one this caller may join` }
-  for (const { agentName } of asked.roomConfig?.agents ?? []) {
-    if (!allowing.some((role) => role.agents === 'any' || role.agents.has(agentName))) return { refused: `Agent "${agentName}" is not one this caller may dispatch` }
+  if (allowing.length === 0) return refused(`Room "${room}" is not one this caller may join`, missingClaims(roles, claims))
+  for (const agent of asked.roomConfig?.agents ?? []) {
+    if (!allowing.some((role) => mayDispatch(role, agent))) {
+      const name = agent.deployment ? `${agent.agentName}@${agent.deployment}` : agent.agentName
+      return refused(`Agent "${name}" is not one this caller may dispatch`, `a role allowing room "${room}" and agent "${name}"`)
+    }
   }
   const [first] = allowing as [PolicyRole]
-  const settings = allowing.find((role) => role.hasOwnRoomConfig) ?? first
-  const roomConfig = withAgents(settings, asked.roomConfig)
-  if (typeof roomConfig === 'string') return { refused: roomConfig }
+  const settingsRole = allowing.find((role) => role.hasOwnRoomConfig) ?? first
+  const roomConfig = withAgents(settingsRole, asked.roomConfig)
+  if (typeof roomConfig === 'string') return refused(roomConfig)
   if (allowing.length === 1) return { room, grant: first.grant, ttlSeconds: first.ttlSeconds, roomConfig }
   return { room, grant: unionOfGrants(allowing), ttlSeconds: Math.max(...allowing.map((role) => role.ttlSeconds)), roomConfig }
+}
+
+/** "agent" allows that agent on its default deployment, "agent@deployment" on that one, "agent@*" on any. */
+function mayDispatch(role: PolicyRole, { agentName, deployment }: RoomAgentDispatch): boolean {
+  if (role.agents === 'any') return true
+  return role.agents.has(deployment ? `${agentName}@${deployment}` : agentName) || role.agents.has(`${agentName}@*`)
+}
+
+/** The claims the caller's room patterns name that its ID token lacks (or holds as no room-name piece). */
+function missingClaims(roles: PolicyRole[], claims: Claims): string | undefined {
+  const names = new Set<string>()
+  for (const { runs } of roles.flatMap((role) => role.rooms)) {
+    for (const piece of runs.flat()) {
+      if (typeof piece === 'string') continue
+      const value = claims && claimAt(claims, piece.claim, piece.path)
+      if (typeof value !== 'string' || !roomPiece.test(value)) names.add(piece.claim)
+    }
+  }
+  return names.size > 0 ? `claim ${[...names].join(', ')}` : undefined
 }
 
 /** The policy's roles the caller's roles claim names, in the policy's order; else the default role. */
@@ -734,8 +846,8 @@ function withAgents(role: PolicyRole, asked: RoomConfiguration | undefined): Roo
   if (serverAgents + asked.agents.length > maxAgents) {
     return `room_config may request at most ${maxAgents - serverAgents} agents besides the ${serverAgents} the server dispatches`
   }
-  const metadataBytes = asked.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), role.agentMetadataBytes)
-  if (metadataBytes > maxAgentMetadataBytes) return `room_config agent metadata must be at most ${maxAgentMetadataBytes} bytes in all, with the server's`
+  const metadataBytes = role.agentMetadataBytes + agentPayloadBytes(asked.agents)
+  if (metadataBytes > maxAgentMetadataBytes) return `room_config agent metadata and attributes must be at most ${maxAgentMetadataBytes} bytes in all, with the server's`
   const roomConfig = role.roomConfig.clone()
   roomConfig.agents.push(...asked.agents)
   return roomConfig
@@ -835,7 +947,7 @@ function parsePolicyRole(name: string, role: TokenPolicyJson['roles'][string], t
   const ttlSeconds = role.ttl === undefined ? tokenTtlSeconds : duration('', '').read(role.ttl, ttlName)
   const own = role.roomConfig && parsePolicyRoomConfig(role.roomConfig, `${at}.roomConfig`)
   const roomConfig = own && topConfig ? RoomConfiguration.fromJson({ ...(topConfig.toJson() as object), ...(own.toJson() as object) }) : (own ?? topConfig)
-  const agentMetadataBytes = roomConfig?.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), 0) ?? 0
+  const agentMetadataBytes = roomConfig ? agentPayloadBytes(roomConfig.agents) : 0
   const agents = role.agents ?? []
   return {
     name,
@@ -872,7 +984,34 @@ function parseRoomPattern(pattern: string, at: string): RoomPattern {
     }
     return pieces.every((piece) => typeof piece === 'string') ? pieces.join('') : pieces
   })
+  requireClaimsDelimited(pattern, runs, at)
   return { runs }
+}
+
+/**
+ * A {claim} next to a `*` or another {claim} must be kept apart from it by a character no claim value holds:
+ * else the value is not told by the room name (`*-{org}`: org "acme" would join "x-corp-acme", a room of org
+ * "corp-acme"; `{org}{team}`: ("ab", "c") and ("a", "bc") name one room).
+ */
+function requireClaimsDelimited(pattern: string, runs: RoomPattern['runs'], at: string): void {
+  const delimits = (text: string) => delimitsClaims.test(text)
+  runs.forEach((run, index) => {
+    if (typeof run === 'string') return
+    const claims = run.flatMap((piece, position) => (typeof piece === 'string' ? [] : [position]))
+    const textBetween = (from: number, to: number) => run.slice(from, to).join('')
+    const touching = [
+      // Each claim with the one after it, then the first with a `*` before, the last with a `*` after.
+      ...claims.slice(1).map((position, i) => textBetween(claims[i]! + 1, position)),
+      ...(index > 0 ? [textBetween(0, claims[0]!)] : []),
+      ...(index < runs.length - 1 ? [textBetween(claims[claims.length - 1]! + 1, run.length)] : []),
+    ]
+    if (touching.every(delimits)) return
+    throw policyError(
+      at,
+      `"${pattern}" lets one claim's rooms be another's: a {claim} next to a * or another {claim} needs a character ` +
+        `no claim holds between them, such as "/" ("team-{org}/*" rather than "team-{org}-*"); see docs/token-policy.md`,
+    )
+  })
 }
 
 /** A LiveKit RoomConfiguration, strictly: an unknown field is a mistake, not something to drop. */
@@ -885,8 +1024,8 @@ function parsePolicyRoomConfig(json: Record<string, unknown>, at: string): RoomC
   }
   if (roomConfig.name) throw policyError(`${at}.name`, "is the request's to say, not the policy's")
   if (roomConfig.agents.length > maxAgents) throw policyError(`${at}.agents`, `may list at most ${maxAgents} agents`)
-  const metadataBytes = roomConfig.agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata), 0)
-  if (metadataBytes > maxAgentMetadataBytes) throw policyError(`${at}.agents`, `metadata must be at most ${maxAgentMetadataBytes} bytes in all`)
+  const metadataBytes = agentPayloadBytes(roomConfig.agents)
+  if (metadataBytes > maxAgentMetadataBytes) throw policyError(`${at}.agents`, `metadata and attributes must be at most ${maxAgentMetadataBytes} bytes in all`)
   return roomConfig
 }
 
@@ -900,17 +1039,22 @@ const base64url = (text: string): string => utf8Encoder.encode(text).toBase64({ 
 // The header LiveKit's own Go minter writes.
 const jwtHeader = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url')
 
-// A role's room settings go into many tokens: serialised once, without the fields at their defaults
-// (LiveKit reads them as absent), and frozen, so that the serialised copy stays true to them.
-const roomConfigClaims = new WeakMap<RoomConfiguration, unknown>()
+// A role's room settings go into many tokens: serialised once, and frozen, so that the serialised copy stays
+// true to them.
+const sharedRoomConfigClaims = new WeakMap<RoomConfiguration, RoomConfigClaim>()
+type RoomConfigClaim = ReturnType<RoomConfiguration['toJson']>
 
 function shareRoomConfig(roomConfig: RoomConfiguration): RoomConfiguration {
-  roomConfigClaims.set(roomConfig, roomConfig.toJson())
+  sharedRoomConfigClaims.set(roomConfig, roomConfig.toJson())
   return deepFreeze(roomConfig)
 }
 
-/** The claim a token carries for the room settings: the serialised copy of a shared one, else the settings themselves. */
-const roomConfigClaim = (roomConfig: RoomConfiguration) => (roomConfigClaims.get(roomConfig) ?? roomConfig) as RoomConfiguration
+/** The claim for the room settings: their JSON without the fields at their defaults (LiveKit reads them as absent). */
+function roomConfigClaim(roomConfig: RoomConfiguration | undefined): RoomConfigClaim | undefined {
+  const claim = roomConfig && (sharedRoomConfigClaims.get(roomConfig) ?? roomConfig.toJson())
+  // Settings that say nothing (room_config: {}) make no claim.
+  return isJsonObject(claim) && Object.keys(claim).length === 0 ? undefined : claim
+}
 
 function deepFreeze<T>(value: T): T {
   // Typed arrays (bytes fields) cannot be frozen.
@@ -929,11 +1073,11 @@ export function createTokenMinter(config: Config) {
       attributes: participant.attributes,
       // Join this one room, and what the token policy grants there (by default publish, subscribe, send data).
       video: { roomJoin: true, room: participant.room, ...grant },
-      roomConfig: participant.roomConfig && roomConfigClaim(participant.roomConfig),
     }
     const now = Math.floor(Date.now() / 1000)
     const claims = {
       ...claimsToJwtPayload(grants),
+      roomConfig: roomConfigClaim(participant.roomConfig),
       iss: config.apiKey,
       sub: participant.identity,
       nbf: now,
@@ -987,10 +1131,20 @@ export function createCallerAuthenticator(auth: AuthConfig) {
       throw refused(String(error))
     }
     const identity = payload[auth.identityClaim]
-    if (typeof identity !== 'string' || identity.length === 0 || identity.length > maxNameLength) throw refused(`claim ${auth.identityClaim} is not an identity`)
-    const name = typeof payload.name === 'string' && payload.name.length > 0 ? payload.name.slice(0, maxNameLength) : undefined
-    return { identity, name, claims: payload }
+    if (typeof identity !== 'string' || identity.length === 0 || identity.length > maxNameLength || !isPlainText(identity)) {
+      throw refused(`claim ${auth.identityClaim} is not an identity`)
+    }
+    // Providers let users set an address they do not own: only a verified one names someone.
+    if (auth.identityClaim === 'email' && payload.email_verified !== true) throw refused('email is not verified (email_verified)')
+    return { identity, name: displayName(payload.name), claims: payload }
   }
+}
+
+/** An ID token's name as a display name: cut at the bound on a whole character; none if it is not plain text. */
+function displayName(name: unknown): string | undefined {
+  if (typeof name !== 'string' || !isPlainText(name)) return undefined
+  const cut = name.length > maxNameLength ? name.slice(0, maxNameLength).replace(/[\uD800-\uDBFF]$/, '') : name
+  return cut || undefined
 }
 
 /** The key set could not be fetched (down, slow, not a JWKS), as opposed to a bad token. */
@@ -1072,6 +1226,9 @@ function addressKey(address: string): string {
 
 // Webhooks: verified before anything else is done with them, each event handled once.
 
+// LiveKit's event ids are some 20 characters ("EV_…"), its names fewer than 32.
+const maxEventIdLength = 256
+
 function createWebhookRoute(config: Config, handlers: Record<string, WebhookHandler>, state: SharedState, events: EventStream | undefined, readBody: ReadBody) {
   const verifyWebhookSigner = createWebhookSignerVerifier(config)
   // Own entries only: an event named "__proto__" or "valueOf" must not find Object.prototype's.
@@ -1093,6 +1250,11 @@ function createWebhookRoute(config: Config, handlers: Record<string, WebhookHand
       if (error instanceof HttpError) throw error
       log('warn', 'webhook refused', { reason: (error as Error).message })
       return status(401, errorBody('Webhook signature is missing or invalid'))
+    }
+    // Names and ids are remembered (in memory, Redis, the stream) and logged: a signed body does not make any text one.
+    if (![event.event, event.id].every((text) => text.length <= maxEventIdLength && isPlainText(text))) {
+      log('warn', 'webhook refused: its event name or id is no name or id', { eventLength: event.event.length, idLength: event.id.length })
+      return status(400, errorBody(`Webhook event names and ids must be plain text of at most ${maxEventIdLength} characters`))
     }
     // An event waiting in the outbox is handled: its redelivery must not run the handlers again.
     const claim = event.id ? (events?.holds(event.id) ? 'handled' : await state.claim(event.id)) : 'new'
@@ -1209,6 +1371,7 @@ export type EventView = Pick<WebhookEvent, 'event' | 'id'> & {
   track?: { sid?: string }
   egressInfo?: { roomName?: string; egressId?: string }
   ingressInfo?: { roomName?: string; ingressId?: string }
+  job?: { id?: string; agentName?: string; room?: { name?: string } }
 }
 
 // The parts an EventView reads, each with its string fields and their other spellings in proto3
@@ -1220,7 +1383,10 @@ const viewedParts: [part: string, fields: string[], otherSpellings: string[]][] 
   ['egressInfo', ['roomName', 'egressId'], ['room_name', 'egress_id']],
   ['ingressInfo', ['roomName', 'ingressId'], ['room_name', 'ingress_id']],
 ]
-const otherEventSpellings = ['created_at', 'egress_info', 'ingress_info']
+// An agent event's job (nested, and rare) is always decoded whole.
+const otherEventSpellings = ['created_at', 'egress_info', 'ingress_info', 'job']
+// The largest createdAt an int64 holds: past it, a whole decoding refuses the event, and so must the view.
+const maxInt64 = 9223372036854775807n
 
 /**
  * The JSON itself as an EventView when it plainly is one, as LiveKit writes it (strings where read,
@@ -1228,7 +1394,10 @@ const otherEventSpellings = ['created_at', 'egress_info', 'ingress_info']
  */
 function plainEventView(json: unknown): EventView | undefined {
   if (!isJsonObject(json) || typeof json.event !== 'string' || typeof json.id !== 'string') return undefined
-  if (json.createdAt !== undefined && !(typeof json.createdAt === 'string' && /^(0|[1-9]\d{0,18})$/.test(json.createdAt))) return undefined
+  const { createdAt } = json
+  if (createdAt !== undefined && !(typeof createdAt === 'string' && /^(0|[1-9]\d{0,18})$/.test(createdAt) && BigInt(createdAt) <= maxInt64)) {
+    return undefined
+  }
   if (otherEventSpellings.some((name) => Object.hasOwn(json, name))) return undefined
   for (const [part, fields, otherSpellings] of viewedParts) {
     const value = json[part]
@@ -1498,16 +1667,17 @@ function redacted(error: unknown, url: string): string {
 // events wait in a bounded outbox, in order; a 200 means in the stream or in the outbox.
 
 
-// KEYS: the id's dedupe key (SharedState's), the stream. ARGV: the id ('' for an event without one),
-// MAXLEN, how long the id stays handled (ms), then the entry's fields. XADD first: a script that
-// fails midway keeps what it wrote, and an id marked handled without its entry would be lost.
-const appendEventScript = `if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == 'handled' then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
-if ARGV[1] ~= '' then redis.call('SET', KEYS[1], 'handled', 'PX', ARGV[3]) end
+// KEYS: the event's dedupe key (SharedState's for its id; one of its own for an event without one), the
+// stream. ARGV: MAXLEN, how long the key stays (ms), then the entry's fields. XADD
+// first: a script that fails midway keeps what it wrote, and a key marked handled without its entry would be lost.
+// An append that timed out may still land: its retry then finds the key, so the event is appended once.
+const appendEventScript = `if redis.call('GET', KEYS[1]) == 'handled' then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[1], 'handled', 'PX', ARGV[2])
 return 1`
 
-// The bodies the outbox holds at most, in bytes, whatever EVENTS_OUTBOX says.
-const outboxBytes = 64 * 1024 * 1024
+// The bytes the outbox holds at most (bodies, ids, fields), whatever EVENTS_OUTBOX says.
+const maxOutboxBytes = 64 * 1024 * 1024
 // How long the last appends may take when the server stops.
 const flushTimeoutMs = 5000
 
@@ -1521,7 +1691,7 @@ interface HeldEvent {
 /** The stream of one app; the outbox lives in this process's memory. */
 export class EventStream {
   private readonly outbox: HeldEvent[] = []
-  private outboxBodyBytes = 0
+  private outboxBytes = 0
   /** The ids in the outbox. */
   private readonly held = new Set<string>()
   private readonly redis: Promise<RedisConnection>
@@ -1568,14 +1738,14 @@ export class EventStream {
         this.away = true
       }
     }
-    if (this.outbox.length >= this.settings.outboxEvents || this.outboxBodyBytes + entry.bytes > outboxBytes) {
+    if (this.outbox.length >= this.settings.outboxEvents || this.outboxBytes + entry.bytes > maxOutboxBytes) {
       // Its redelivery runs the handlers again, as after any 5xx.
       if (event.id) await this.state.release(event.id)
       log('warn', 'webhook refused: the event outbox is full', { ...describeEvent(event), stream: this.settings.key, held: this.outbox.length })
       throw new HttpError(503, 'The event stream is unavailable and the outbox is full, retry later', { 'retry-after': '5' })
     }
     this.outbox.push(entry)
-    this.outboxBodyBytes += entry.bytes
+    this.outboxBytes += entry.bytes
     if (entry.id) (this.held.add(entry.id), this.ids.complete(entry.id))
     this.drainSoon()
     return { received: true }
@@ -1595,12 +1765,15 @@ export class EventStream {
   }
 
   private entryFor(event: EventView, body: Uint8Array): HeldEvent {
-    const { room = '', participant = '' } = describeEvent(event)
-    const fields = ['id', event.id, 'event', event.event, 'room', room, 'participant', participant, 'created_at', String(event.createdAt ?? 0)]
+    const { room = '', participant = '', job = '', agent = '' } = describeEvent(event)
+    const fields = ['id', event.id, 'event', event.event, 'room', room, 'participant', participant, 'job', job, 'agent', agent]
+    fields.push('created_at', String(event.createdAt ?? 0))
     // The exact bytes LiveKit signed, as bytes: both clients send a Buffer as it is.
     const bytes = Buffer.from(body.buffer, body.byteOffset, body.byteLength)
-    const args = [`${this.keyPrefix}webhook:${event.id}`, this.settings.key, event.id, String(this.settings.maxLength), String(handledTtlMs), ...fields, 'body', bytes]
-    return { id: event.id, args, bytes: body.byteLength }
+    const key = `${this.keyPrefix}${event.id ? `webhook:${event.id}` : `append:${crypto.randomUUID()}`}`
+    const args = [key, this.settings.key, String(this.settings.maxLength), String(handledTtlMs), ...fields, 'body', bytes]
+    // Everything the entry holds counts against the outbox's bytes, not the body alone.
+    return { id: event.id, args, bytes: args.reduce((sum, arg) => sum + Buffer.byteLength(arg), 0) }
   }
 
   /** The append script, for one event. */
@@ -1636,7 +1809,7 @@ export class EventStream {
       }
       failed = false
       this.outbox.shift()
-      this.outboxBodyBytes -= entry.bytes
+      this.outboxBytes -= entry.bytes
       this.held.delete(entry.id)
       appended += 1
     }
@@ -2524,7 +2697,7 @@ async function superviseWorkers(config: Config): Promise<void> {
       listening.add(number)
       if (listening.size === config.workers && !announced) {
         announced = true
-        announce(`listening on http://localhost:${config.port}`, { port: config.port, workers: config.workers })
+        announce(`listening on http://localhost:${config.port}`, { port: config.port, ...whatIsOn(config) })
       }
     })
     workers.set(number, worker)
@@ -2632,7 +2805,24 @@ async function main(): Promise<void> {
   if (workerNumber !== undefined) return reportToSupervisor(server)
   // Handle signals before saying so: whoever waits for this line may stop the server at once.
   stopOnSignals(server)
-  announce(`listening on http://localhost:${server.port}`, { port: server.port })
+  announce(`listening on http://localhost:${server.port}`, { port: server.port, ...whatIsOn(config) })
+}
+
+/** What the start-up line says is on, beyond the plain development server; never a secret. */
+function whatIsOn(config: Config): Record<string, unknown> {
+  const { auth, tokenPolicy, redisUrl, eventStream } = config
+  const on = {
+    auth: auth && { issuer: auth.issuer, audience: auth.audience, identityClaim: auth.identityClaim },
+    policy: tokenPolicy && { roles: tokenPolicy.roles.map((role) => role.name), defaultRole: tokenPolicy.defaultRole?.name },
+    rateLimitPerMinute: config.tokenRateLimit,
+    trustProxy: config.trustedProxies || undefined,
+    // Where it is, never who logs in.
+    redis: redisUrl && `${new URL(redisUrl).protocol}//${new URL(redisUrl).host}${new URL(redisUrl).pathname}`,
+    stream: eventStream?.key,
+    metricsPort: config.prometheusPort,
+    workers: config.workers > 1 ? config.workers : undefined,
+  }
+  return Object.fromEntries(Object.entries(on).filter(([, value]) => value !== undefined))
 }
 
 if (import.meta.main || workerNumber !== undefined) await main()

@@ -6,7 +6,7 @@
 // Usage: bun run bench/attack.ts [--deno] [--requests N] [--top N]. Prints markdown tables.
 import { parseArgs } from 'node:util'
 import { startServer, type Runtime } from '../tests/server.ts'
-import { idToken, makeKey, startIdentityProvider } from '../tests/identity-provider.ts'
+import { audience, idToken, issuer, makeKey, startIdentityProvider } from '../tests/identity-provider.ts'
 
 const { values } = parseArgs({
   args: Bun.argv.slice(2),
@@ -147,7 +147,7 @@ const summaryRows: string[] = []
 try {
   for (const runtime of runtimes) {
     for (const auth of [false, true]) {
-      const server = await startServer(runtime, auth ? { ...credentials, AUTH_JWKS_URL: provider.jwksUrl } : credentials)
+      const server = await startServer(runtime, auth ? { ...credentials, AUTH_JWKS_URL: provider.jwksUrl, AUTH_ISSUER: issuer, AUTH_AUDIENCE: audience } : credentials)
       try {
         const headers: Record<string, string> = auth ? { authorization: `Bearer ${await idToken(key, { sub: 'alice' }, { expiresIn: '1h' })}` } : {}
         const shapesHere = auth ? all : all.filter((shape) => !shape.name.endsWith('(with auth)'))

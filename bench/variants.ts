@@ -35,7 +35,7 @@ const benchPolicy = JSON.stringify({
   roles: Object.fromEntries(
     Array.from({ length: 10 }, (_, i) => [
       `role-${i}`,
-      { rooms: [`team-{org}-${i}-*`, i === 9 ? 'bench-*' : `room-${i}-*`], agents: [`agent-${i}`, 'bench-agent'], grants: { canPublish: true, canSubscribe: true, canPublishData: true } },
+      { rooms: [`team-{org}/${i}-*`, i === 9 ? 'bench-*' : `room-${i}-*`], agents: [`agent-${i}`, 'bench-agent'], grants: { canPublish: true, canSubscribe: true, canPublishData: true } },
     ]),
   ),
   roomConfig: { emptyTimeout: 300, departureTimeout: 20, maxParticipants: 100 },

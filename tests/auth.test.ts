@@ -191,7 +191,7 @@ for (const runtime of runtimeNames) {
       const key = await makeKey('k1', 'ES256')
       provider.state.published = [key]
       provider.state.down = true
-      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl })
+      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl, AUTH_ISSUER: issuer, AUTH_AUDIENCE: audience })
       try {
         const http = httpClient(server.url)
         const down = await http.postJson('/token', { roomName: 'r', participantName: 'p' }, bearer(await idToken(key)))
@@ -211,7 +211,7 @@ for (const runtime of runtimeNames) {
       const key = await makeKey('k1', 'ES256')
       provider.state.published = [key]
       provider.state.delayMs = 20_000
-      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl })
+      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl, AUTH_ISSUER: issuer, AUTH_AUDIENCE: audience })
       try {
         const started = Date.now()
         const answer = await httpClient(server.url).postJson('/token', { roomName: 'r', participantName: 'p' }, bearer(await idToken(key)))
@@ -230,7 +230,7 @@ for (const runtime of runtimeNames) {
       const provider = startIdentityProvider()
       const key = await makeKey('k1', 'RS256')
       provider.server.stop(true)
-      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl })
+      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl, AUTH_ISSUER: issuer, AUTH_AUDIENCE: audience })
       try {
         const answer = await httpClient(server.url).postJson('/token', { roomName: 'r', participantName: 'p' }, bearer(await idToken(key)))
         expect(answer.status).toBe(503)
@@ -245,9 +245,9 @@ for (const runtime of runtimeNames) {
       const provider = startIdentityProvider()
       const key = await makeKey('k1', 'RS256')
       provider.state.published = [key]
-      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl, AUTH_IDENTITY_CLAIM: 'email' })
+      const server = await startServer(runtime, { ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl, AUTH_ISSUER: issuer, AUTH_AUDIENCE: audience, AUTH_IDENTITY_CLAIM: 'email' })
       try {
-        const answer = await httpClient(server.url).postJson('/token', {}, bearer(await idToken(key, { email: 'ada@example.test' })))
+        const answer = await httpClient(server.url).postJson('/token', {}, bearer(await idToken(key, { email: 'ada@example.test', email_verified: true })))
         expect(verifyAccessToken(answer.json().participant_token, credentials).sub).toBe('ada@example.test')
       } finally {
         await server.stop()

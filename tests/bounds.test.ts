@@ -104,7 +104,7 @@ for (const runtime of runtimeNames) {
       test(`answers 403 to room_config.${field.name}, beside an agent dispatch`, async () => {
         const room_config = { agents: [{ agent_name: 'helper' }], [field.name]: valueFor(field) }
         const answer = await running.http.postJson('/token', { room_name: 'r', room_config })
-        expect([answer.status, answer.json()]).toEqual([403, { errorMessage: `room_config may only request agents, not ${field.jsonName}` }])
+        expect([answer.status, answer.json()]).toEqual([403, { errorMessage: `room_config may only request agents, not ${field.name}` }])
       })
     }
   })
@@ -155,7 +155,7 @@ for (const runtime of runtimeNames) {
 
     test('refuses agent metadata of 65,537 bytes in all, over two agents, with 400', async () => {
       const answer = await running.http.postJson('/token', { participant_identity: 'p', room_config: { agents: agentsWithMetadataOfBytes(limit + 1) } })
-      expect([answer.status, answer.json()]).toEqual([400, { errorMessage: 'room_config agent metadata must be at most 65536 bytes in all' }])
+      expect([answer.status, answer.json()]).toEqual([400, { errorMessage: 'room_config agent metadata and attributes must be at most 65536 bytes in all' }])
     })
 
     test('takes a request with all three at their limits at once (the body is read whole)', async () => {

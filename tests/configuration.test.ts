@@ -202,7 +202,7 @@ describe('docs/configuration.md', () => {
     const read = await variablesRead([
       {},
       // The variables read only once another is set.
-      { AUTH_JWKS_URL: 'https://id.example.test/jwks', REDIS_URL: 'redis://localhost:6379', EVENTS_STREAM: 'events', TOKEN_RATE_LIMIT: '5', PROMETHEUS_PORT: '9100' },
+      { AUTH_JWKS_URL: 'https://id.example.test/jwks', AUTH_ISSUER: 'https://id.example.test/', AUTH_AUDIENCE: 'app', REDIS_URL: 'redis://localhost:6379', EVENTS_STREAM: 'events', TOKEN_RATE_LIMIT: '5', PROMETHEUS_PORT: '9100' },
       { LIVEKIT_KEYS: 'key-one: secret-one-of-at-least-32-characters…', LIVEKIT_API_KEY: 'key-one' },
     ])
     expect([...(await variablesDocumented())].sort()).toEqual([...read].sort())

@@ -28,14 +28,16 @@ interface SignedEvent {
   entry: string[]
 }
 
-function signed(event: Record<string, unknown>, expected: { room: string; participant: string }, indent?: string | number): SignedEvent {
+function signed(event: Record<string, unknown>, expected: { room: string; participant: string; job?: string; agent?: string }, indent?: string | number): SignedEvent {
   const body = JSON.stringify(event, null, indent)
   const id = event.id as string
-  const entry = ['id', id, 'event', event.event as string, 'room', expected.room, 'participant', expected.participant, 'created_at', event.createdAt as string, 'body', body]
+  const { room, participant, job = '', agent = '' } = expected
+  const fields = ['id', id, 'event', event.event as string, 'room', room, 'participant', participant, 'job', job, 'agent', agent]
+  const entry = [...fields, 'created_at', event.createdAt as string, 'body', body]
   return { id, body, authorization: signWebhook(body, credentials), entry }
 }
 
-/** Event n of a varied mix: four names (one no handler knows), the room from where LiveKit puts it, bodies formatted four ways. */
+/** Event n of a varied mix: four names (one an agent's job), the room from where LiveKit puts it, bodies formatted four ways. */
 function mixedEvent(n: number): SignedEvent {
   switch (n % 4) {
     case 0:
@@ -45,7 +47,11 @@ function mixedEvent(n: number): SignedEvent {
     case 2:
       return signed(webhookEvent('egress_ended', { room: undefined, egressInfo: { egressId: `EG_${n}`, roomName: 'recorded room' } }), { room: 'recorded room', participant: '' }, '\t')
     default:
-      return signed(webhookEvent('agent_job_started'), { room: 'room1', participant: '' }, 2)
+      return signed(
+        webhookEvent('agent_job_started', { room: undefined, job: { id: `AJ_${n}`, agentName: 'transcriber', room: { sid: 'RM_1', name: 'agent room' } } }),
+        { room: 'agent room', participant: '', job: `AJ_${n}`, agent: 'transcriber' },
+        2,
+      )
   }
 }
 

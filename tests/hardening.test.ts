@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { httpClient, runtimeNames, serveDuringTests, startServer, testCredentials, waitForLog, warningLinesCaughtUp } from './server'
 import { signWebhook, verifyAccessToken, webhookEvent } from './livekit'
-import { idToken, makeKey, startIdentityProvider, type SigningKey } from './identity-provider'
+import { audience, idToken, issuer, makeKey, startIdentityProvider, type SigningKey } from './identity-provider'
 import { open, rawRequest } from './raw-http'
 
 const credentials = testCredentials()
@@ -57,7 +57,7 @@ for (const runtime of runtimeNames) {
   describe(`${runtime}: POST /token admission, however the request is spelled`, () => {
     const provider = startIdentityProvider()
     let key: SigningKey
-    const running = serveDuringTests(runtime, () => ({ ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl, TOKEN_RATE_LIMIT: '100' }))
+    const running = serveDuringTests(runtime, () => ({ ...livekitEnv, AUTH_JWKS_URL: provider.jwksUrl, AUTH_ISSUER: issuer, AUTH_AUDIENCE: audience, TOKEN_RATE_LIMIT: '100' }))
     beforeAll(async () => {
       key = await makeKey('k1', 'ES256')
       provider.state.published = [key]

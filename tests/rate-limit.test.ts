@@ -3,7 +3,7 @@ import { describe, expect, test } from 'bun:test'
 import { RateLimiter } from '../index'
 import { httpClient, runtimeNames, startServer, testCredentials } from './server'
 import { rawRequest } from './raw-http'
-import { idToken, makeKey, startIdentityProvider } from './identity-provider'
+import { audience, idToken, issuer, makeKey, startIdentityProvider } from './identity-provider'
 
 const credentials = testCredentials()
 const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }
@@ -61,7 +61,7 @@ for (const runtime of runtimeNames) {
       const key = await makeKey('k1', 'ES256')
       provider.state.published = [key]
       try {
-        await withServer(runtime, { TOKEN_RATE_LIMIT: '1', AUTH_JWKS_URL: provider.jwksUrl }, async (http) => {
+        await withServer(runtime, { TOKEN_RATE_LIMIT: '1', AUTH_JWKS_URL: provider.jwksUrl, AUTH_ISSUER: issuer, AUTH_AUDIENCE: audience }, async (http) => {
           const as = async (sub: string) => (await http.postJson('/token', request, { authorization: `Bearer ${await idToken(key, { sub })}` })).status
           expect([await as('ada'), await as('ada'), await as('grace')]).toEqual([200, 429, 200])
         })

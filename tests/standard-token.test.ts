@@ -30,6 +30,7 @@ for (const runtime of runtimeNames) {
         participantAttributes: { team: 'blue', 'émoji': '🎥' },
         agentName: 'transcriber',
         agentMetadata: '{"language":"fr"}',
+        deployment: 'staging',
       })
       expect(response.serverUrl).toBe(livekitUrl)
       const claims = verifyAccessToken(response.participantToken, credentials)
@@ -38,7 +39,8 @@ for (const runtime of runtimeNames) {
       expect(claims.metadata).toBe('{"role":"host"}')
       expect(claims.attributes).toEqual({ team: 'blue', 'émoji': '🎥' })
       expect(claims.video).toEqual({ ...fullGrant, room: 'standup' })
-      expect(claims.roomConfig?.agents).toEqual([expect.objectContaining({ agentName: 'transcriber', metadata: '{"language":"fr"}' })])
+      // Exactly what was asked: no field at its default (restartPolicy, empty metadata) goes into the token.
+      expect(claims.roomConfig).toEqual({ agents: [{ agentName: 'transcriber', metadata: '{"language":"fr"}', deployment: 'staging' }] })
       expect(claims.exp - claims.nbf).toBe(600)
     })
 

@@ -22,7 +22,7 @@ const keycloakPolicy = {
   defaultRole: 'viewer',
   roles: {
     member: {
-      rooms: ['team-{org}-*', 'user-{sub}'],
+      rooms: ['team-{org}/*', 'user-{sub}'],
       agents: ['transcriber'],
       grants: { canPublish: true, canPublishSources: ['camera', 'microphone'], canSubscribe: true, canPublishData: true },
     },
@@ -43,7 +43,7 @@ const auth0Policy = {
   rolesClaim: 'https://my-app.com/roles',
   roles: {
     admin: { rooms: ['*'], grants: { canPublish: true, canSubscribe: true, canPublishData: true, roomAdmin: true } },
-    student: { rooms: ['class-{https://my-app.com/school}-*'], ttl: '45m', grants: { canSubscribe: true, canPublishData: true } },
+    student: { rooms: ['class-{https://my-app.com/school}/*'], ttl: '45m', grants: { canSubscribe: true, canPublishData: true } },
   },
 }
 
@@ -132,9 +132,9 @@ for (const runtime of runtimeNames) {
       })
 
       test(`gives a member (${contract}) the camera and microphone in a room of their organisation, for TOKEN_TTL`, async () => {
-        const { status, claims } = await askToken(running.http, tokenRequest(contract, 'team-acme-standup'), await keycloak(['member']))
+        const { status, claims } = await askToken(running.http, tokenRequest(contract, 'team-acme/standup'), await keycloak(['member']))
         expect(status).toBe(200)
-        expect(claims!.video).toEqual({ ...memberGrant, room: 'team-acme-standup' })
+        expect(claims!.video).toEqual({ ...memberGrant, room: 'team-acme/standup' })
         expect(claims!.exp - claims!.nbf).toBe(tokenTtl)
         expect(claims!.roomConfig).toMatchObject({ emptyTimeout: 300, departureTimeout: 20, maxParticipants: 100 })
       })
@@ -147,8 +147,8 @@ for (const runtime of runtimeNames) {
       })
 
       test(`refuses a member (${contract}) another organisation's room, naming the room`, async () => {
-        const { status, errorMessage, claims } = await askToken(running.http, tokenRequest(contract, 'team-globex-standup'), await keycloak(['member']))
-        expect([status, errorMessage, claims]).toEqual([403, 'Room "team-globex-standup" is not one this caller may join', undefined])
+        const { status, errorMessage, claims } = await askToken(running.http, tokenRequest(contract, 'team-globex/standup'), await keycloak(['member']))
+        expect([status, errorMessage, claims]).toEqual([403, 'Room "team-globex/standup" is not one this caller may join', undefined])
       })
 
       test(`gives a caller with none of the policy's roles (${contract}) the default role: a hidden viewer of webinars`, async () => {
@@ -156,28 +156,28 @@ for (const runtime of runtimeNames) {
           const webinar = await askToken(running.http, tokenRequest(contract, 'webinar-42'), headers)
           expect(webinar.status).toBe(200)
           expect(webinar.claims!.video).toEqual({ ...viewerGrant, room: 'webinar-42' })
-          const team = await askToken(running.http, tokenRequest(contract, 'team-acme-standup'), headers)
-          expect([team.status, team.errorMessage]).toEqual([403, 'Room "team-acme-standup" is not one this caller may join'])
+          const team = await askToken(running.http, tokenRequest(contract, 'team-acme/standup'), headers)
+          expect([team.status, team.errorMessage]).toEqual([403, 'Room "team-acme/standup" is not one this caller may join'])
         }
       })
 
       test(`grants a member who is also a viewer (${contract}) only what the roles allowing the room give there`, async () => {
         const headers = await keycloak(['member', 'viewer'])
         expect((await askToken(running.http, tokenRequest(contract, 'webinar-42'), headers)).claims!.video).toEqual({ ...viewerGrant, room: 'webinar-42' })
-        expect((await askToken(running.http, tokenRequest(contract, 'team-acme-x'), headers)).claims!.video).toEqual({ ...memberGrant, room: 'team-acme-x' })
+        expect((await askToken(running.http, tokenRequest(contract, 'team-acme/x'), headers)).claims!.video).toEqual({ ...memberGrant, room: 'team-acme/x' })
       })
 
       test(`grants a host who is also a member (${contract}) the union of both roles' grants, unlimited sources, the longest TTL and the host's own room settings`, async () => {
-        const { status, claims } = await askToken(running.http, tokenRequest(contract, 'team-acme-x'), await keycloak(['member', 'host']))
+        const { status, claims } = await askToken(running.http, tokenRequest(contract, 'team-acme/x'), await keycloak(['member', 'host']))
         expect(status).toBe(200)
-        expect(claims!.video).toEqual({ ...hostGrant, room: 'team-acme-x' })
+        expect(claims!.video).toEqual({ ...hostGrant, room: 'team-acme/x' })
         expect(claims!.exp - claims!.nbf).toBe(7200)
         expect(claims!.roomConfig).toMatchObject({ emptyTimeout: 300, maxParticipants: 10 })
       })
 
       test(`matches {org} only when the claim is a room-name piece (${contract})`, async () => {
         for (const org of ['acme corp', '', ['acme'], 'a'.repeat(129)]) {
-          const { status } = await askToken(running.http, tokenRequest(contract, `team-${org}-x`), await keycloak(['member'], { org }))
+          const { status } = await askToken(running.http, tokenRequest(contract, `team-${org}/x`), await keycloak(['member'], { org }))
           expect(status).toBe(403)
         }
       })
@@ -201,15 +201,15 @@ for (const runtime of runtimeNames) {
     })
 
     test("adds the agents a member may dispatch to the server's own", async () => {
-      const body = { room_name: 'team-acme-x', room_config: { agents: [{ agent_name: 'transcriber', metadata: '{"lang":"fr"}' }] } }
+      const body = { room_name: 'team-acme/x', room_config: { agents: [{ agent_name: 'transcriber', metadata: '{"lang":"fr"}' }] } }
       const { status, claims } = await askToken(running.http, body, await keycloak(['member']))
       expect(status).toBe(200)
       const agents = (claims!.roomConfig!.agents as { agentName: string; metadata: string }[]).map(({ agentName, metadata }) => [agentName, metadata])
-      expect(agents).toEqual([['notetaker', ''], ['transcriber', '{"lang":"fr"}']])
+      expect(agents).toEqual([['notetaker', undefined], ['transcriber', '{"lang":"fr"}']])
     })
 
     test('refuses an agent the role does not list, naming it, and any agent to a role that lists none', async () => {
-      const asking = (agent: string) => ({ room_name: 'team-acme-x', room_config: { agents: [{ agent_name: agent }] } })
+      const asking = (agent: string) => ({ room_name: 'team-acme/x', room_config: { agents: [{ agent_name: agent }] } })
       const member = await askToken(running.http, asking('translator'), await keycloak(['member']))
       expect([member.status, member.errorMessage]).toEqual([403, 'Agent "translator" is not one this caller may dispatch'])
       const viewer = await askToken(running.http, { ...asking('transcriber'), room_name: 'webinar-1' }, await keycloak(['viewer']))
@@ -233,9 +233,9 @@ for (const runtime of runtimeNames) {
 
     test("surfaces the policy's 403 to livekit-client's TokenSource.endpoint as an error carrying the message", async () => {
       const source = TokenSource.endpoint(new URL('/token', running.server.url).href, { headers: await keycloak(['viewer']) })
-      const refused = withAuditedFetch(() => source.fetch({ roomName: 'team-acme-standup' }))
+      const refused = withAuditedFetch(() => source.fetch({ roomName: 'team-acme/standup' }))
       await expect(refused).rejects.toThrow(/403/)
-      await expect(refused).rejects.toThrow(/Room \\?"team-acme-standup\\?" is not one this caller may join/)
+      await expect(refused).rejects.toThrow(/Room \\?"team-acme\/standup\\?" is not one this caller may join/)
     })
   })
 
@@ -255,12 +255,12 @@ for (const runtime of runtimeNames) {
 
       test(`lets a student (${contract}) into their school's classes, by a namespaced claim, to listen and send data for 45 minutes`, async () => {
         const headers = await auth0({ 'https://my-app.com/roles': ['student'], 'https://my-app.com/school': 'lycee-hugo' })
-        const { status, claims } = await askToken(running.http, tokenRequest(contract, 'class-lycee-hugo-maths'), headers)
+        const { status, claims } = await askToken(running.http, tokenRequest(contract, 'class-lycee-hugo/maths'), headers)
         expect(status).toBe(200)
-        expect(claims!.video).toEqual({ roomJoin: true, room: 'class-lycee-hugo-maths', canPublish: false, canSubscribe: true, canPublishData: true })
+        expect(claims!.video).toEqual({ roomJoin: true, room: 'class-lycee-hugo/maths', canPublish: false, canSubscribe: true, canPublishData: true })
         expect(claims!.exp - claims!.nbf).toBe(45 * 60)
-        const elsewhere = await askToken(running.http, tokenRequest(contract, 'class-other-maths'), headers)
-        expect([elsewhere.status, elsewhere.errorMessage]).toEqual([403, 'Room "class-other-maths" is not one this caller may join'])
+        const elsewhere = await askToken(running.http, tokenRequest(contract, 'class-other/maths'), headers)
+        expect([elsewhere.status, elsewhere.errorMessage]).toEqual([403, 'Room "class-other/maths" is not one this caller may join'])
       })
 
       test(`refuses a caller without a role (${contract}) when the policy has no default role`, async () => {

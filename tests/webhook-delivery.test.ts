@@ -30,8 +30,14 @@ const eventsByName: Record<string, Record<string, unknown>> = {
   ingress_ended: { ingressInfo: { ingressId: 'IN_1', roomName: 'room1' } },
 }
 
-test('the dispatch table has a handler for each of the twelve LiveKit event names', () => {
-  expect(Object.keys(webhookHandlers).sort()).toEqual(Object.keys(eventsByName).sort())
+// LiveKit's agent events (2026-08): a `job`, and no top-level room (the job's room, on the first only).
+const agentEvents: Record<string, Record<string, unknown>> = {
+  agent_job_started: { job: { id: 'AJ_1', type: 'JT_ROOM', agentName: 'transcriber', state: { status: 'JS_RUNNING' }, room: { sid: 'RM_1', name: 'room1' } } },
+  agent_job_ended: { job: { id: 'AJ_1', type: 'JT_ROOM', agentName: 'transcriber', state: { status: 'JS_SUCCESS' } } },
+}
+
+test('the dispatch table has a handler for each of the fourteen LiveKit event names', () => {
+  expect(Object.keys(webhookHandlers).sort()).toEqual([...Object.keys(eventsByName), ...Object.keys(agentEvents)].sort())
 })
 
 for (const runtime of runtimeNames) {
@@ -54,11 +60,22 @@ for (const runtime of runtimeNames) {
       })
     }
 
+    for (const [name, fields] of Object.entries(agentEvents)) {
+      test(`handles ${name} and logs the job, its agent and its room when it has one`, async () => {
+        const { room: _, ...event } = webhookEvent(name, fields)
+        expect((await postSigned(running.http, event)).status).toBe(200)
+        const [line] = await waitForLog(running.server, (entry) => entry.id === event.id)
+        const room = name === 'agent_job_started' ? { room: 'room1' } : {}
+        expect(line).toMatchObject({ level: 'info', msg: 'webhook', event: name, job: 'AJ_1', agent: 'transcriber', ...room })
+        if (name === 'agent_job_ended') expect(line).not.toHaveProperty('room')
+      })
+    }
+
     test('acknowledges an event name it does not know, and logs it', async () => {
-      const event = webhookEvent('agent_job_started')
+      const event = webhookEvent('room_exploded')
       expect((await postSigned(running.http, event)).status).toBe(200)
       const [line] = await waitForLog(running.server, (entry) => entry.id === event.id)
-      expect(line).toMatchObject({ event: 'agent_job_started', msg: expect.stringContaining('unknown') })
+      expect(line).toMatchObject({ event: 'room_exploded', msg: expect.stringContaining('unknown') })
     })
 
     test('acknowledges a redelivered event without handling it again, and logs it as a duplicate', async () => {

@@ -3,7 +3,7 @@
 // Redis is away: the server holds it in its outbox, or answers a 5xx so that LiveKit delivers it again.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { RedisClient } from 'bun'
-import { runUntilExit, runtimeNames, sourceRuntimes, startServer, testCredentials, type Runtime, type ServerProcess } from './server'
+import { runUntilExit, runtimeNames, sourceRuntimes, startServer, testCredentials, waitForLog, type Runtime, type ServerProcess } from './server'
 import { signWebhook, webhookEvent } from './livekit'
 import { startRedis, type RedisServer } from './redis'
 
@@ -325,6 +325,52 @@ for (const runtime of runtimeNames) {
         await redis.stop()
       }
     })
+  })
+
+  describe(`${runtime}: what the stream and its outbox hold of a signed event`, () => {
+    test('an event without an id whose first append timed out (Redis frozen, then thawed) is appended once', async () => {
+      const redis = await startRedis()
+      const server = await startStreaming(runtime, redis)
+      try {
+        // One appended first, so that the append during the freeze is sent on an open connection, and runs on thaw.
+        expect((await post(server, mixedEvent(0))).text).toBe(received)
+        redis.freeze()
+        const { id: _, ...withoutId } = webhookEvent('room_started', { room: { sid: 'RM_no_id', name: 'no-id-room' } })
+        const body = JSON.stringify(withoutId)
+        const event: SignedEvent = { id: '', body, authorization: signWebhook(body, credentials), entry: [] }
+        expect((await post(server, event)).text).toBe(received)
+        redis.thaw()
+        await waitForLog(server, (entry) => entry.msg === 'redis stream available again: held events appended', 10_000)
+        const entries = await streamEntries(redis)
+        expect(entries.filter((fields) => fields.includes('no-id-room'))).toHaveLength(1)
+        expect(entries).toHaveLength(2)
+      } finally {
+        await server.stop()
+        await redis.stop()
+      }
+    })
+
+    test("counts an entry's id and fields against the outbox's 64 MiB, not its body alone", async () => {
+      const redis = await startRedis()
+      const server = await startStreaming(runtime, redis, { MAX_BODY_BYTES: String(64 * 1024 * 1024), MAX_PENDING_BODY_BYTES: String(128 * 1024 * 1024) })
+      try {
+        await redis.kill()
+        // A body of 64 MiB less 16 bytes: the body alone fits the outbox, the entry around it does not.
+        const ofBytes = (bytes: number) => {
+          const event = webhookEvent('room_started', { room: { sid: 'RM_big', name: 'big-room', metadata: '' } })
+          const padding = bytes - JSON.stringify(event).length
+          const body = JSON.stringify({ ...event, room: { sid: 'RM_big', name: 'big-room', metadata: 'm'.repeat(padding) } })
+          return { id: event.id as string, body, authorization: signWebhook(body, credentials), entry: [] } satisfies SignedEvent
+        }
+        const tooMuch = await post(server, ofBytes(64 * 1024 * 1024 - 16), 20_000)
+        expect([tooMuch.status, tooMuch.retryAfter]).toEqual([503, '5'])
+        const fits = await post(server, ofBytes(64 * 1024 * 1024 - 4096), 20_000)
+        expect(fits.text).toBe(received)
+      } finally {
+        await server.stop()
+        await redis.stop()
+      }
+    }, 60_000)
   })
 
   describe(`${runtime}: a stream key that holds something else`, () => {

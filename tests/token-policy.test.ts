@@ -204,7 +204,7 @@ for (const runtime of runtimeNames) {
       const body = { room_name: 'team-acme/x', room_config: { agents: [{ agent_name: 'transcriber', metadata: '{"lang":"fr"}' }] } }
       const { status, claims } = await askToken(running.http, body, await keycloak(['member']))
       expect(status).toBe(200)
-      const agents = (claims!.roomConfig!.agents as { agentName: string; metadata: string }[]).map(({ agentName, metadata }) => [agentName, metadata])
+      const agents = (claims!.roomConfig!.agents as { agentName: string; metadata?: string }[]).map(({ agentName, metadata }) => [agentName, metadata])
       expect(agents).toEqual([['notetaker', undefined], ['transcriber', '{"lang":"fr"}']])
     })
 

@@ -29,6 +29,164 @@ import { readFileSync, writeSync } from 'node:fs'
 import { claimsToJwtPayload, RoomAgentDispatch, RoomConfiguration, TrackSource, WebhookEvent, type ClaimGrants, type VideoGrant, type WebhookEventNames } from 'livekit-server-sdk'
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
 
+// Webhook handlers: what to do when LiveKit reports an event. Replace an entry to add behaviour; a
+// handler that throws makes the answer a 500, so that LiveKit delivers the event again.
+
+/** LiveKit's event names: the SDK's, and the agent events the protocol added since (2026-08). */
+export type WebhookEventName = Exclude<WebhookEventNames, ''> | 'agent_job_started' | 'agent_job_ended'
+export type WebhookHandler = (event: WebhookEvent) => void | Promise<void>
+
+export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
+  room_started: logEvent,
+  room_finished: logEvent,
+  participant_joined: logEvent,
+  participant_left: logEvent,
+  participant_connection_aborted: logEvent,
+  track_published: logEvent,
+  track_unpublished: logEvent,
+  egress_started: logEvent,
+  egress_updated: logEvent,
+  egress_ended: logEvent,
+  ingress_started: logEvent,
+  ingress_ended: logEvent,
+  // An agent's job in a room: `event.job` (its id, agentName, state; the room on the first).
+  agent_job_started: logEvent,
+  agent_job_ended: logEvent,
+}
+
+function logEvent(event: EventView): void {
+  log('info', 'webhook', describeEvent(event))
+}
+
+function logUnknownEvent(event: EventView): void {
+  log('info', 'webhook with unknown event name', describeEvent(event))
+}
+
+/** What the log line of an event names: the room, and whoever or whatever it is about. */
+function describeEvent(event: EventView): Record<string, string | undefined> {
+  const { room, participant, track, egressInfo, ingressInfo, job } = event
+  return {
+    event: shortText(event.event),
+    id: shortText(event.id),
+    room: shortText(room?.name || egressInfo?.roomName || ingressInfo?.roomName || job?.room?.name),
+    participant: shortText(participant?.identity),
+    track: shortText(track?.sid),
+    egress: shortText(egressInfo?.egressId),
+    ingress: shortText(ingressInfo?.ingressId),
+    job: shortText(job?.id),
+    agent: shortText(job?.agentName),
+  }
+}
+
+/** A field of a signed event as a log line or a stream entry holds it: at most 256 characters, none when empty. */
+const shortText = (text: string | undefined) => (text ? (text.length > 256 ? `${text.slice(0, 256)}…` : text) : undefined)
+
+// Token decisions: every token's room, grant, room settings and lifetime. By default TOKEN_POLICY's
+// (see "Token policy"), and without one the same grant for everyone in any room; an app whose rules
+// no JSON can say (a lookup in its own database) passes its own TokenDecider to createApp.
+
+/** What a policy may grant; `roomJoin` and `room` are always the server's. */
+const grantNames = ['canPublish', 'canSubscribe', 'canPublishData', 'canPublishSources', 'canUpdateOwnMetadata', 'canSubscribeMetrics', 'hidden', 'roomAdmin', 'roomRecord', 'roomCreate'] as const
+export type TokenGrant = Pick<VideoGrant, (typeof grantNames)[number]>
+
+/** What a token request asks for, once the participant's identity is settled. */
+export interface TokenAsk {
+  contract: 'openvidu' | 'standard'
+  /** The room named; undefined when a standard request names none. */
+  room?: string
+  identity: string
+  /** The agents a standard request asks to dispatch (nothing else: parseRoomConfig refuses the rest). */
+  roomConfig?: RoomConfiguration
+}
+
+/** The token to mint, or why not (answered 403 with that message). */
+export type TokenDecision =
+  | { room: string; grant: TokenGrant; ttlSeconds: number; roomConfig?: RoomConfiguration }
+  | { refused: string; policy?: PolicyRefusal }
+
+/** Why TOKEN_POLICY refused, for the log line (never for the caller): the roles it found, what was missing. */
+export type PolicyRefusal = { roles: string[]; missing?: string }
+
+/** The caller is undefined when authentication (AUTH_JWKS_URL) is off. */
+export type TokenDecider = (caller: Caller | undefined, asked: TokenAsk, config: Config) => TokenDecision | Promise<TokenDecision>
+
+// Without a policy, everyone's: join, publish, subscribe, send data.
+const fullGrant: TokenGrant = { canPublish: true, canSubscribe: true, canPublishData: true }
+
+export function decideToken(caller: Caller | undefined, asked: TokenAsk, config: Config): TokenDecision {
+  if (!config.tokenPolicy) {
+    return { room: asked.room ?? `room-${randomSuffix()}`, grant: fullGrant, ttlSeconds: config.tokenTtlSeconds, roomConfig: asked.roomConfig }
+  }
+  return applyTokenPolicy(config.tokenPolicy, caller?.claims, asked)
+}
+
+// Routes: the whole HTTP surface. What each route does is a section below ("Token requests",
+// "Webhooks"); every error answers the OpenVidu clients' shape, { "errorMessage": … }.
+
+export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers, decide: TokenDecider = decideToken) {
+  const memory = { ids: new RecentIds(), limiter: config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined }
+  const state = new SharedState(memory, config.redisUrl, config.redisKeyPrefix)
+  const events = config.eventStream && new EventStream(config.eventStream, config.redisUrl!, config.redisKeyPrefix, memory.ids, state)
+  const readBody = createBodyReader(config.maxPendingBodyBytes)
+  const tokens = createTokenRoute(config, decide, state, readBody)
+  const receiveWebhook = createWebhookRoute(config, handlers, state, events, readBody)
+  if (config.redisUrl) metrics.watch({ redisStatus: () => state.redisStatus() })
+
+  const app = new Elysia({
+    // Validate what the client sent: normalising first would reshape it (an array into an object).
+    normalize: false,
+    // Route the path after "http://" whatever the Host: by default Elysia skips 11 characters, so a
+    // short Host ("a") shifts the path it routes (`/ab/token` as `/token`).
+    handler: { standardHostname: false },
+  })
+    .use(corsPlugin())
+    .use(config.openapi ? apiDocumentation() : new Elysia())
+    .onError(answerError)
+    .options('/*', ({ request }) => answerPreflight(request))
+    .get('/health', config.redisUrl ? async () => ({ status: 'ok' as const, redis: await state.redisStatus() }) : () => ({ status: 'ok' as const }), {
+      response: { 200: HealthAnswer },
+      detail: { summary: 'Whether the server answers, and whether Redis is in use (with REDIS_URL)' },
+    })
+    .post('/token', ({ body, request }) => tokens.answer(body, request), {
+      // The JSON parser after ours is never reached; naming it keeps the body schema in the OpenAPI document.
+      parse: [tokens.read, 'json'],
+      body: TokenRequest,
+      response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
+      detail: {
+        summary: 'An access token for a LiveKit room',
+        description:
+          "Two contracts, told apart by the body: OpenVidu's tutorial clients send {roomName, participantName} and get {token}; " +
+          "LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint) sends optional snake_case fields and gets {server_url, participant_token}. " +
+          'A 403 names what the caller may not have: another identity than its own, room_config beyond agents, or under TOKEN_POLICY a room or an agent no role of its allows.',
+      },
+    })
+    .post('/livekit/webhook', ({ request }) => receiveWebhook(request), {
+      parse: 'none',
+      response: { 200: WebhookAnswer, ...errorAnswers(400, 401, 408, 413, 500, 503) },
+      detail: {
+        summary: 'An event posted by a LiveKit server',
+        description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
+      },
+    })
+  // What serving needs to know: whether to record addresses, when Redis was first tried, what to flush.
+  servingNeeds.set(app, { addresses: config.tokenRateLimit !== undefined, connecting: Promise.all([state.connected, events?.connected]), events })
+  return app
+}
+
+/** What createApp returns, for typed clients: `treaty<App>(url).token.post(…)`. */
+export type App = ReturnType<typeof createApp>
+
+const ErrorAnswer = t.Object({ errorMessage: t.String() })
+const errorAnswers = <const Codes extends number[]>(...codes: Codes) =>
+  Object.fromEntries(codes.map((code) => [code, ErrorAnswer])) as { [Code in Codes[number]]: typeof ErrorAnswer }
+const OpenViduTokenAnswer = t.Object({ token: t.String({ description: 'A LiveKit access token (JWT)' }) })
+const StandardTokenAnswer = t.Object({
+  server_url: t.String({ description: 'LIVEKIT_URL: where the client connects' }),
+  participant_token: t.String({ description: 'A LiveKit access token (JWT)' }),
+})
+const WebhookAnswer = t.Object({ received: t.Union([t.Literal(true), t.Literal('duplicate')]) })
+const HealthAnswer = t.Object({ status: t.Literal('ok'), redis: t.Optional(t.Union([t.Literal('ok'), t.Literal('unavailable')])) })
+
 // Configuration: every variable once, with its default, its bounds and what it means; the checks
 // and their messages come from these entries. The secrets and the rules between variables follow.
 
@@ -257,164 +415,6 @@ function readSetting(env: Env, name: string): string | undefined {
   if (!trimmed.trim()) throw new ConfigError(`${name}_FILE: "${path}" is empty`)
   return trimmed
 }
-
-// Webhook handlers: what to do when LiveKit reports an event. Replace an entry to add behaviour; a
-// handler that throws makes the answer a 500, so that LiveKit delivers the event again.
-
-/** LiveKit's event names: the SDK's, and the agent events the protocol added since (2026-08). */
-export type WebhookEventName = Exclude<WebhookEventNames, ''> | 'agent_job_started' | 'agent_job_ended'
-export type WebhookHandler = (event: WebhookEvent) => void | Promise<void>
-
-export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
-  room_started: logEvent,
-  room_finished: logEvent,
-  participant_joined: logEvent,
-  participant_left: logEvent,
-  participant_connection_aborted: logEvent,
-  track_published: logEvent,
-  track_unpublished: logEvent,
-  egress_started: logEvent,
-  egress_updated: logEvent,
-  egress_ended: logEvent,
-  ingress_started: logEvent,
-  ingress_ended: logEvent,
-  // An agent's job in a room: `event.job` (its id, agentName, state; the room on the first).
-  agent_job_started: logEvent,
-  agent_job_ended: logEvent,
-}
-
-function logEvent(event: EventView): void {
-  log('info', 'webhook', describeEvent(event))
-}
-
-function logUnknownEvent(event: EventView): void {
-  log('info', 'webhook with unknown event name', describeEvent(event))
-}
-
-/** What the log line of an event names: the room, and whoever or whatever it is about. */
-function describeEvent(event: EventView): Record<string, string | undefined> {
-  const { room, participant, track, egressInfo, ingressInfo, job } = event
-  return {
-    event: shortText(event.event),
-    id: shortText(event.id),
-    room: shortText(room?.name || egressInfo?.roomName || ingressInfo?.roomName || job?.room?.name),
-    participant: shortText(participant?.identity),
-    track: shortText(track?.sid),
-    egress: shortText(egressInfo?.egressId),
-    ingress: shortText(ingressInfo?.ingressId),
-    job: shortText(job?.id),
-    agent: shortText(job?.agentName),
-  }
-}
-
-/** A field of a signed event as a log line or a stream entry holds it: at most 256 characters, none when empty. */
-const shortText = (text: string | undefined) => (text ? (text.length > 256 ? `${text.slice(0, 256)}…` : text) : undefined)
-
-// Token decisions: every token's room, grant, room settings and lifetime. By default TOKEN_POLICY's
-// (see "Token policy"), and without one the same grant for everyone in any room; an app whose rules
-// no JSON can say (a lookup in its own database) passes its own TokenDecider to createApp.
-
-/** What a policy may grant; `roomJoin` and `room` are always the server's. */
-const grantNames = ['canPublish', 'canSubscribe', 'canPublishData', 'canPublishSources', 'canUpdateOwnMetadata', 'canSubscribeMetrics', 'hidden', 'roomAdmin', 'roomRecord', 'roomCreate'] as const
-export type TokenGrant = Pick<VideoGrant, (typeof grantNames)[number]>
-
-/** What a token request asks for, once the participant's identity is settled. */
-export interface TokenAsk {
-  contract: 'openvidu' | 'standard'
-  /** The room named; undefined when a standard request names none. */
-  room?: string
-  identity: string
-  /** The agents a standard request asks to dispatch (nothing else: parseRoomConfig refuses the rest). */
-  roomConfig?: RoomConfiguration
-}
-
-/** The token to mint, or why not (answered 403 with that message). */
-export type TokenDecision =
-  | { room: string; grant: TokenGrant; ttlSeconds: number; roomConfig?: RoomConfiguration }
-  | { refused: string; policy?: PolicyRefusal }
-
-/** Why TOKEN_POLICY refused, for the log line (never for the caller): the roles it found, what was missing. */
-export type PolicyRefusal = { roles: string[]; missing?: string }
-
-/** The caller is undefined when authentication (AUTH_JWKS_URL) is off. */
-export type TokenDecider = (caller: Caller | undefined, asked: TokenAsk, config: Config) => TokenDecision | Promise<TokenDecision>
-
-// Without a policy, everyone's: join, publish, subscribe, send data.
-const fullGrant: TokenGrant = { canPublish: true, canSubscribe: true, canPublishData: true }
-
-export function decideToken(caller: Caller | undefined, asked: TokenAsk, config: Config): TokenDecision {
-  if (!config.tokenPolicy) {
-    return { room: asked.room ?? `room-${randomSuffix()}`, grant: fullGrant, ttlSeconds: config.tokenTtlSeconds, roomConfig: asked.roomConfig }
-  }
-  return applyTokenPolicy(config.tokenPolicy, caller?.claims, asked)
-}
-
-// Routes: the whole HTTP surface. What each route does is a section below ("Token requests",
-// "Webhooks"); every error answers the OpenVidu clients' shape, { "errorMessage": … }.
-
-export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers, decide: TokenDecider = decideToken) {
-  const memory = { ids: new RecentIds(), limiter: config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined }
-  const state = new SharedState(memory, config.redisUrl, config.redisKeyPrefix)
-  const events = config.eventStream && new EventStream(config.eventStream, config.redisUrl!, config.redisKeyPrefix, memory.ids, state)
-  const readBody = createBodyReader(config.maxPendingBodyBytes)
-  const tokens = createTokenRoute(config, decide, state, readBody)
-  const receiveWebhook = createWebhookRoute(config, handlers, state, events, readBody)
-  if (config.redisUrl) metrics.watch({ redisStatus: () => state.redisStatus() })
-
-  const app = new Elysia({
-    // Validate what the client sent: normalising first would reshape it (an array into an object).
-    normalize: false,
-    // Route the path after "http://" whatever the Host: by default Elysia skips 11 characters, so a
-    // short Host ("a") shifts the path it routes (`/ab/token` as `/token`).
-    handler: { standardHostname: false },
-  })
-    .use(corsPlugin())
-    .use(config.openapi ? apiDocumentation() : new Elysia())
-    .onError(answerError)
-    .options('/*', ({ request }) => answerPreflight(request))
-    .get('/health', config.redisUrl ? async () => ({ status: 'ok' as const, redis: await state.redisStatus() }) : () => ({ status: 'ok' as const }), {
-      response: { 200: HealthAnswer },
-      detail: { summary: 'Whether the server answers, and whether Redis is in use (with REDIS_URL)' },
-    })
-    .post('/token', ({ body, request }) => tokens.answer(body, request), {
-      // The JSON parser after ours is never reached; naming it keeps the body schema in the OpenAPI document.
-      parse: [tokens.read, 'json'],
-      body: TokenRequest,
-      response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
-      detail: {
-        summary: 'An access token for a LiveKit room',
-        description:
-          "Two contracts, told apart by the body: OpenVidu's tutorial clients send {roomName, participantName} and get {token}; " +
-          "LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint) sends optional snake_case fields and gets {server_url, participant_token}. " +
-          'A 403 names what the caller may not have: another identity than its own, room_config beyond agents, or under TOKEN_POLICY a room or an agent no role of its allows.',
-      },
-    })
-    .post('/livekit/webhook', ({ request }) => receiveWebhook(request), {
-      parse: 'none',
-      response: { 200: WebhookAnswer, ...errorAnswers(400, 401, 408, 413, 500, 503) },
-      detail: {
-        summary: 'An event posted by a LiveKit server',
-        description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
-      },
-    })
-  // What serving needs to know: whether to record addresses, when Redis was first tried, what to flush.
-  servingNeeds.set(app, { addresses: config.tokenRateLimit !== undefined, connecting: Promise.all([state.connected, events?.connected]), events })
-  return app
-}
-
-/** What createApp returns, for typed clients: `treaty<App>(url).token.post(…)`. */
-export type App = ReturnType<typeof createApp>
-
-const ErrorAnswer = t.Object({ errorMessage: t.String() })
-const errorAnswers = <const Codes extends number[]>(...codes: Codes) =>
-  Object.fromEntries(codes.map((code) => [code, ErrorAnswer])) as { [Code in Codes[number]]: typeof ErrorAnswer }
-const OpenViduTokenAnswer = t.Object({ token: t.String({ description: 'A LiveKit access token (JWT)' }) })
-const StandardTokenAnswer = t.Object({
-  server_url: t.String({ description: 'LIVEKIT_URL: where the client connects' }),
-  participant_token: t.String({ description: 'A LiveKit access token (JWT)' }),
-})
-const WebhookAnswer = t.Object({ received: t.Union([t.Literal(true), t.Literal('duplicate')]) })
-const HealthAnswer = t.Object({ status: t.Literal('ok'), redis: t.Optional(t.Union([t.Literal('ok'), t.Literal('unavailable')])) })
 
 // Token requests: two contracts on one route, told apart by their fields. First the bodies, then
 // the route: admission (authentication, rate limit) before the body is read, then the decision.

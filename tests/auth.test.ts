@@ -106,6 +106,39 @@ for (const runtime of runtimeNames) {
       await expect(withAuditedFetch(() => anonymous.fetch({ roomName: 'r3' }))).rejects.toThrow(/401/)
     })
 
+    // RFC 7235: the scheme is case-insensitive, however a client library spells it.
+    for (const scheme of ['bearer', 'BEARER', 'bEaReR']) {
+      test(`gives a token to a caller whose Authorization header spells the scheme "${scheme}"`, async () => {
+        const token = await idToken(rsaKey, { sub: `user-${scheme}` })
+        const answer = await http.postJson('/token', openVidu, { authorization: `${scheme} ${token}` })
+        expect(answer.status).toBe(200)
+        expect(verifyAccessToken(answer.json().token, credentials).sub).toBe(`user-${scheme}`)
+      })
+    }
+
+    // jose's clock tolerance, 30 s: an ID token just expired (or not yet valid) on a clock a little off is taken.
+    const clockEdges: [string, (now: number) => { nbf?: number; exp: number }, number][] = [
+      ['an ID token that expired 20 s ago', (now) => ({ exp: now - 20 }), 200],
+      ['an ID token that expired 40 s ago', (now) => ({ exp: now - 40 }), 401],
+      ['an ID token valid from 20 s ahead', (now) => ({ nbf: now + 20, exp: now + 600 }), 200],
+      ['an ID token valid from 40 s ahead', (now) => ({ nbf: now + 40, exp: now + 600 }), 401],
+    ]
+    for (const [what, times, status] of clockEdges) {
+      test(`${status === 200 ? 'accepts' : 'refuses with 401'} ${what} (30 s of clock tolerance)`, async () => {
+        const { nbf, exp } = times(Math.floor(Date.now() / 1000))
+        const jwt = new SignJWT({ sub: 'clock-user' })
+          .setProtectedHeader({ alg: rsaKey.alg, kid: rsaKey.kid, typ: 'JWT' })
+          .setIssuer(issuer)
+          .setAudience(audience)
+          .setIssuedAt(exp - 600)
+          .setExpirationTime(exp)
+        if (nbf !== undefined) jwt.setNotBefore(nbf)
+        const answer = await http.postJson('/token', openVidu, bearer(await jwt.sign(rsaKey.privateKey)))
+        expect(answer.status).toBe(status)
+        if (status === 200) expect(verifyAccessToken(answer.json().token, credentials).sub).toBe('clock-user')
+      })
+    }
+
     const refusals: [string, () => Promise<Record<string, string>>][] = [
       ['no Authorization header', async () => ({})],
       ['a Basic Authorization header', async () => ({ authorization: 'Basic dXNlcjpwYXNz' })],

@@ -169,6 +169,43 @@ for (const runtime of runtimeNames) {
     })
   })
 
+  describe(`${runtime}: POST /token, agent metadata counted with the policy's own agents`, () => {
+    // The server always dispatches an agent told 40 KiB; a client may add 24 KiB more, 64 KiB in all.
+    const serverMetadata = textOfBytes(40 * 1024)
+    const policy = {
+      defaultRole: 'guest',
+      roles: { guest: { rooms: ['*'], agents: ['*'] } },
+      roomConfig: { agents: [{ agentName: 'notetaker', metadata: serverMetadata }] },
+    }
+    const running = serveDuringTests(runtime, { ...livekitEnv, TOKEN_POLICY: JSON.stringify(policy) })
+    const asking = (bytes: number) => ({
+      room_name: 'r',
+      participant_identity: 'p',
+      room_config: { agents: [{ agent_name: 'helper', metadata: textOfBytes(bytes) }] },
+    })
+    const refusal = { errorMessage: "room_config agent metadata and attributes must be at most 65536 bytes in all, with the server's" }
+
+    test("takes 24 KiB more beside the server's 40 KiB (65,536 bytes in all), after the server's agent", async () => {
+      const answer = await running.http.postJson('/token', asking(limit - 40 * 1024))
+      expect(answer.status).toBe(200)
+      const { roomConfig } = verifyAccessToken(answer.json().participant_token, credentials)
+      const dispatched = (roomConfig as { agents: { agentName: string; metadata: string }[] }).agents
+      const sizes = dispatched.map(({ agentName, metadata }) => [agentName, Buffer.byteLength(metadata)])
+      expect(sizes).toEqual([['notetaker', 40 * 1024], ['helper', limit - 40 * 1024]])
+      expect(dispatched[0]!.metadata).toBe(serverMetadata)
+    })
+
+    test("refuses one byte more with 403, naming the server's share", async () => {
+      const answer = await running.http.postJson('/token', asking(limit - 40 * 1024 + 1))
+      expect([answer.status, answer.json()]).toEqual([403, refusal])
+    })
+
+    test("refuses 40 KiB asked beside the server's 40 KiB with 403, though each is under 64 KiB alone", async () => {
+      const answer = await running.http.postJson('/token', asking(40 * 1024))
+      expect([answer.status, answer.json()]).toEqual([403, refusal])
+    })
+  })
+
   describe(`${runtime}: POST /livekit/webhook, the clock edges (10 s of tolerance, as the SDK's verifier draws them)`, () => {
     const running = serveDuringTests(runtime, livekitEnv)
     const body = JSON.stringify(webhookEvent('room_started'))

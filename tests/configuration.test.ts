@@ -176,6 +176,32 @@ for (const runtime of runtimeNames) {
       expect(output.trim().split('\n')).toEqual(['Configuration error: LOG_LEVEL must be one of info, warn, error, got "verbose"'])
     })
   })
+
+  describe(`${runtime}: variables that need another`, () => {
+    // Each variable alone (beside the API key), and the one line that names it and the variable it needs.
+    const rules: [Record<string, string>, string][] = [
+      [{ AUTH_ISSUER: 'https://id.example.test/' }, 'AUTH_ISSUER has no effect without AUTH_JWKS_URL'],
+      [{ AUTH_AUDIENCE: 'livekit-app' }, 'AUTH_AUDIENCE has no effect without AUTH_JWKS_URL'],
+      [{ AUTH_IDENTITY_CLAIM: 'email' }, 'AUTH_IDENTITY_CLAIM has no effect without AUTH_JWKS_URL'],
+      [{ EVENTS_STREAM_MAXLEN: '1000' }, 'EVENTS_STREAM_MAXLEN has no effect without EVENTS_STREAM'],
+      [{ EVENTS_OUTBOX: '100' }, 'EVENTS_OUTBOX has no effect without EVENTS_STREAM'],
+      [{ EVENTS_STREAM: 'livekit:events' }, 'EVENTS_STREAM needs REDIS_URL: the stream is kept in Redis'],
+      [
+        { WORKERS: '2', SERVER_PORT: '6080' },
+        'WORKERS above 1 needs REDIS_URL: without it the workers would not share handled webhook ids and rate limits',
+      ],
+    ]
+    const credentials = testCredentials()
+    const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }
+    for (const [env, message] of rules) {
+      const variable = message.replace(/ (has|needs) .*/, '')
+      test(`${variable} without what it needs stops the server: exit code 1, one line naming both`, async () => {
+        const { code, output } = await runUntilExit(runtime, { ...livekitEnv, ...env })
+        const lines = output.trim().split('\n')
+        expect({ code, lines }).toEqual({ code: 1, lines: [`Configuration error: ${message}`] })
+      })
+    }
+  })
 }
 
 describe('docs/configuration.md', () => {

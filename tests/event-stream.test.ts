@@ -3,7 +3,8 @@
 // Redis is away: the server holds it in its outbox, or answers a 5xx so that LiveKit delivers it again.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { RedisClient } from 'bun'
-import { runUntilExit, runtimeNames, sourceRuntimes, startServer, testCredentials, waitForLog, type Runtime, type ServerProcess } from './server'
+import { runUntilExit, runtimeNames, sourceRuntimes, startServer, testCredentials, waitForLog } from './server'
+import type { Runtime, ServerProcess } from './server'
 import { signWebhook, webhookEvent } from './livekit'
 import { startRedis, type RedisServer } from './redis'
 
@@ -28,12 +29,15 @@ interface SignedEvent {
   entry: string[]
 }
 
-function signed(event: Record<string, unknown>, expected: { room: string; participant: string; job?: string; agent?: string }, indent?: string | number): SignedEvent {
+/** `expected.createdAt`: the entry's created_at when the event does not say it as createdAt. */
+type EntryFields = { room: string; participant: string; job?: string; agent?: string; createdAt?: string }
+
+function signed(event: Record<string, unknown>, expected: EntryFields, indent?: string | number): SignedEvent {
   const body = JSON.stringify(event, null, indent)
   const id = event.id as string
-  const { room, participant, job = '', agent = '' } = expected
-  const fields = ['id', id, 'event', event.event as string, 'room', room, 'participant', participant, 'job', job, 'agent', agent]
-  const entry = [...fields, 'created_at', event.createdAt as string, 'body', body]
+  const { room, participant, job = '', agent = '', createdAt = event.createdAt as string } = expected
+  const entry = ['id', id, 'event', event.event as string, 'room', room, 'participant', participant, 'job', job, 'agent', agent]
+  entry.push('created_at', createdAt, 'body', body)
   return { id, body, authorization: signWebhook(body, credentials), entry }
 }
 
@@ -389,6 +393,83 @@ for (const runtime of runtimeNames) {
         await redis.command('DEL', streamKey)
         await eventually('every event in the stream', async () => (await streamLength(redis)) >= events.length, 5000)
         expectEachOnce(await streamEntries(redis), events)
+      } finally {
+        await server.stop()
+        await redis.stop()
+      }
+    })
+  })
+
+  describe(`${runtime}: events appended while Redis answers, delivered again while it does not`, () => {
+    // The id an append marks handled in Redis is remembered in memory too: in an outage, memory is all there is.
+    for (const outage of ['frozen (SIGSTOP)', 'killed'] as const) {
+      test(`a redelivery while Redis is ${outage} is a duplicate, not handled again`, async () => {
+        const redis = await startRedis()
+        const server = await startStreaming(runtime, redis)
+        try {
+          const events = [mixedEvent(0), mixedEvent(1)]
+          for (const event of events) expect((await post(server, event)).text).toBe(received)
+          expectEachOnce(await streamEntries(redis), events)
+          if (outage === 'killed') await redis.kill()
+          else redis.freeze()
+          for (const event of events) expect((await post(server, event)).text).toBe(duplicate)
+          for (const { id } of events) {
+            await waitForLog(server, (line) => line.msg === 'webhook duplicate' && line.id === id)
+          }
+          expect(events.map((event) => handledLines(server, event.id).length)).toEqual([1, 1])
+          redis.thaw()
+          if (outage !== 'killed') expectEachOnce(await streamEntries(redis), events)
+        } finally {
+          await server.stop()
+          await redis.stop()
+        }
+      })
+    }
+  })
+
+  describe(`${runtime}: the .proto spellings of an event, in the stream`, () => {
+    test('an event with egress_info, ingress_info or created_at is appended with its room and created_at', async () => {
+      const redis = await startRedis()
+      const server = await startStreaming(runtime, redis)
+      try {
+        const id = () => `EV_${crypto.randomUUID()}`
+        const unsaid = { participant: '', createdAt: '0' }
+        const events = [
+          signed(
+            { event: 'egress_started', id: id(), egress_info: { egress_id: 'EG_7', room_name: 'room7' } },
+            { ...unsaid, room: 'room7' },
+          ),
+          signed(
+            { event: 'ingress_ended', id: id(), ingress_info: { ingress_id: 'IN_7', room_name: 'room8' } },
+            { ...unsaid, room: 'room8' },
+          ),
+          signed(
+            { event: 'room_finished', id: id(), room: { name: 'room9' }, created_at: '1764000000' },
+            { room: 'room9', participant: '', createdAt: '1764000000' },
+          ),
+        ]
+        for (const event of events) expect((await post(server, event)).text).toBe(received)
+        expectEachOnce(await streamEntries(redis), events)
+      } finally {
+        await server.stop()
+        await redis.stop()
+      }
+    })
+  })
+
+  describe(`${runtime}: EVENTS_STREAM_MAXLEN`, () => {
+    test('keeps the stream at about that many, the newest: of 300, 50 to 59 (MAXLEN 50, nodes of 10)', async () => {
+      const redis = await startRedis()
+      // MAXLEN ~ trims whole nodes of the stream (100 entries by default): smaller nodes make "about" close.
+      expect(await redis.command('CONFIG', 'SET', 'stream-node-max-entries', '10')).toBe('+OK\r\n')
+      const server = await startStreaming(runtime, redis, { EVENTS_STREAM_MAXLEN: '50' })
+      try {
+        const events = Array.from({ length: 300 }, (_, n) => mixedEvent(n))
+        for (const event of events) expect((await post(server, event)).text).toBe(received)
+        const ids = (await streamEntries(redis)).map((fields) => fields[1])
+        expect(ids.length).toBeGreaterThanOrEqual(50)
+        expect(ids.length).toBeLessThan(60)
+        expect(ids).toEqual(events.slice(-ids.length).map((event) => event.id))
       } finally {
         await server.stop()
         await redis.stop()

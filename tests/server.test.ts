@@ -73,10 +73,23 @@ for (const runtime of runtimeNames) {
         expect(answer.json()).toEqual({ errorMessage: 'Request body must be nested at most 32 levels deep' })
       })
 
-      test('does not count brackets inside strings as nesting', async () => {
+      // An escaped quote does not end the string it sits in: were it taken to, the brackets and commas
+      // after it would be counted as JSON, and a request within the bounds refused.
+      test('does not count brackets inside strings as nesting, even after an escaped quote', async () => {
         const participantName = '[{'.repeat(100)
-        const answer = await running.http.postJson('/token', { roomName: 'room1', participantName, note: '"\\[[[' })
+        const note = `"\\${'['.repeat(33)}`
+        const answer = await running.http.postJson('/token', { roomName: 'room1', participantName, note })
         expect(answer.status).toBe(200)
+      })
+
+      test('counts the nesting after a string ending in an escaped backslash: 33 levels refused with 400', async () => {
+        const extra = `${'['.repeat(32)}${']'.repeat(32)}`
+        const body = `{"roomName":"room1","participantName":"alice","path":"C:\\\\","extra":${extra}}`
+        expect(JSON.parse(body).path).toBe('C:\\')
+        const headers = { 'content-type': 'application/json' }
+        const answer = await running.http.request('/token', { method: 'POST', headers, body })
+        const refusal = { errorMessage: 'Request body must be nested at most 32 levels deep' }
+        expect([answer.status, answer.json()]).toEqual([400, refusal])
       })
 
       const badRequests: [string, RequestInit, RegExp][] = [
@@ -127,6 +140,21 @@ for (const runtime of runtimeNames) {
         expect(ok.headers.get('access-control-expose-headers')).toBeNull()
         expect(ok.headers.get('access-control-allow-methods')).toBeNull()
       })
+    })
+
+    describe('POST /token (standard contract)', () => {
+      const afterEscapedQuote: [string, string][] = [
+        ['33 brackets', `say "hi ${'['.repeat(33)}`],
+        ['1,001 commas', `say "hi ${','.repeat(1001)}`],
+      ]
+      for (const [what, metadata] of afterEscapedQuote) {
+        test(`gives a token whose participant_metadata holds a quote followed by ${what}, kept as sent`, async () => {
+          const body = { room_name: 'room1', participant_identity: 'alice', participant_metadata: metadata }
+          const answer = await running.http.postJson('/token', body)
+          expect(answer.status).toBe(200)
+          expect(verifyAccessToken(answer.json().participant_token, credentials).metadata).toBe(metadata)
+        })
+      }
     })
 
     describe('POST /livekit/webhook', () => {
@@ -266,24 +294,45 @@ for (const runtime of runtimeNames) {
   })
 }
 
+/** A test secret (the shape every log and answer is searched for) padded to exactly `bytes` bytes. */
+const secretOfBytes = (bytes: number) => testCredentials().apiSecret.padEnd(bytes, 'x')
+
+// HMAC pads a key of up to 64 bytes (SHA-256's block) with zeros and hashes a longer one first (RFC 2104):
+// a signer that draws that line one byte off, or never hashes, signs with another key than LiveKit's.
+const blockEdges: [string, number][] = [
+  ['one byte short of', 63],
+  ['exactly', 64],
+  ['one byte past', 65],
+  ['well past', 108],
+]
+
 for (const runtime of runtimeNames) {
-  describe(`${runtime}: a secret longer than SHA-256's 64-byte block`, () => {
-    // HMAC hashes such a key first (RFC 2104): a signer that pads it instead signs with another key.
-    const long = { apiKey: 'long-key', apiSecret: `${crypto.randomUUID()}${crypto.randomUUID()}${crypto.randomUUID()}` }
-    const running = serveDuringTests(runtime, { LIVEKIT_API_KEY: long.apiKey, LIVEKIT_API_SECRET: long.apiSecret })
-    const postWebhook = (body: string, authorization: string) =>
-      running.http.request('/livekit/webhook', { method: 'POST', headers: { 'content-type': 'application/webhook+json', authorization }, body })
+  for (const [edge, bytes] of blockEdges) {
+    describe(`${runtime}: a secret of ${bytes} bytes, ${edge} SHA-256's 64-byte block`, () => {
+      const secret = { apiKey: `key-${bytes}`, apiSecret: secretOfBytes(bytes) }
+      const env = { LIVEKIT_API_KEY: secret.apiKey, LIVEKIT_API_SECRET: secret.apiSecret }
+      const running = serveDuringTests(runtime, env)
+      const postWebhook = (body: string, authorization: string) => {
+        const headers = { 'content-type': 'application/webhook+json', authorization }
+        return running.http.request('/livekit/webhook', { method: 'POST', headers, body })
+      }
 
-    test('signs tokens that verify with it', async () => {
-      const answer = await running.http.postJson('/token', { roomName: 'room1', participantName: 'alice' })
-      expect(verifyAccessToken(answer.json().token, long).sub).toBe('alice')
-    })
+      test('is the length it says', () => {
+        expect(Buffer.byteLength(secret.apiSecret)).toBe(bytes)
+      })
 
-    test('accepts a webhook signed with it, and refuses one signed with the same secret but its last character', async () => {
-      const body = JSON.stringify(webhookEvent('room_started'))
-      expect((await postWebhook(body, signWebhook(body, long))).status).toBe(200)
-      const other = JSON.stringify(webhookEvent('room_started'))
-      expect((await postWebhook(other, signWebhook(other, { ...long, apiSecret: `${long.apiSecret.slice(0, -1)}x` }))).status).toBe(401)
+      test('signs tokens that verify with it as LiveKit verifies them', async () => {
+        const answer = await running.http.postJson('/token', { roomName: 'room1', participantName: 'alice' })
+        expect(verifyAccessToken(answer.json().token, secret).sub).toBe('alice')
+      })
+
+      test('accepts a webhook signed with it, and refuses one signed with it but for its last character', async () => {
+        const body = JSON.stringify(webhookEvent('room_started'))
+        expect((await postWebhook(body, signWebhook(body, secret))).status).toBe(200)
+        const other = JSON.stringify(webhookEvent('room_started'))
+        const almost = { ...secret, apiSecret: `${secret.apiSecret.slice(0, -1)}y` }
+        expect((await postWebhook(other, signWebhook(other, almost))).status).toBe(401)
+      })
     })
-  })
+  }
 }

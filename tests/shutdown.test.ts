@@ -1,8 +1,10 @@
-// SIGTERM and SIGINT: the server takes no new requests, finishes the ones in flight, then exits with 0.
+// SIGTERM and SIGINT: the server takes no new requests, finishes the ones in flight, then exits with 0;
+// a request still in flight 10 s after the signal does not hold it: it exits anyway, with 1.
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { assertNoLeaks, runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
 import { signWebhook, webhookEvent } from './livekit'
 import { open, rawRequest, type RawAnswer } from './raw-http'
+import { audience, idToken, issuer, makeKey, startIdentityProvider } from './identity-provider'
 
 const credentials = testCredentials()
 const signals = ['SIGTERM', 'SIGINT'] as const
@@ -101,6 +103,70 @@ for (const runtime of runtimeNames) {
         assertNoLeaks(`${runtime} server log`, server.lines.join('\n'), { tokensAllowed: false })
       }
       expect(codes).toEqual([0, 0, 0, 0, 0, 0])
+    }, 30_000) // six starts in a row; bun test's default is 5 s (bunfig's timeout is not read)
+  })
+
+  describe(`${runtime}: a request still in flight 10 s after SIGTERM`, () => {
+    // A token request held first by a slow identity provider (2 s, under its 3 s limit), then by a body
+    // that never arrives (given up after 10 to 11 s): in flight until 12 s or more after the signal.
+    const provider = startIdentityProvider()
+    let server: ServerProcess
+    let secondsToExit: number | 'still running'
+    let exitCode: number | 'still running'
+    let answer: RawAnswer | Error
+
+    beforeAll(async () => {
+      const key = await makeKey('k1', 'ES256')
+      provider.state.published = [key]
+      provider.state.delayMs = 2000
+      server = await startServer(runtime, {
+        LIVEKIT_API_KEY: credentials.apiKey,
+        LIVEKIT_API_SECRET: credentials.apiSecret,
+        AUTH_JWKS_URL: provider.jwksUrl,
+        AUTH_ISSUER: issuer,
+        AUTH_AUDIENCE: audience,
+      })
+      const authorization = `Bearer ${await idToken(key)}`
+      const headers = { 'content-type': 'application/json', 'content-length': '100', authorization }
+      let signalledAt = 0
+      answer = await settle(
+        rawRequest(new URL('/token', server.url).href, headers, [
+          '{"roomName":"r',
+          async () => {
+            // The server is waiting for the key set: the request is in flight.
+            while (provider.state.fetches === 0) await Bun.sleep(10)
+            signalledAt = performance.now()
+            server.child.kill('SIGTERM')
+          },
+        ], { timeoutMs: 20_000 }),
+      )
+      exitCode = await exitWithin(server, Math.max(0, 20_000 - (performance.now() - signalledAt)))
+      secondsToExit = exitCode === 'still running' ? exitCode : (performance.now() - signalledAt) / 1000
+    }, 30_000)
+
+    afterAll(() => {
+      if (exitCode === 'still running') server?.child.kill('SIGKILL')
+      provider.server.stop(true)
+    })
+
+    test('exits with code 1, no sooner than 10 s after the signal and before the request ends', () => {
+      expect(exitCode).toBe(1)
+      expect(secondsToExit).toBeGreaterThanOrEqual(10)
+      expect(secondsToExit).toBeLessThan(12)
+    })
+
+    test('gives the request no answer: its connection is closed as the process exits', () => {
+      expect(answer).toBeInstanceOf(Error)
+      expect((answer as Error).message).toMatch(/connection closed without a complete answer/)
+    })
+
+    test('says why in one warn line, after the line saying it received the signal', () => {
+      const entries = server.logs().map(({ level, msg }) => ({ level, msg }))
+      const signalled = entries.findIndex((entry) => entry.msg === 'SIGTERM received, finishing requests in flight')
+      expect(signalled).toBeGreaterThanOrEqual(0)
+      const deadline = { level: 'warn', msg: 'requests still in flight after 10 s, exiting anyway' }
+      expect(entries.slice(signalled + 1)).toEqual([deadline])
+      assertNoLeaks(`${runtime} server log`, server.lines.join('\n'), { tokensAllowed: false })
     })
   })
 }

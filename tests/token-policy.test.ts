@@ -218,6 +218,19 @@ for (const runtime of runtimeNames) {
       expect(host.status).toBe(200)
     })
 
+    test('lets a member who is also a viewer dispatch only the agents a role allowing the room lists', async () => {
+      const headers = await keycloak(['member', 'viewer'])
+      const asking = (room: string) => ({ room_name: room, room_config: { agents: [{ agent_name: 'transcriber' }] } })
+      // Only the viewer role allows webinar rooms, and it lists no agent: the member's transcriber is not for there.
+      const webinar = await askToken(running.http, asking('webinar-42'), headers)
+      const refusal = 'Agent "transcriber" is not one this caller may dispatch'
+      expect([webinar.status, webinar.errorMessage]).toEqual([403, refusal])
+      const team = await askToken(running.http, asking('team-acme-x'), headers)
+      const dispatched = (team.claims?.roomConfig?.agents ?? []) as { agentName: string }[]
+      const agents = dispatched.map(({ agentName }) => agentName)
+      expect([team.status, agents]).toEqual([200, ['notetaker', 'transcriber']])
+    })
+
     test("keeps today's bound on agents, counting the server's", async () => {
       const agents = Array.from({ length: 8 }, (_, i) => ({ agent_name: `agent-${i}` }))
       const { status, errorMessage } = await askToken(running.http, { room_name: 'x', room_config: { agents } }, await keycloak(['host']))
@@ -315,6 +328,27 @@ for (const runtime of runtimeNames) {
     test('makes a room-… for a standard request without room_name only if a pattern allows it', async () => {
       const { status, errorMessage } = await askToken(running.http, {})
       expect([status, errorMessage]).toEqual([403, 'room_name is required: the token policy makes no room for this caller'])
+    })
+  })
+
+  describe(`${runtime}: POST /token under a policy whose room pattern has two *s`, () => {
+    const policy = { defaultRole: 'guest', roles: { guest: { rooms: ['a-*-b-*-c'], grants: { canSubscribe: true } } } }
+    const running = servePolicy(runtime, policy)
+    const status = async (room: string) => (await askToken(running.http, { room_name: room })).status
+
+    test('lets a caller into every room the pattern spells, whatever each * stands for (empty too)', async () => {
+      for (const room of ['a-1-b-2-c', 'a--b--c', 'a-x-y-b-z-c', 'a-b-b-b-c', 'a-c-b-a-c', 'a--b--b--c']) {
+        expect({ room, status: await status(room) }).toEqual({ room, status: 200 })
+      }
+    })
+
+    test('refuses a room missing a piece, with pieces overlapping or out of order, or text past an end', async () => {
+      const missingAPiece = ['a-1-c', 'a-c', 'a-1-b-2', '1-b-2-c']
+      const overlapping = ['a-b-c', 'a--b-c', 'a-b--c']
+      const outOfOrderOrPastAnEnd = ['a-1-c-2-b', 'x-a-1-b-2-c', 'a-1-b-2-c-x']
+      for (const room of [...missingAPiece, ...overlapping, ...outOfOrderOrPastAnEnd]) {
+        expect({ room, status: await status(room) }).toEqual({ room, status: 403 })
+      }
     })
   })
 

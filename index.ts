@@ -1,23 +1,27 @@
-// The application server for LiveKit and OpenVidu apps: it mints access tokens for clients
-// (POST /token) and receives the webhooks a LiveKit server posts (POST /livekit/webhook). Runs with
-// `bun run index.ts`, or under Deno 2. Sections, in the order an app changes them:
+// The application server for LiveKit and OpenVidu apps: it mints access tokens for clients (POST /token) and
+// receives the webhooks a LiveKit server posts (POST /livekit/webhook). Runs with `bun run index.ts`, or under
+// Deno 2. Each section opens with a banner, "// ==== Name", subsections with "// ---- Name"; in the order an
+// app changes them:
 //
-//   Configuration            every environment variable, read and checked once (docs/configuration.md)
-//   Webhook handlers         what to do when LiveKit reports an event: edit these
-//   Token decisions          who gets which grant in which room: TOKEN_POLICY, or your own function
-//   Routes                   the whole HTTP surface, on one screen
+//   Webhook handlers            what to do when LiveKit reports an event: edit these
+//   Token decisions             who gets which grant in which room: TOKEN_POLICY, or your own function
+//   Routes                      the whole HTTP surface on one screen, and how to add a route
+//   Configuration               every environment variable: the table, then how it is read (docs/configuration.md)
 //   --- the machinery, each section standing alone ---
-//   Token requests           the two contracts' bodies, checked; the route's parser and handler
-//   Token policy             applying TOKEN_POLICY, then reading it
-//   Tokens                   signing LiveKit access tokens
-//   Callers                  authentication (AUTH_JWKS_URL), rate limits, client addresses
-//   Webhooks                 verifying LiveKit's signature; remembering handled event ids
-//   Shared state             Redis (REDIS_URL) for handled ids and allowances, memory when it fails
-//   Events onward            the Redis Stream (EVENTS_STREAM) and its outbox
-//   Request bodies           bounded reading, costly JSON refused, the error shape, CORS, OpenAPI
-//   Logging, Metrics         JSON log lines; GET /metrics on PROMETHEUS_PORT
-//   Serving                  Bun and Deno (every difference between them lives here), stopping
-//   Workers, main            WORKERS=N processes or threads; starting up
+//   Token requests              the two contracts' bodies, checked; the route's parser and handler
+//   Token policy                applying TOKEN_POLICY, then reading it
+//   Tokens                      signing LiveKit access tokens
+//   Callers                     authentication (AUTH_JWKS_URL), rate limits, client addresses
+//   Webhooks                    verifying LiveKit's signature; remembering handled event ids
+//   Shared state                Redis (REDIS_URL) for handled ids and allowances, memory when it fails
+//   Events onward               the Redis Stream (EVENTS_STREAM) and its outbox
+//   Request bodies and errors   bounded reading, costly JSON refused, the error shape
+//   CORS and the API described  open CORS; GET /openapi.json and its page
+//   Logging                     JSON log lines
+//   Metrics                     GET /metrics on PROMETHEUS_PORT
+//   Serving                     Bun and Deno (every difference between them lives here), stopping
+//   Workers                     WORKERS=N processes or threads
+//   Starting up                 the configuration, then the workers or the server
 import { Elysia, getSchemaValidator, status, t, type ErrorContext } from 'elysia'
 import { cors } from '@elysiajs/cors'
 import { openapi } from '@elysiajs/openapi'
@@ -29,8 +33,9 @@ import { readFileSync, writeSync } from 'node:fs'
 import { claimsToJwtPayload, RoomAgentDispatch, RoomConfiguration, TrackSource, WebhookEvent, type ClaimGrants, type VideoGrant, type WebhookEventNames } from 'livekit-server-sdk'
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
 
-// Webhook handlers: what to do when LiveKit reports an event. Replace an entry to add behaviour; a
-// handler that throws makes the answer a 500, so that LiveKit delivers the event again.
+// ==== Webhook handlers =============================================================================================
+// What to do when LiveKit reports an event. Replace an entry to add behaviour; a handler that throws makes
+// the answer a 500, so that LiveKit delivers the event again.
 
 /** LiveKit's event names: the SDK's, and the agent events the protocol added since (2026-08). */
 export type WebhookEventName = Exclude<WebhookEventNames, ''> | 'agent_job_started' | 'agent_job_ended'
@@ -81,9 +86,10 @@ function describeEvent(event: EventView): Record<string, string | undefined> {
 /** A field of a signed event as a log line or a stream entry holds it: at most 256 characters, none when empty. */
 const shortText = (text: string | undefined) => (text ? (text.length > 256 ? `${text.slice(0, 256)}…` : text) : undefined)
 
-// Token decisions: every token's room, grant, room settings and lifetime. By default TOKEN_POLICY's
-// (see "Token policy"), and without one the same grant for everyone in any room; an app whose rules
-// no JSON can say (a lookup in its own database) passes its own TokenDecider to createApp.
+// ==== Token decisions ==============================================================================================
+// Every token's room, grant, room settings and lifetime: by default TOKEN_POLICY's (see Token policy), and
+// without one the same grant for everyone in any room; an app whose rules no JSON can say (a lookup in its own
+// database) passes its own TokenDecider to createApp.
 
 /** What a policy may grant; `roomJoin` and `room` are always the server's. */
 const grantNames = ['canPublish', 'canSubscribe', 'canPublishData', 'canPublishSources', 'canUpdateOwnMetadata', 'canSubscribeMetrics', 'hidden', 'roomAdmin', 'roomRecord', 'roomCreate'] as const
@@ -120,8 +126,11 @@ export function decideToken(caller: Caller | undefined, asked: TokenAsk, config:
   return applyTokenPolicy(config.tokenPolicy, caller?.claims, asked)
 }
 
-// Routes: the whole HTTP surface. What each route does is a section below ("Token requests",
-// "Webhooks"); every error answers the OpenVidu clients' shape, { "errorMessage": … }.
+// ==== Routes =======================================================================================================
+// The whole HTTP surface. What each route does is a section below ("Token requests", "Webhooks"); every error
+// answers the OpenVidu clients' shape, { "errorMessage": … }. To add a route (a presence list, say): chain it below
+// with its schemas, as `.get('/presence', ({ query }) => …, { query: t.Object(…), response: { 200: … } })`, and
+// add its path to `routeLabels` (Metrics) for its own label in the metrics rather than "other" (docs/routes.md).
 
 export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers, decide: TokenDecider = decideToken) {
   const memory = { ids: new RecentIds(), limiter: config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined }
@@ -187,8 +196,9 @@ const StandardTokenAnswer = t.Object({
 const WebhookAnswer = t.Object({ received: t.Union([t.Literal(true), t.Literal('duplicate')]) })
 const HealthAnswer = t.Object({ status: t.Literal('ok'), redis: t.Optional(t.Union([t.Literal('ok'), t.Literal('unavailable')])) })
 
-// Configuration: every variable once, with its default, its bounds and what it means; the checks
-// and their messages come from these entries. The secrets and the rules between variables follow.
+// ==== Configuration ================================================================================================
+// Every variable once, with its default, its bounds and what it means; the checks and their messages come
+// from these entries. The secrets and the rules between variables follow.
 
 /** One variable: how its text (undefined when unset) is checked and read, and what it means. */
 type Setting<T> = { read(text: string | undefined, name: string): T; meaning: string }
@@ -270,7 +280,8 @@ const needs: Record<string, keyof typeof settings> = {
   EVENTS_OUTBOX: 'EVENTS_STREAM',
 }
 
-// Configuration, read: the table applied, then the secrets and the rules between variables.
+// ---- Configuration, read ------------------------------------------------------------------------------------------
+// The table applied, then the secrets and the rules between variables.
 
 export class ConfigError extends Error {}
 
@@ -416,8 +427,9 @@ function readSetting(env: Env, name: string): string | undefined {
   return trimmed
 }
 
-// Token requests: two contracts on one route, told apart by their fields. First the bodies, then
-// the route: admission (authentication, rate limit) before the body is read, then the decision.
+// ==== Token requests ===============================================================================================
+// Two contracts on one route, told apart by their fields. First the bodies, then the route: admission
+// (authentication, rate limit) before the body is read, then the decision.
 
 const maxNameLength = 256
 const maxMetadataBytes = 64 * 1024
@@ -602,8 +614,8 @@ function checkAgentDispatch(agents: RoomAgentDispatch[]): void {
 const agentPayloadBytes = (agents: RoomAgentDispatch[]) =>
   agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata) + attributesBytes(agent.attributes), 0)
 
-// Token requests, answered: admitted (authenticated, rate-limited) before the body is read, then
-// checked, decided and signed.
+// ---- Token requests, answered -------------------------------------------------------------------------------------
+// Admitted (authenticated, rate-limited) before the body is read, then checked, decided and signed.
 
 type ReadBody = ReturnType<typeof createBodyReader>
 
@@ -683,7 +695,8 @@ function whenSettled<T, U>(value: T | Promise<T>, next: (value: T) => U): U | Pr
   return value instanceof Promise ? value.then(next) : next(value)
 }
 
-// Token policy, applied: a parsed TOKEN_POLICY settles a request in a few string comparisons.
+// ==== Token policy =================================================================================================
+// Applying a parsed TOKEN_POLICY to a request; reading it follows.
 
 interface PolicyRole {
   name: string
@@ -853,7 +866,8 @@ function withAgents(role: PolicyRole, asked: RoomConfiguration | undefined): Roo
   return roomConfig
 }
 
-// TOKEN_POLICY, read once: every mistake is a ConfigError naming its place in the JSON.
+// ---- Token policy, read -------------------------------------------------------------------------------------------
+// Read once at start: every mistake is a ConfigError naming its place in the JSON.
 
 const trackSourceNames = ['camera', 'microphone', 'screen_share', 'screen_share_audio'] as const
 const trackSources = { camera: TrackSource.CAMERA, microphone: TrackSource.MICROPHONE, screen_share: TrackSource.SCREEN_SHARE, screen_share_audio: TrackSource.SCREEN_SHARE_AUDIO }
@@ -1029,8 +1043,8 @@ function parsePolicyRoomConfig(json: Record<string, unknown>, at: string): RoomC
   return roomConfig
 }
 
-// Tokens: the SDK says what the claims are (claimsToJwtPayload); signing is one synchronous HMAC
-// with a key prepared once, where the SDK's AccessToken imports the key into WebCrypto every time.
+// ==== Tokens =======================================================================================================
+// The SDK says what the claims are (claimsToJwtPayload); signing is one HMAC with a key prepared once.
 
 // Encoding straight from bytes: Deno's Buffer polyfill spent more on its pool than on the HMAC.
 const utf8Encoder = new TextEncoder()
@@ -1088,7 +1102,8 @@ export function createTokenMinter(config: Config) {
   }
 }
 
-// Callers: who may ask for a token, and how often
+// ==== Callers ======================================================================================================
+// Who may ask for a token (AUTH_JWKS_URL), how often (TOKEN_RATE_LIMIT), from which address.
 
 export interface Caller {
   identity: string
@@ -1224,7 +1239,8 @@ function addressKey(address: string): string {
   return `${groups.slice(0, 4).join(':')}::/64`
 }
 
-// Webhooks: verified before anything else is done with them, each event handled once.
+// ==== Webhooks =====================================================================================================
+// Verified before anything else is done with them, each event handled once.
 
 // LiveKit's event ids are some 20 characters ("EV_…"), its names fewer than 32.
 const maxEventIdLength = 256
@@ -1283,8 +1299,9 @@ function createWebhookRoute(config: Config, handlers: Record<string, WebhookHand
   }
 }
 
-// Webhooks, verified: LiveKit's signature checked by hand (tests/fast-path.test.ts holds it to the
-// SDK's), the event read from the body, and the ids handled remembered.
+// ---- Webhooks, verified -------------------------------------------------------------------------------------------
+// LiveKit's signature checked by hand (tests/fast-path.test.ts holds it to the SDK's), the event read from the
+// body.
 
 /** Verifies a webhook as the SDK's WebhookReceiver does, synchronously and for HS256 (what LiveKit signs with) only. */
 export function createWebhookVerifier(config: Config) {
@@ -1408,7 +1425,8 @@ function plainEventView(json: unknown): EventView | undefined {
   return json as EventView
 }
 
-// Handled ids, in this process's memory: what the shared state falls back to, and all it uses without Redis.
+// ---- Handled ids --------------------------------------------------------------------------------------------------
+// In this process's memory: what the shared state falls back to, and all it uses without Redis.
 
 type MaybePromise<T> = T | Promise<T>
 
@@ -1480,9 +1498,9 @@ export class RecentIds {
   }
 }
 
-// Shared state: with REDIS_URL, the handled ids and the callers' allowances live in Redis, so that
-// every process and machine sharing it keeps the same promises; whenever Redis does not answer in
-// time, each process falls back to its own memory, and returns to Redis once it answers again.
+// ==== Shared state =================================================================================================
+// With REDIS_URL, the handled ids and the callers' allowances live in Redis, so that every process sharing it
+// keeps the same promises; whenever Redis does not answer in time, each process falls back to its own memory.
 
 
 // A token bucket, as RateLimiter keeps it, on Redis's clock so that the machines' clocks don't matter.
@@ -1621,7 +1639,8 @@ export class SharedState {
 
 }
 
-// Redis, for the shared state and the stream: scripts, time limits, URLs kept out of log lines.
+// ---- Redis --------------------------------------------------------------------------------------------------------
+// Scripts, time limits, URLs kept out of log lines: for the shared state and the stream.
 
 const scriptHashes = new Map<string, string>()
 
@@ -1662,9 +1681,10 @@ function redacted(error: unknown, url: string): string {
   return password ? String(error).replaceAll(password, '***') : String(error)
 }
 
-// Events onward: with EVENTS_STREAM, each event whose handlers succeeded is appended to a Redis
-// Stream, once: appending and marking the id handled are one script. While Redis does not answer,
-// events wait in a bounded outbox, in order; a 200 means in the stream or in the outbox.
+// ==== Events onward ================================================================================================
+// With EVENTS_STREAM, each event whose handlers succeeded is appended to a Redis Stream, once: appending and
+// marking the id handled are one script. While Redis does not answer, events wait in a bounded outbox, in
+// order; a 200 means in the stream or in the outbox.
 
 
 // KEYS: the event's dedupe key (SharedState's for its id; one of its own for an event without one), the
@@ -1818,7 +1838,8 @@ export class EventStream {
   }
 }
 
-// Request bodies and errors: every error answers the OpenVidu clients' shape, { "errorMessage": … }
+// ==== Request bodies and errors ====================================================================================
+// Bounded reading, costly JSON refused; every error answers the OpenVidu clients' shape, { "errorMessage": … }.
 
 class HttpError extends Error {
   constructor(
@@ -1970,7 +1991,7 @@ function refuseCostlyJson(json: string): void {
   if (values > maxJsonValues) throw new HttpError(400, `Request body must hold at most ${maxJsonValues} JSON values`)
 }
 
-// CORS, the API described, and every error in one shape.
+// ==== CORS and the API described ===================================================================================
 
 const corsSettings = {
   origin: '*',
@@ -1998,8 +2019,9 @@ function noHeader(): string {
 }
 
 
-// With OPENAPI=1: GET /openapi.json from the routes' own schemas, and a docs page at GET /openapi
-// whose Swagger UI files are served from the package (embedded in the binary), never from a CDN.
+// ---- OpenAPI ------------------------------------------------------------------------------------------------------
+// GET /openapi.json from the routes' own schemas, and a docs page at GET /openapi whose Swagger UI files are served
+// from the package (embedded in the binary), never from a CDN.
 
 function apiDocumentation() {
   return new Elysia({ name: 'api-documentation' })
@@ -2069,7 +2091,8 @@ function answerPreflight(request: Request): Response {
   return new Response(null, { status: 204, headers })
 }
 
-// Logging: one JSON object per line, so logs stay greppable and machine-readable.
+// ==== Logging ======================================================================================================
+// One JSON object per line, so logs stay greppable and machine-readable.
 
 export type Level = 'info' | 'warn' | 'error'
 
@@ -2122,9 +2145,10 @@ function timeNow(): string {
   return clockText
 }
 
-// Metrics: with PROMETHEUS_PORT, GET /metrics on a listener of its own, never the public port.
-// Answers are tallied in plain numbers that prom-client's registry reads at each scrape (cheaper per
-// request than its counters); without PROMETHEUS_PORT, prom-client is never loaded.
+// ==== Metrics ======================================================================================================
+// with PROMETHEUS_PORT, GET /metrics on a listener of its own, never the public port. Answers are tallied in plain
+// numbers that prom-client's registry reads at each scrape (cheaper per request than its counters); without
+// PROMETHEUS_PORT, prom-client is never loaded.
 
 type MetricValue = { value: number; labels: Record<string, string | number>; metricName?: string }
 type MetricsJson = Awaited<ReturnType<import('prom-client').Registry['getMetricsAsJSON']>>
@@ -2243,7 +2267,8 @@ function createMetricsRecorder(registry: import('prom-client').Registry) {
   } satisfies Metrics & { workers: () => WorkerHandle[] }
 }
 
-// Metrics, tallied: plain numbers per label values, as prom-client reads them at each scrape.
+// ---- Metrics, tallied ---------------------------------------------------------------------------------------------
+// plain numbers per label values, as prom-client reads them at each scrape.
 
 const routeLabels = ['/token', '/livekit/webhook', '/health']
 
@@ -2341,8 +2366,9 @@ function measured<Rest extends unknown[]>(handler: (request: Request, ...rest: R
   }
 }
 
-// Serving: every difference between Bun and Deno is here, and nowhere else. Deno's API as far as
-// this file uses it, declared so that one file type-checks for both.
+// ==== Serving ======================================================================================================
+// every difference between Bun and Deno is here, and nowhere else. Deno's API as far as this file uses it, declared
+// so that one file type-checks for both.
 
 const onBun = 'Bun' in globalThis
 
@@ -2435,7 +2461,7 @@ async function serveMetrics(port: number, scrape: () => Promise<string>, content
   await new Promise<void>((resolve) => Deno.serve({ port, onListen: () => resolve() }, handler))
 }
 
-// Starting and stopping
+// ---- Starting and stopping ----------------------------------------------------------------------------------------
 
 export interface RunningServer {
   port: number
@@ -2565,9 +2591,10 @@ function onStopSignal(stop: (signal: string) => void): void {
   }
 }
 
-// Workers: WORKERS=N serves the port from N processes (Bun, each `bun run index.ts` again) or N
-// threads (Deno's web workers), the kernel spreading connections among them. The first process
-// only supervises: it says when all listen, forwards SIGTERM/SIGINT, and restarts a worker that dies.
+// ==== Workers ======================================================================================================
+// WORKERS=N serves the port from N processes (Bun, each `bun run index.ts` again) or N threads (Deno's web workers),
+// the kernel spreading connections among them. The first process only supervises: it says when all listen, forwards
+// SIGTERM/SIGINT, and restarts a worker that dies.
 
 declare const WorkerGlobalScope: unknown
 declare const self: {
@@ -2622,8 +2649,9 @@ function startWorker(number: number, onListening: () => void): WorkerHandle {
   return { send: (message) => worker.postMessage(message), stop: () => worker.postMessage('stop'), kill, exited: exited.promise }
 }
 
-// Metrics across workers: each scrape asks every worker for its figures
-// (prom-client's registry as JSON, over the channel it supervises them by), summed with its own.
+// ---- Metrics across workers ---------------------------------------------------------------------------------------
+// each scrape asks every worker for its figures (prom-client's registry as JSON, over the channel it supervises them
+// by), summed with its own.
 
 const metricsRequests = new Map<number, (metrics: MetricsJson) => void>()
 let lastMetricsRequest = 0
@@ -2658,8 +2686,9 @@ function answerMetricsRequests(registry: import('prom-client').Registry): void {
   else process.on('message', (message) => void answer(message, (reply) => process.send?.(reply)))
 }
 
-// Supervising: a worker that keeps crashing is restarted later each time; workers crashing more often than this
-// stop the server, so that whatever runs it sees a failed service rather than a spinning one.
+// ---- Supervising --------------------------------------------------------------------------------------------------
+// a worker that keeps crashing is restarted later each time; workers crashing more often than this stop the server,
+// so that whatever runs it sees a failed service rather than a spinning one.
 const maxCrashesPerMinute = 3
 const firstRestartDelayMs = 1000
 const longestRestartDelayMs = 30_000
@@ -2747,7 +2776,8 @@ function reportToSupervisor(server: RunningServer): void {
   setInterval(() => process.ppid !== supervisor && process.kill(process.pid, 'SIGTERM'), 1000).unref?.()
 }
 
-// Starting up: the configuration, the metrics, then the workers or the server.
+// ==== Starting up ==================================================================================================
+// The configuration, the metrics, then the workers or the server.
 
 function warnAboutCredentials(config: Config): void {
   if (config.usesDevCredentials) {

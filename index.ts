@@ -19,7 +19,6 @@
 //   Serving                  Bun and Deno (every difference between them lives here), stopping
 //   Workers, main            WORKERS=N processes or threads; starting up
 import { Elysia, getSchemaValidator, status, t, type ErrorContext } from 'elysia'
-import { cors } from '@elysiajs/cors'
 import { openapi } from '@elysiajs/openapi'
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose'
 import { createHash, createHmac, timingSafeEqual, type Hash } from 'node:crypto'
@@ -356,6 +355,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
       // The JSON parser after ours is never reached; naming it keeps the body schema in the OpenAPI document.
       parse: [tokens.read, 'json'],
       body: TokenRequest,
+      mapResponse: noStore,
       response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
       detail: {
         summary: 'An access token for a LiveKit room',
@@ -1799,29 +1799,21 @@ function refuseCostlyJson(json: string): void {
 
 // CORS, the API described, and every error in one shape.
 
-const corsSettings = {
-  origin: '*',
-  credentials: false,
-  methods: [],
-  allowedHeaders: noHeader(),
-  exposeHeaders: noHeader(),
-  preflight: false,
-} satisfies Parameters<typeof cors>[0]
-
 /**
- * The plugin, its one hook marked synchronous: Elysia guesses from the hook's source (and takes its
- * `return handleOption(` for a promise), and an async hook makes every handler async.
+ * CORS open to any origin, without credentials: `Access-Control-Allow-Origin: *` on every answer,
+ * errors and 404s included, as a default header Elysia puts in each request's `set.headers` (no hook
+ * runs per request). Preflights are answerPreflight's, and a `Retry-After` is exposed by answerError.
  */
 export function corsPlugin() {
-  const plugin = cors(corsSettings)
-  // Where Elysia keeps its guesses, so that it does not guess.
-  for (const hook of plugin.event.request ?? []) Object.assign(hook, { isAsync: false, hasReturn: false })
-  return plugin
+  return new Elysia({ name: 'cors' }).headers({ 'access-control-allow-origin': '*' })
 }
 
-/** `false`: the plugin's code reads it as "send no such header", though its types leave it out (an empty list would send an empty header). */
-function noHeader(): string {
-  return false as unknown as string
+/**
+ * `Cache-Control: no-store` on /token's every answer: a token must not be cached (RFC 6749 §5.1),
+ * nor a refusal (§5.2). As the route's mapResponse hook, which Elysia runs on its errors too.
+ */
+function noStore({ set }: { set: { headers: Record<string, unknown> } }): void {
+  set.headers['cache-control'] = 'no-store'
 }
 
 

@@ -151,7 +151,6 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
     .use(corsPlugin())
     .use(config.openapi ? apiDocumentation() : new Elysia())
     .onError(answerError)
-    .options('/*', ({ request }) => answerPreflight(request))
     .get('/health', config.redisUrl ? async () => ({ status: 'ok' as const, redis: await state.redisStatus() }) : () => ({ status: 'ok' as const }), {
       response: { 200: HealthAnswer },
       detail: { summary: 'Whether the server answers, and whether Redis is in use (with REDIS_URL)' },
@@ -160,6 +159,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
       // The JSON parser after ours is never reached; naming it keeps the body schema in the OpenAPI document.
       parse: [tokens.read, 'json'],
       body: TokenRequest,
+      mapResponse: noStore,
       response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
       detail: {
         summary: 'An access token for a LiveKit room',
@@ -1993,31 +1993,22 @@ function refuseCostlyJson(json: string): void {
 
 // ==== CORS and the API described ===================================================================================
 
-const corsSettings = {
-  origin: '*',
-  credentials: false,
-  methods: [],
-  allowedHeaders: noHeader(),
-  exposeHeaders: noHeader(),
-  preflight: false,
-} satisfies Parameters<typeof cors>[0]
-
 /**
- * The plugin, its one hook marked synchronous: Elysia guesses from the hook's source (and takes its
- * `return handleOption(` for a promise), and an async hook makes every handler async.
+ * CORS open to any origin, without credentials, through @elysiajs/cors as its documentation has it: a preflight
+ * is answered with whatever headers the browser asks for ("*" would not cover Authorization), and a 429's
+ * Retry-After is readable by a page on another origin.
  */
 export function corsPlugin() {
-  const plugin = cors(corsSettings)
-  // Where Elysia keeps its guesses, so that it does not guess.
-  for (const hook of plugin.event.request ?? []) Object.assign(hook, { isAsync: false, hasReturn: false })
-  return plugin
+  return cors({ origin: '*', credentials: false, methods: ['GET', 'POST'], allowedHeaders: true, exposeHeaders: 'Retry-After', maxAge: 600 })
 }
 
-/** `false`: the plugin's code reads it as "send no such header", though its types leave it out (an empty list would send an empty header). */
-function noHeader(): string {
-  return false as unknown as string
+/**
+ * `Cache-Control: no-store` on /token's every answer: a token must not be cached (RFC 6749 §5.1), nor a refusal
+ * (§5.2). As the route's mapResponse hook, which Elysia runs on its errors too.
+ */
+function noStore({ set }: { set: { headers: Record<string, unknown> } }): void {
+  set.headers['cache-control'] = 'no-store'
 }
-
 
 // ---- OpenAPI ------------------------------------------------------------------------------------------------------
 // GET /openapi.json from the routes' own schemas, and a docs page at GET /openapi whose Swagger UI files are served
@@ -2070,8 +2061,6 @@ function answerError({ code, error, set, path, request }: ErrorContext & { code:
   const httpError = error instanceof HttpError ? error : (error as Error | undefined)?.cause
   if (httpError instanceof HttpError) {
     Object.assign(set.headers, httpError.headers)
-    // A page on another origin may read it only if told so.
-    if (httpError.headers['retry-after']) set.headers['access-control-expose-headers'] = 'Retry-After'
     return status(httpError.status as ErrorStatus, errorBody(httpError.message))
   }
   if (code === 'NOT_FOUND') return status(404, errorBody(`No route for ${request.method} ${path}`))
@@ -2082,14 +2071,6 @@ function answerError({ code, error, set, path, request }: ErrorContext & { code:
 }
 
 type ErrorStatus = 400 | 401 | 403 | 404 | 408 | 413 | 429 | 500 | 503
-
-/** CORS preflights: any origin, and whatever headers the browser asks for ("*" would not cover Authorization). */
-function answerPreflight(request: Request): Response {
-  const headers = new Headers({ 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-max-age': '600' })
-  const requestedHeaders = request.headers.get('access-control-request-headers')
-  if (requestedHeaders) headers.set('access-control-allow-headers', requestedHeaders)
-  return new Response(null, { status: 204, headers })
-}
 
 // ==== Logging ======================================================================================================
 // One JSON object per line, so logs stay greppable and machine-readable.

@@ -109,6 +109,18 @@ for (const runtime of runtimeNames) {
       expect(incomplete.json().errorMessage).toBe('roomName and participantName are required')
     })
 
+    test('tells caches to keep neither the token nor a refusal (RFC 6749 §5.1, §5.2)', async () => {
+      const answers = {
+        200: await running.http.postJson('/token', { room_name: 'standup' }),
+        400: await running.http.postJson('/token', { room_name: 7 }),
+        403: await running.http.postJson('/token', { room_config: { max_participants: 1000 } }),
+      }
+      for (const [status, answer] of Object.entries(answers)) {
+        expect([status, answer.status]).toEqual([status, Number(status)])
+        expect([status, answer.headers.get('cache-control')]).toEqual([status, 'no-store'])
+      }
+    })
+
     const multiByte = '€' // 3 bytes in UTF-8
     const refusals: [string, unknown, number, RegExp][] = [
       ['a room_name over 256 characters', { room_name: 'r'.repeat(257) }, 400, /room_name/],

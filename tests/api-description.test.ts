@@ -43,7 +43,7 @@ for (const runtime of runtimeNames) {
       expect(answers.map((answer: { required: string[] }) => answer.required)).toEqual([['token'], ['server_url', 'participant_token']])
       expect(token.responses['429'].content['application/json'].schema).toMatchObject({ required: ['errorMessage'] })
       const webhook = paths['/livekit/webhook'].post
-      expect(Object.keys(webhook.responses).sort()).toEqual(['200', '401', '408', '413', '500', '503'])
+      expect(Object.keys(webhook.responses).sort()).toEqual(['200', '400', '401', '408', '413', '500', '503'])
       expect(Object.keys(paths).sort()).toEqual(['/health', '/livekit/webhook', '/token'])
     })
   })

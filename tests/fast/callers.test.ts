@@ -136,7 +136,7 @@ describe('POST /token with AUTH_IDENTITY_CLAIM', () => {
     const answer = await app.postJson(
       '/token',
       openVidu,
-      bearer(await idToken(keys.signing, { email: 'ada@example.test' })),
+      bearer(await idToken(keys.signing, { email: 'ada@example.test', email_verified: true })),
     )
     expect(tokenClaims(answer).sub).toBe('ada@example.test')
   })

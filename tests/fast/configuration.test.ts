@@ -118,11 +118,12 @@ describe('loadConfig, values read', () => {
       ...livekitEnv,
       AUTH_JWKS_URL: 'https://id.example.test/jwks',
       AUTH_ISSUER: 'https://id.example.test/',
+      AUTH_AUDIENCE: 'app',
     })
     expect(auth).toEqual({
       jwksUrl: new URL('https://id.example.test/jwks'),
       issuer: 'https://id.example.test/',
-      audience: undefined,
+      audience: 'app',
       identityClaim: 'sub',
     })
   })

@@ -324,7 +324,7 @@ describe('POST /token under a policy whose server agents carry metadata', () => 
     const { status, errorMessage } = await askToken(app, asked(64 * 1024 - 999), headers)
     expect([status, errorMessage]).toEqual([
       403,
-      "room_config agent metadata must be at most 65536 bytes in all, with the server's",
+      "room_config agent metadata and attributes must be at most 65536 bytes in all, with the server's",
     ])
   })
 })
@@ -756,7 +756,7 @@ describe('loadConfig refuses a bad TOKEN_POLICY, naming the place in the JSON', 
     [
       "a role's roomConfig of agents with over 64 KiB of metadata",
       withRole({ roomConfig: { agents: [{ agentName: 'a', metadata: 'm'.repeat(65537) }] } }),
-      'TOKEN_POLICY: roles.host.roomConfig.agents metadata must be at most 65536 bytes in all',
+      'TOKEN_POLICY: roles.host.roomConfig.agents metadata and attributes must be at most 65536 bytes in all',
     ],
     [
       'a grant that is no boolean',

@@ -174,8 +174,9 @@ describe('POST /token (LiveKit standard contract)', () => {
       room_config: { agents: [{ agentName: 'a1', metadata: 'm' }, { agent_name: 'a2' }] },
     })
     expect(claimsOf(answer.json().participant_token).roomConfig?.agents).toEqual([
-      expect.objectContaining({ agentName: 'a1', metadata: 'm' }),
-      expect.objectContaining({ agentName: 'a2', metadata: '' }),
+      { agentName: 'a1', metadata: 'm' },
+      // No field at its default goes into the token.
+      { agentName: 'a2' },
     ])
   })
 
@@ -242,13 +243,13 @@ describe('POST /token (LiveKit standard contract)', () => {
       'room_config with an unknown field',
       { room_config: { bogus: true } },
       400,
-      'room_config is not a valid RoomConfiguration: ',
+      'room_config.bogus is not a RoomConfiguration field',
     ],
     [
       'room_config whose agents is not a list',
       { room_config: { agents: 'a' } },
       400,
-      'room_config is not a valid RoomConfiguration: ',
+      'room_config.agents must be a list of agent dispatches',
     ],
     [
       'room_config asking for recording',
@@ -260,25 +261,13 @@ describe('POST /token (LiveKit standard contract)', () => {
       'room_config changing room limits beside agents',
       { room_config: { agents: [{ agent_name: 'a' }], max_participants: 1000, empty_timeout: 5 } },
       403,
-      'room_config may only request agents, not emptyTimeout, maxParticipants',
+      'room_config may only request agents, not max_participants, empty_timeout',
     ],
     [
-      'an agent with a deployment',
-      { room_config: { agents: [{ agent_name: 'a', deployment: 'prod' }] } },
+      "an agent's restart policy",
+      { room_config: { agents: [{ agent_name: 'a', restart_policy: 'JRP_NEVER' }] } },
       403,
-      'room_config.agents may only name an agent and its metadata, not deployment',
-    ],
-    [
-      'an agent with attributes',
-      { room_config: { agents: [{ agent_name: 'a', attributes: { k: 'v' } }] } },
-      403,
-      'room_config.agents may only name an agent and its metadata, not attributes',
-    ],
-    [
-      'an agent with a deployment and attributes',
-      { room_config: { agents: [{ agent_name: 'a', deployment: 'prod', attributes: { k: 'v' } }] } },
-      403,
-      'room_config.agents may only name an agent and its metadata, not deployment, attributes',
+      "room_config.agents may not set restart_policy: it is the server's call",
     ],
   ]
   for (const [what, body, status, message] of refusals) {
@@ -347,7 +336,7 @@ describe('POST /token, each bound at its edge and one past it (in UTF-8 bytes)',
     expect(claimsOf(token).roomConfig?.agents).toHaveLength(8)
     expect(await ask({ room_config: { agents: agents(9) } })).toEqual([400, 'room_config may request at most 8 agents'])
     expect((await ask({ room_config: { agents: [{ agent_name: 'a'.repeat(256) }] } }))[0]).toBe(200)
-    const tooLong = [400, 'room_config agent names must be at most 256 characters']
+    const tooLong = [400, 'room_config agent names must be plain text of at most 256 characters']
     expect(await ask({ room_config: { agents: [{ agent_name: 'a'.repeat(257) }] } })).toEqual(tooLong)
   })
 
@@ -357,7 +346,7 @@ describe('POST /token, each bound at its edge and one past it (in UTF-8 bytes)',
       { agent_name: 'b', metadata: textOfBytes(bytes - Math.floor(bytes / 2)) },
     ]
     expect((await ask({ room_config: { agents: split(limit) } }))[0]).toBe(200)
-    const refused = [400, 'room_config agent metadata must be at most 65536 bytes in all']
+    const refused = [400, 'room_config agent metadata and attributes must be at most 65536 bytes in all']
     expect(await ask({ room_config: { agents: split(limit + 1) } })).toEqual(refused)
   })
 })

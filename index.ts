@@ -151,6 +151,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
     .use(corsPlugin())
     .use(config.openapi ? apiDocumentation() : new Elysia())
     .onError(answerError)
+    .options('/*', answerPreflight)
     .get('/health', config.redisUrl ? async () => ({ status: 'ok' as const, redis: await state.redisStatus() }) : () => ({ status: 'ok' as const }), {
       response: { 200: HealthAnswer },
       detail: { summary: 'Whether the server answers, and whether Redis is in use (with REDIS_URL)' },
@@ -1994,12 +1995,24 @@ function refuseCostlyJson(json: string): void {
 // ==== CORS and the API described ===================================================================================
 
 /**
- * CORS open to any origin, without credentials, through @elysiajs/cors as its documentation has it: a preflight
- * is answered with whatever headers the browser asks for ("*" would not cover Authorization), and a 429's
- * Retry-After is readable by a page on another origin.
+ * CORS open to any origin, without credentials, through @elysiajs/cors as its documentation has it; a 429's
+ * Retry-After is readable by a page on another origin. Preflights are answerPreflight's.
  */
 export function corsPlugin() {
-  return cors({ origin: '*', credentials: false, methods: ['GET', 'POST'], allowedHeaders: true, exposeHeaders: 'Retry-After', maxAge: 600 })
+  return cors({ origin: '*', credentials: false, methods: ['GET', 'POST'], allowedHeaders: true, exposeHeaders: 'Retry-After', preflight: false })
+}
+
+/**
+ * A CORS preflight: whatever headers the browser asks for ("*" would not cover Authorization), none when it asks
+ * for none (the plugin's own preflight then writes "undefined").
+ */
+function answerPreflight({ request, set }: { request: Request; set: { headers: Record<string, unknown>; status?: unknown } }) {
+  const requested = request.headers.get('access-control-request-headers')
+  if (requested) set.headers['access-control-allow-headers'] = requested
+  else delete set.headers['access-control-allow-headers']
+  set.headers['access-control-max-age'] = '600'
+  set.status = 204
+  return ''
 }
 
 /**

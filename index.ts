@@ -2006,13 +2006,12 @@ export function corsPlugin() {
  * A CORS preflight: whatever headers the browser asks for ("*" would not cover Authorization), none when it asks
  * for none (the plugin's own preflight then writes "undefined").
  */
-function answerPreflight({ request, set }: { request: Request; set: { headers: Record<string, unknown>; status?: unknown } }) {
+function answerPreflight({ request, set }: { request: Request; set: { headers: Record<string, unknown> } }) {
   const requested = request.headers.get('access-control-request-headers')
   if (requested) set.headers['access-control-allow-headers'] = requested
   else delete set.headers['access-control-allow-headers']
   set.headers['access-control-max-age'] = '600'
-  set.status = 204
-  return ''
+  return new Response(null, { status: 204 })
 }
 
 /**

@@ -1,11 +1,14 @@
 // The API described the Elysia way: GET /openapi.json generated from the routes' schemas (and valid
 // OpenAPI 3.1), a docs page that renders with no internet, and a client typed from `App` (Eden).
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { Validator } from '@seriousme/openapi-schema-validator'
 import { chromium, type Browser } from 'playwright-core'
 import { runtimeNames, serveDuringTests, testCredentials } from './server'
 import { verifyAccessToken } from './livekit'
 import { health, openViduToken, standardToken } from './fixtures/typed-client'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret, LIVEKIT_URL: 'wss://livekit.example.test' }

@@ -1,10 +1,13 @@
 // POST /token behind caller authentication (AUTH_JWKS_URL): only the app's signed-in users get tokens.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { TokenSource } from 'livekit-client'
 import { SignJWT } from 'jose'
 import { httpClient, runtimeNames, startServer, testCredentials, waitForLog, warningLinesCaughtUp, withAuditedFetch, type ServerProcess } from './server'
 import { signWebhook, verifyAccessToken, webhookEvent } from './livekit'
 import { audience, idToken, issuer, makeKey, makeSharedKey, startIdentityProvider, type SigningKey } from './identity-provider'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }

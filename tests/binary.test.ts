@@ -1,12 +1,15 @@
 // `bun run build`'s single executable, copied where there is neither Bun nor node_modules: it runs,
 // reads a .env in its working directory as `bun run index.ts` does, and stops on SIGTERM. (Every
 // other test file runs its routes' tests against the binary too, as the runtime "binary".)
-import { afterAll, describe, expect, test } from 'bun:test'
+import { afterAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { binaryPath, httpClient, startServer, testCredentials } from './server'
 import { verifyAccessToken } from './livekit'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const elsewhere = mkdtempSync(join(tmpdir(), 'livekit-binary-'))
 afterAll(() => rmSync(elsewhere, { recursive: true, force: true }))

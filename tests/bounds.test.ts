@@ -1,11 +1,14 @@
 // The exact bounds, each at its edge and one past it, and what must still hold after a refusal:
 // run against the server as users start it, on every runtime.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { createHash } from 'node:crypto'
 import { RoomConfiguration } from 'livekit-server-sdk'
 import { httpClient, runtimeNames, runUntilExit, serveDuringTests, startServer, testCredentials, waitForLog, type ServerProcess } from './server'
 import { signJwt, signWebhook, verifyAccessToken, webhookEvent, withinOneSecond } from './livekit'
 import { chunk, open, rawRequest, type RawAnswer } from './raw-http'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }

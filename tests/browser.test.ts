@@ -1,9 +1,12 @@
 // A page on another origin asks for a token as OpenVidu's browser clients do, in a real Chromium:
 // the JSON POST needs a CORS preflight, and the page must be able to read answers and errors alike.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { chromium, type Browser } from 'playwright-core'
 import { runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
 import { verifyAccessToken } from './livekit'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 

@@ -1,11 +1,14 @@
 // Configuration the way deployments hand it over: secrets from files, several keys for rotation
 // (LIVEKIT_KEYS, as LiveKit's own server reads them), LOG_LEVEL, and a warning for weak secrets.
-import { afterAll, describe, expect, test } from 'bun:test'
+import { afterAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { denoCommandWith, httpClient, runtimeNames, runUntilExit, startServer, testCredentials, waitForLog, type Runtime, type StartOptions } from './server'
 import { signWebhook, verifyAccessToken, webhookEvent, type Credentials } from './livekit'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const secretsDir = mkdtempSync(join(tmpdir(), 'livekit-secrets-'))
 afterAll(() => rmSync(secretsDir, { recursive: true, force: true }))

@@ -1,13 +1,16 @@
 // Property-based fuzzing of every route over real HTTP, on both runtimes: whatever arrives, the
 // answer is a 2xx or a 4xx in JSON (a refusal always with an errorMessage), never a 5xx; the server
 // keeps serving and logs no stack trace. Then, in-process, no payload pollutes a prototype.
-import { afterAll, beforeAll, describe, expect, spyOn, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, spyOn, test } from 'bun:test'
 import fc from 'fast-check'
 import { createHash } from 'node:crypto'
 import { createApp, loadConfig } from '../index.ts'
 import { assertNoLeaks, runtimeNames, startServer, testCredentials, type ServerProcess } from './server.ts'
 import { signJwt, signWebhook, verifyAccessToken } from './livekit.ts'
 import { rawRequest } from './raw-http.ts'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const numRuns = 200

@@ -1,9 +1,12 @@
 // What a client or a signed event may carry: a well-formed request or a verified signature does not make
 // every shape safe to mint, keep or log. Each refusal here was accepted before (issue 27).
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { runtimeNames, runUntilExit, serveDuringTests, startServer, testCredentials, waitForLog, warningLinesCaughtUp } from './server'
 import { signWebhook, verifyAccessToken, webhookEvent } from './livekit'
 import { audience, idToken, issuer, makeKey, startIdentityProvider, type SigningKey } from './identity-provider'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }

@@ -1,8 +1,11 @@
 // MAX_BODY_BYTES: bodies over the limit get a JSON 413 on both routes, without the server reading them whole.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
 import { signWebhook, verifyAccessToken, webhookEvent } from './livekit'
 import { chunk, rawRequest, type RawAnswer } from './raw-http'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const limit = 64 * 1024

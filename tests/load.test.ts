@@ -1,8 +1,11 @@
 // A bounded load test over real HTTP: rounds of mixed traffic at a concurrency of 50, on each runtime.
 // Every answer must be a 200, and the server's memory must not keep growing from one round to the next.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { runtimeNames, startServer, testCredentials, type Runtime, type ServerProcess } from './server.ts'
 import { rssMegabytes, sendTraffic, type Counts } from './traffic.ts'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const requestsPerRound = 3000

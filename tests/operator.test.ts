@@ -1,8 +1,11 @@
 // What an operator sees: one start-up line saying what is on, and refusals that say who refused whom, and why.
-import { describe, expect, test } from 'bun:test'
+import { describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { freePort, runtimeNames, serveDuringTests, sourceRuntimes, startServer, testCredentials, waitForLog } from './server'
 import { startRedis } from './redis'
 import { audience, issuer, startIdentityProvider } from './identity-provider'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }

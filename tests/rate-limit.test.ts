@@ -1,9 +1,12 @@
 // POST /token with TOKEN_RATE_LIMIT: each caller gets so many tokens a minute.
-import { describe, expect, test } from 'bun:test'
+import { describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { RateLimiter } from '../index'
 import { httpClient, runtimeNames, startServer, testCredentials } from './server'
 import { rawRequest } from './raw-http'
 import { audience, idToken, issuer, makeKey, startIdentityProvider } from './identity-provider'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const livekitEnv = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret }

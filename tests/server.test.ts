@@ -1,8 +1,11 @@
 // The HTTP contract of index.ts, checked over real HTTP against `bun run index.ts` and the Deno command.
-import { describe, expect, test } from 'bun:test'
+import { describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { httpClient, runtimeNames, runUntilExit, serveDuringTests, startServer, testCredentials, waitForLog, warningLinesCaughtUp } from './server'
 import { signJwt, signWebhook, verifyAccessToken, webhookEvent } from './livekit'
 import { rawRequest } from './raw-http'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const browserOrigin = 'http://localhost:5080'

@@ -1,10 +1,13 @@
 // SIGTERM and SIGINT: the server takes no new requests, finishes the ones in flight, then exits with 0;
 // a request still in flight 10 s after the signal does not hold it: it exits anyway, with 1.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { assertNoLeaks, runtimeNames, startServer, testCredentials, type ServerProcess } from './server'
 import { signWebhook, webhookEvent } from './livekit'
 import { open, rawRequest, type RawAnswer } from './raw-http'
 import { audience, idToken, issuer, makeKey, startIdentityProvider } from './identity-provider'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const signals = ['SIGTERM', 'SIGINT'] as const

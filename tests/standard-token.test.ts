@@ -1,8 +1,11 @@
 // POST /token with LiveKit's standard token-endpoint contract, driven by the real livekit-client.
-import { describe, expect, test } from 'bun:test'
+import { describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { TokenSource } from 'livekit-client'
 import { runtimeNames, serveDuringTests, testCredentials, withAuditedFetch } from './server'
 import { verifyAccessToken } from './livekit'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const livekitUrl = 'wss://livekit.example.test'

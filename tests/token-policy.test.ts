@@ -1,7 +1,7 @@
 // POST /token under a token policy (TOKEN_POLICY): which caller gets which grant, in which room, with
 // which room settings, for how long; roles taken from ID tokens shaped as Keycloak's, Auth0's and a
 // plain `roles` claim issues them.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -9,6 +9,9 @@ import { TokenSource } from 'livekit-client'
 import { denoCommandWith, httpClient, runtimeNames, runUntilExit, startServer, testCredentials, withAuditedFetch, type Runtime, type ServerProcess } from './server'
 import { verifyAccessToken, type TokenClaims } from './livekit'
 import { audience, idToken, issuer, makeKey, startIdentityProvider, type SigningKey } from './identity-provider'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })

@@ -1,7 +1,7 @@
 // The tools for trying the server by hand, run as a user runs them (`bun run webhook …`, `bun run
 // identity-provider`) against the server started as a user starts it: what they send, what the server
 // makes of it, and what they print.
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { createHash, createHmac } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -18,6 +18,9 @@ import {
   waitForLog,
   type ServerProcess,
 } from './server'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const root = new URL('..', import.meta.url).pathname
 const scratch = mkdtempSync(join(tmpdir(), 'livekit-tools-'))

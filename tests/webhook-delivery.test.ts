@@ -1,8 +1,11 @@
 // How /livekit/webhook handles delivery: dispatch by event name, redeliveries, failing handlers.
-import { describe, expect, test } from 'bun:test'
+import { describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { RecentIds, webhookHandlers } from '../index'
 import { assertNoLeaks, httpClient, infoLinesCaughtUp, runtimeNames, serveDuringTests, sourceRuntimes, testCredentials, waitForLog } from './server'
 import { signWebhook, webhookEvent } from './livekit'
+
+// Real servers, browsers and Redis start here: 30 s a test (bunfig's [test] timeout is not read by Bun 1.4).
+setDefaultTimeout(30_000)
 
 const credentials = testCredentials()
 

@@ -136,10 +136,12 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
   const memory = { ids: new RecentIds(), limiter: config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined }
   const state = new SharedState(memory, config.redisUrl, config.redisKeyPrefix)
   const events = config.eventStream && new EventStream(config.eventStream, config.redisUrl!, config.redisKeyPrefix, memory.ids, state)
-  const readBody = createBodyReader(config.maxPendingBodyBytes)
-  const tokens = createTokenRoute(config, decide, state, readBody)
-  const receiveWebhook = createWebhookRoute(config, handlers, state, events, readBody)
-  if (config.redisUrl) metrics.watch({ redisStatus: () => state.redisStatus() })
+  // The app's own series (PROMETHEUS_PORT), served by startServer beside the app.
+  const metrics = config.prometheusPort === undefined ? undefined : new AppMetrics(config.prometheusPort)
+  const readBody = createBodyReader(config.maxPendingBodyBytes, metrics ?? noMetrics)
+  const tokens = createTokenRoute(config, decide, state, readBody, metrics ?? noMetrics)
+  const receiveWebhook = createWebhookRoute(config, handlers, state, events, readBody, metrics ?? noMetrics)
+  if (config.redisUrl) metrics?.watch({ redisStatus: () => state.redisStatus() })
 
   const app = new Elysia({
     // Validate what the client sent: normalising first would reshape it (an array into an object).
@@ -178,8 +180,10 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
         description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
       },
     })
-  // What serving needs to know: whether to record addresses, when Redis was first tried, what to flush.
-  servingNeeds.set(app, { addresses: config.tokenRateLimit !== undefined, connecting: Promise.all([state.connected, events?.connected]), events })
+  // What serving needs to know: whether to record addresses, when Redis was first tried, what to flush,
+  // what to measure.
+  const connecting = Promise.all([state.connected, events?.connected])
+  servingNeeds.set(app, { addresses: config.tokenRateLimit !== undefined, connecting, events, metrics })
   return app
 }
 
@@ -428,10 +432,7 @@ function readSetting(env: Env, name: string): string | undefined {
   return trimmed
 }
 
-// ==== Token requests ===============================================================================================
-// Two contracts on one route, told apart by their fields. First the bodies, then the route: admission
-// (authentication, rate limit) before the body is read, then the decision.
-
+// ==== Token requests ========================================================================================
 const maxNameLength = 256
 const maxMetadataBytes = 64 * 1024
 const maxAttributes = 64
@@ -620,7 +621,7 @@ const agentPayloadBytes = (agents: RoomAgentDispatch[]) =>
 
 type ReadBody = ReturnType<typeof createBodyReader>
 
-function createTokenRoute(config: Config, decide: TokenDecider, state: SharedState, readBody: ReadBody) {
+function createTokenRoute(config: Config, decide: TokenDecider, state: SharedState, readBody: ReadBody, metrics: Metrics) {
   const mintToken = createTokenMinter(config)
   const authenticate = config.auth && createCallerAuthenticator(config.auth)
   const { tokenRateLimit, trustedProxies } = config
@@ -1246,7 +1247,7 @@ function addressKey(address: string): string {
 // LiveKit's event ids are some 20 characters ("EV_…"), its names fewer than 32.
 const maxEventIdLength = 256
 
-function createWebhookRoute(config: Config, handlers: Record<string, WebhookHandler>, state: SharedState, events: EventStream | undefined, readBody: ReadBody) {
+function createWebhookRoute(config: Config, handlers: Record<string, WebhookHandler>, state: SharedState, events: EventStream | undefined, readBody: ReadBody, metrics: Metrics) {
   const verifyWebhookSigner = createWebhookSignerVerifier(config)
   // Own entries only: an event named "__proto__" or "valueOf" must not find Object.prototype's.
   const handlerFor = (name: string) => (Object.hasOwn(handlers, name) ? handlers[name]! : logUnknownEvent)
@@ -1861,7 +1862,7 @@ const utf8 = new TextDecoder()
  * (each body at its declared length, or the limit when chunked): a body that does not fit is refused
  * before it is read, and one not arrived within 10 s given up. A crowd on /token cannot starve webhooks.
  */
-function createBodyReader(maxPendingBytes: number) {
+function createBodyReader(maxPendingBytes: number, metrics: Metrics) {
   const pendingBytes = { token: 0, webhook: 0 }
   metrics.watch({ pendingBodyBytes: pendingBytes })
   const withinBodyTime = createBodyTimeouts()
@@ -2139,129 +2140,224 @@ function timeNow(): string {
 }
 
 // ==== Metrics ======================================================================================================
-// with PROMETHEUS_PORT, GET /metrics on a listener of its own, never the public port. Answers are tallied in plain
-// numbers that prom-client's registry reads at each scrape (cheaper per request than its counters); without
-// PROMETHEUS_PORT, prom-client is never loaded.
+// With PROMETHEUS_PORT, GET /metrics on a listener of its own, never the public port. prom-client through its
+// package root: each app's series in a registry of its own (apps made in one process never collide), read at each
+// scrape with prom-client's default `register`, which holds the standard process series and whatever the app
+// registers there itself (a plain `new Counter(…)`). Without PROMETHEUS_PORT, prom-client is never loaded.
 
-type MetricValue = { value: number; labels: Record<string, string | number>; metricName?: string }
-type MetricsJson = Awaited<ReturnType<import('prom-client').Registry['getMetricsAsJSON']>>
+type PromClient = typeof import('prom-client')
+type PromRegistry = import('prom-client').Registry
+type PromGauge<Label extends string = string> = import('prom-client').Gauge<Label>
+type MetricsJson = Awaited<ReturnType<PromRegistry['getMetricsAsJSON']>>
 type MetricsReply = { metricsReply: number; metrics: MetricsJson }
 
-/** What the app tells the metrics; every label value is one of a few, never a client's text. */
+/** What the app tells its metrics; every label value is one of a few, never a client's text. */
 interface Metrics {
-  /** Whether answers are measured: the server wraps its handler only then. */
-  readonly enabled: boolean
   /** A token request's body was read: it tells the contract. */
   tokenBodyRead(request: Request, body: object): void
   /** A webhook verified: its event, and whether it was handled already. */
   webhookClaimed(request: Request, event: EventView, claim: Claim): void
-  /** An answer, and how long the app took to give it. */
-  answered(request: Request, status: number, seconds: number): void
-  /** What is read at each scrape: whether Redis is in use, the body bytes being read, the workers. */
+  /** Gauges read at each scrape: whether Redis is in use, the body bytes being read. */
   watch(sources: MetricSources): void
 }
 
 interface MetricSources {
   redisStatus?: () => Promise<'ok' | 'unavailable'>
-  pendingBodyBytes?: Record<string, number>
-  workers?: () => WorkerHandle[]
+  pendingBodyBytes?: Record<'token' | 'webhook', number>
 }
 
-const noMetrics: Metrics = { enabled: false, tokenBodyRead() {}, webhookClaimed() {}, answered() {}, watch() {} }
-let metrics: Metrics = noMetrics
+/** Without PROMETHEUS_PORT: nothing counted, nothing loaded. */
+const noMetrics: Metrics = { tokenBodyRead() {}, webhookClaimed() {}, watch() {} }
 
 const metricPrefix = 'app_server_'
 const durationBuckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 // LiveKit's event names (the SDK's and the protocol's agent events); any other counts as "unknown".
 const knownEventNames = new Set([...Object.keys(webhookHandlers), 'agent_job_started', 'agent_job_ended'])
 
-/** Measures from now on and serves GET /metrics (a worker answers the first process instead). Throws if the port is busy. */
-export async function startMetrics(config: Config): Promise<void> {
-  if (config.prometheusPort === undefined) return
-  const { Registry, AggregatorRegistry } = await loadPromClient()
-  const registry = new Registry()
-  const recorder = createMetricsRecorder(registry)
-  metrics = recorder
-  if (workerNumber !== undefined) return answerMetricsRequests(registry)
-  const scrape =
-    config.workers > 1
-      ? async () => AggregatorRegistry.aggregate([await registry.getMetricsAsJSON(), ...(await askWorkers(recorder.workers()))]).metrics()
-      : () => registry.metrics()
-  await serveMetrics(config.prometheusPort, scrape, registry.contentType)
-}
+/**
+ * An app's metrics (createApp makes them from PROMETHEUS_PORT). prom-client loads in the background;
+ * serving waits for `ready`, so every answer served is counted.
+ */
+class AppMetrics implements Metrics {
+  readonly ready: Promise<void>
+  private series?: ReturnType<typeof createAppSeries>
+  private readonly watched: MetricSources[] = []
+  private readonly tokenContracts = new WeakMap<Request, 'openvidu' | 'standard'>()
+  private readonly webhookEvents = new WeakMap<Request, { event: string; duplicate: boolean }>()
 
-/** prom-client's registry and aggregation alone (its index loads far more), with literal specifiers the binary embeds. */
-async function loadPromClient(): Promise<Pick<typeof import('prom-client'), 'Registry' | 'AggregatorRegistry'>> {
-  // @ts-ignore: the package declares types for its index alone
-  const [registry, cluster] = await Promise.all([import('prom-client/lib/registry.js'), import('prom-client/lib/cluster.js')])
-  return { Registry: registry.default, AggregatorRegistry: cluster.default }
-}
-
-function createMetricsRecorder(registry: import('prom-client').Registry) {
-  const tokenContracts = new WeakMap<Request, 'openvidu' | 'standard'>()
-  const webhookEvents = new WeakMap<Request, { event: string; duplicate: boolean }>()
-  const tokens = new Tally('contract', 'status')
-  const webhooks = new Tally('event', 'outcome')
-  const durations = new DurationTally()
-  let workers = () => [] as WorkerHandle[]
-  // A series read at each scrape through get(); `aggregator`: how the workers' figures add up.
-  const register = (name: string, help: string, type: 'counter' | 'gauge' | 'histogram', aggregator: 'sum' | 'min' | 'max', read: () => MetricValue[] | Promise<MetricValue[]>) => {
-    const metric = { name, help, type, aggregator, get: async () => ({ name, help, type, aggregator, values: await read() }) }
-    registry.removeSingleMetric(name)
-    registry.registerMetric(metric as unknown as import('prom-client').Metric)
-  }
-  const durationSeries = `${metricPrefix}http_request_duration_seconds`
-  register(`${metricPrefix}token_requests_total`, 'Token requests answered, by contract (none: refused before the body was read) and status', 'counter', 'sum', () => tokens.values())
-  register(`${metricPrefix}webhooks_total`, 'Webhooks answered, by event and outcome (handled, duplicate, refused, failed, busy)', 'counter', 'sum', () => webhooks.values())
-  register(durationSeries, 'Time from a request reaching the app to its answer, by route and status', 'histogram', 'sum', () => durations.values(durationSeries))
-  // A worker thread shares its process with the others: only the first thread reports the process.
-  if (!isWorkerThread) {
-    register('process_resident_memory_bytes', 'Resident memory size in bytes', 'gauge', 'sum', () => [{ labels: {}, value: process.memoryUsage().rss }])
-    register('process_cpu_seconds_total', 'User and system CPU time spent in seconds', 'counter', 'sum', () => {
-      const { user, system } = process.cpuUsage()
-      return [{ labels: {}, value: (user + system) / 1e6 }]
+  constructor(readonly port: number) {
+    this.ready = loadPromClient().then((prom) => {
+      this.series = createAppSeries(prom)
+      for (const sources of this.watched) this.series.watch(sources)
     })
+    this.ready.catch(() => {}) // an app never served never needs them; startServer reports the failure
   }
-  const lag = measureEventLoopLag()
-  register('nodejs_eventloop_lag_seconds', 'How late a timer fired, at the last check (every 0.5 s): the event loop was busy that long', 'gauge', 'max', () => [
-    { labels: {}, value: lag() },
-  ])
 
+  tokenBodyRead(request: Request, body: object): void {
+    this.tokenContracts.set(request, isOpenViduRequest(body) ? 'openvidu' : 'standard')
+  }
+
+  webhookClaimed(request: Request, event: EventView, claim: Claim): void {
+    const name = knownEventNames.has(event.event) ? event.event : 'unknown'
+    this.webhookEvents.set(request, { event: name, duplicate: claim === 'handled' })
+  }
+
+  watch(sources: MetricSources): void {
+    this.watched.push(sources)
+    this.series?.watch(sources)
+  }
+
+  /** An answer, and how long the app took to give it. */
+  answered(request: Request, status: number, seconds: number): void {
+    const series = this.series
+    if (!series) return
+    const route = routeOf(request.url)
+    series.durations.observe({ route, status }, seconds)
+    if (request.method !== 'POST') return
+    if (route === '/token') series.tokens.inc({ contract: this.tokenContracts.get(request) ?? 'none', status })
+    else if (route === '/livekit/webhook') {
+      const verified = this.webhookEvents.get(request)
+      series.webhooks.inc({ event: verified?.event ?? 'unknown', outcome: webhookOutcome(status, verified?.duplicate) })
+    }
+  }
+
+  /** This app's series and the process's (prom-client's default register), as one registry. */
+  async registry(): Promise<PromRegistry> {
+    await this.ready
+    const { Registry, register } = await loadPromClient()
+    return Registry.merge([this.series!.registry, register])
+  }
+}
+
+/** The series of one app, in a registry of their own; `aggregator`: how the workers' figures add up. */
+function createAppSeries({ Registry, Counter, Gauge, Histogram }: PromClient) {
+  const registers = [new Registry()]
   return {
-    enabled: true,
-    workers: () => workers(),
-    tokenBodyRead: (request: Request, body: object) => void tokenContracts.set(request, isOpenViduRequest(body) ? 'openvidu' : 'standard'),
-    webhookClaimed(request: Request, event: EventView, claim: Claim) {
-      webhookEvents.set(request, { event: knownEventNames.has(event.event) ? event.event : 'unknown', duplicate: claim === 'handled' })
-    },
-    answered(request: Request, status: number, seconds: number) {
-      const route = routeOf(request.url)
-      durations.observe(route, status, seconds)
-      if (request.method !== 'POST') return
-      if (route === '/token') tokens.add(tokenContracts.get(request) ?? 'none', status)
-      else if (route === '/livekit/webhook') {
-        const verified = webhookEvents.get(request)
-        webhooks.add(verified?.event ?? 'unknown', webhookOutcome(status, verified?.duplicate))
-      }
-    },
-    watch({ redisStatus, pendingBodyBytes, workers: workersNow }: MetricSources) {
+    registry: registers[0]!,
+    tokens: new Counter({
+      name: `${metricPrefix}token_requests_total`,
+      help: 'Token requests answered, by contract (none: refused before the body was read) and status',
+      labelNames: ['contract', 'status'] as const,
+      registers,
+    }),
+    webhooks: new Counter({
+      name: `${metricPrefix}webhooks_total`,
+      help: 'Webhooks answered, by event and outcome (handled, duplicate, refused, failed, busy)',
+      labelNames: ['event', 'outcome'] as const,
+      registers,
+    }),
+    durations: new Histogram({
+      name: `${metricPrefix}http_request_duration_seconds`,
+      help: 'Time from a request reaching the app to its answer, by route and status',
+      labelNames: ['route', 'status'] as const,
+      buckets: durationBuckets,
+      registers,
+    }),
+    watch({ redisStatus, pendingBodyBytes }: MetricSources) {
       if (redisStatus) {
-        register(`${metricPrefix}shared_state_up`, '1 while Redis holds the shared state, 0 while this process runs on its own memory', 'gauge', 'min', async () => [
-          { labels: {}, value: (await redisStatus()) === 'ok' ? 1 : 0 },
-        ])
+        const up: PromGauge = new Gauge({
+          name: `${metricPrefix}shared_state_up`,
+          help: '1 while Redis holds the shared state, 0 while this process runs on its own memory',
+          aggregator: 'min',
+          registers,
+          collect: async () => up.set((await redisStatus()) === 'ok' ? 1 : 0),
+        })
       }
       if (pendingBodyBytes) {
-        register(`${metricPrefix}request_body_bytes_pending`, 'Bytes of request bodies being read, by route', 'gauge', 'sum', () =>
-          Object.entries(pendingBodyBytes).map(([route, value]) => ({ labels: { route: route === 'token' ? '/token' : '/livekit/webhook' }, value })),
-        )
+        const pending: PromGauge<'route'> = new Gauge({
+          name: `${metricPrefix}request_body_bytes_pending`,
+          help: 'Bytes of request bodies being read, by route',
+          labelNames: ['route'] as const,
+          registers,
+          collect() {
+            pending.set({ route: '/token' }, pendingBodyBytes.token)
+            pending.set({ route: '/livekit/webhook' }, pendingBodyBytes.webhook)
+          },
+        })
       }
-      if (workersNow) workers = workersNow
     },
-  } satisfies Metrics & { workers: () => WorkerHandle[] }
+  }
 }
 
-// ---- Metrics, tallied ---------------------------------------------------------------------------------------------
-// plain numbers per label values, as prom-client reads them at each scrape.
+/** prom-client, with the standard process series in its default register (once a process or thread). */
+async function loadPromClient(): Promise<PromClient> {
+  const prom = await import('prom-client')
+  // Made already: by another app in this process, or by the app itself.
+  if (!prom.register.getSingleMetric('nodejs_eventloop_lag_seconds')) collectProcessMetrics(prom)
+  return prom
+}
+
+// prom-client's process series that read /proc/self at each scrape: Deno 2.9 lets only --allow-all read
+// there (they would read 0), and in a terminal it stops the whole server to ask at the first scrape.
+const procSeries = [
+  'process_resident_memory_bytes',
+  'process_virtual_memory_bytes',
+  'process_heap_bytes',
+  'process_open_fds',
+]
+
+function collectProcessMetrics({ register, collectDefaultMetrics, Gauge }: PromClient): void {
+  collectDefaultMetrics({ register })
+  // A worker thread shares its process with the first thread, which reports the process alone.
+  if (isWorkerThread) {
+    for (const { name } of register.getMetricsAsArray()) {
+      if (name.startsWith('process_')) register.removeSingleMetric(name)
+    }
+    return
+  }
+  if (onBun || procReadable()) return
+  for (const name of procSeries) register.removeSingleMetric(name)
+  // The runtime's own reading instead, the real figure where prom-client's would be 0.
+  const resident: PromGauge = new Gauge({
+    name: 'process_resident_memory_bytes',
+    help: 'Resident memory size in bytes.',
+    collect: () => resident.set(process.memoryUsage().rss),
+  })
+}
+
+/** Deno: whether /proc/self can be read, tried only where Deno would not stop to ask. */
+function procReadable(): boolean {
+  if (Deno.permissions.querySync({ name: 'read', path: '/proc/self/status' }).state !== 'granted') return false
+  try {
+    return readFileSync('/proc/self/status').length > 0
+  } catch {
+    return false
+  }
+}
+
+/**
+ * GET /metrics for an app: on PROMETHEUS_PORT, or from a worker, to the first process that sums
+ * them. Returns how to stop.
+ */
+async function serveAppMetrics(metrics: AppMetrics): Promise<() => Promise<void>> {
+  await metrics.ready
+  if (workerNumber !== undefined) {
+    answerMetricsRequests(async () => (await metrics.registry()).getMetricsAsJSON())
+    return async () => {}
+  }
+  const { prometheusContentType } = await loadPromClient()
+  return serveMetrics(metrics.port, async () => (await metrics.registry()).metrics(), prometheusContentType)
+}
+
+/**
+ * With WORKERS, the first process's GET /metrics: its own process series and every worker's figures,
+ * summed. prom-client leaves the start time out of a sum (each process has its own): the first
+ * process's, which started the server, is given instead.
+ */
+async function serveWorkersMetrics(port: number, workers: () => WorkerHandle[]): Promise<void> {
+  const { AggregatorRegistry, Registry, register, prometheusContentType } = await loadPromClient()
+  const started = new Registry()
+  const startTime = register.getSingleMetric('process_start_time_seconds')
+  if (startTime) started.registerMetric(startTime)
+  const scrape = async () => {
+    const figures = [await register.getMetricsAsJSON(), ...(await askWorkers(workers()))]
+    return Registry.merge([AggregatorRegistry.aggregate(figures), started]).metrics()
+  }
+  await serveMetrics(port, scrape, prometheusContentType)
+}
+
+// ---- Metrics, labelled --------------------------------------------------------------------------------------------
+// A request's route, a webhook's outcome.
 
 const routeLabels = ['/token', '/livekit/webhook', '/health']
 
@@ -2282,72 +2378,11 @@ function webhookOutcome(status: number, duplicate = false): string {
   return 'refused'
 }
 
-/** Counts by two label values, in nested maps: a key joined per answer costs more than the counting. */
-class Tally {
-  private readonly counts = new Map<string, Map<string | number, MetricValue>>()
-
-  constructor(
-    private readonly firstLabel: string,
-    private readonly secondLabel: string,
-  ) {}
-
-  add(first: string, second: string | number): void {
-    let bySecond = this.counts.get(first)
-    if (!bySecond) this.counts.set(first, (bySecond = new Map()))
-    const entry = bySecond.get(second)
-    if (entry) entry.value++
-    else bySecond.set(second, { labels: { [this.firstLabel]: first, [this.secondLabel]: String(second) }, value: 1 })
-  }
-
-  values(): MetricValue[] {
-    return [...this.counts.values()].flatMap((bySecond) => [...bySecond.values()].map((entry) => ({ ...entry })))
-  }
-}
-
-/** Answer times by route and status, in durationBuckets, as a Prometheus histogram reads them. */
-class DurationTally {
-  private readonly series = new Map<string, Map<number, { labels: Record<string, string>; buckets: number[]; sum: number; count: number }>>()
-
-  observe(route: string, status: number, seconds: number): void {
-    let byStatus = this.series.get(route)
-    if (!byStatus) this.series.set(route, (byStatus = new Map()))
-    let series = byStatus.get(status)
-    if (!series) byStatus.set(status, (series = { labels: { route, status: String(status) }, buckets: durationBuckets.map(() => 0), sum: 0, count: 0 }))
-    let bucket = 0
-    while (bucket < durationBuckets.length && seconds > durationBuckets[bucket]!) bucket++
-    if (bucket < durationBuckets.length) series.buckets[bucket]!++
-    series.sum += seconds
-    series.count++
-  }
-
-  values(name: string): MetricValue[] {
-    return [...this.series.values()].flatMap((byStatus) => [...byStatus.values()]).flatMap(({ labels, buckets, sum, count }) => {
-      let cumulative = 0
-      return [
-        ...durationBuckets.map((le, index) => ({ metricName: `${name}_bucket`, labels: { ...labels, le }, value: (cumulative += buckets[index]!) })),
-        { metricName: `${name}_bucket`, labels: { ...labels, le: '+Inf' }, value: count },
-        { metricName: `${name}_sum`, labels, value: sum },
-        { metricName: `${name}_count`, labels, value: count },
-      ]
-    })
-  }
-}
-
-/** How late a timer set every 0.5 s fires: how long the event loop was kept busy. */
-function measureEventLoopLag(): () => number {
-  let lagSeconds = 0
-  let due = performance.now() + 500
-  const timer = setInterval(() => {
-    const now = performance.now()
-    lagSeconds = Math.max(0, now - due) / 1000
-    due = now + 500
-  }, 500)
-  ;(timer as { unref?: () => void }).unref?.()
-  return () => lagSeconds
-}
-
 /** The handler, reporting each answer's status and time; an answer given at once is handed on at once. */
-function measured<Rest extends unknown[]>(handler: (request: Request, ...rest: Rest) => Response | Promise<Response>) {
+function measured<Rest extends unknown[]>(
+  handler: (request: Request, ...rest: Rest) => Response | Promise<Response>,
+  metrics: AppMetrics,
+) {
   return (request: Request, ...rest: Rest): Response | Promise<Response> => {
     const started = performance.now()
     const record = (response: Response) => {
@@ -2371,14 +2406,19 @@ declare const Deno: {
     handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>,
   ): { shutdown(): Promise<void>; finished: Promise<void> }
   addSignalListener(signal: 'SIGTERM' | 'SIGINT', handler: () => void): void
+  permissions: { querySync(descriptor: { name: 'read'; path: string }): { state: 'granted' | 'prompt' | 'denied' } }
 }
 
 /**
  * What serving an app needs to know (createApp says): whether its rate limit needs the connecting
  * address, which Deno hands to its serve handler alone and costs every request to read; the first
- * attempt to reach Redis, which serving waits for so that no request does; the stream to flush on stop.
+ * attempt to reach Redis, which serving waits for so that no request does; the stream to flush on stop;
+ * the metrics to serve, and to tell each answer.
  */
-const servingNeeds = new WeakMap<object, { addresses: boolean; connecting: Promise<unknown>; events?: EventStream }>()
+const servingNeeds = new WeakMap<
+  object,
+  { addresses: boolean; connecting: Promise<unknown>; events?: EventStream; metrics?: AppMetrics }
+>()
 const remoteAddresses = new WeakMap<Request, string>()
 
 /**
@@ -2432,13 +2472,18 @@ async function openRedis(url: string): Promise<RedisConnection> {
 }
 
 /** Bun: listen() routes past app.fetch, so measuring every answer takes serving app.fetch (Elysia's timeout). */
-function serveMeasured(app: ReturnType<typeof createApp>, port: number, reusePort: boolean): void {
+function serveMeasured(app: ReturnType<typeof createApp>, port: number, reusePort: boolean, metrics: AppMetrics): void {
   app.compile()
-  app.server = Bun.serve({ port, reusePort, idleTimeout: 30, fetch: measured((request: Request) => app.fetch(request)) })
+  const fetch = measured((request: Request) => app.fetch(request), metrics)
+  app.server = Bun.serve({ port, reusePort, idleTimeout: 30, fetch })
 }
 
-/** GET /metrics on its own port; anything else a 404. */
-async function serveMetrics(port: number, scrape: () => Promise<string>, contentType: string): Promise<void> {
+/** GET /metrics on PROMETHEUS_PORT; anything else a 404. Resolves once it listens, with how to stop. */
+async function serveMetrics(
+  port: number,
+  scrape: () => Promise<string>,
+  contentType: string,
+): Promise<() => Promise<void>> {
   const handler = async (request: Request): Promise<Response> => {
     if (request.method !== 'GET' || new URL(request.url).pathname !== '/metrics') {
       return Response.json(errorBody('Only GET /metrics is served on this port'), { status: 404 })
@@ -2450,8 +2495,18 @@ async function serveMetrics(port: number, scrape: () => Promise<string>, content
       return Response.json(errorBody('Metrics are unavailable right now'), { status: 503 })
     }
   }
-  if (onBun) return void Bun.serve({ port, reusePort: false, fetch: handler })
-  await new Promise<void>((resolve) => Deno.serve({ port, onListen: () => resolve() }, handler))
+  try {
+    if (onBun) {
+      const server = Bun.serve({ port, reusePort: false, fetch: handler })
+      return () => server.stop(true)
+    }
+    const listening = Promise.withResolvers<void>()
+    const server = Deno.serve({ port, onListen: () => listening.resolve() }, handler)
+    await listening.promise
+    return () => server.shutdown()
+  } catch (error) {
+    throw isPortInUse(error) ? new PortInUse(`PROMETHEUS_PORT ${port}`) : error
+  }
 }
 
 // ---- Starting and stopping ----------------------------------------------------------------------------------------
@@ -2463,16 +2518,38 @@ export interface RunningServer {
 
 /** Serves the app; resolves once it listens. The port is this process's alone unless `sharedPort` (workers). */
 export async function startServer(app: ReturnType<typeof createApp>, port: number, { sharedPort = false } = {}): Promise<RunningServer> {
-  await servingNeeds.get(app)?.connecting
-  if (!onBun) return serveOnDeno(app, port, sharedPort)
-  if (metrics.enabled) serveMeasured(app, port, sharedPort)
+  const { connecting, metrics } = servingNeeds.get(app) ?? {}
+  await connecting
+  if (!metrics) return serveApp(app, port, sharedPort)
+  // Its metrics first: a busy PROMETHEUS_PORT stops the server before it listens.
+  const stopMetrics = await serveAppMetrics(metrics)
+  const server = await serveApp(app, port, sharedPort, metrics).catch(async (error) => {
+    await stopMetrics()
+    throw error
+  })
+  return { port: server.port, stop: () => server.stop().then(stopMetrics) }
+}
+
+async function serveApp(
+  app: ReturnType<typeof createApp>,
+  port: number,
+  sharedPort: boolean,
+  metrics?: AppMetrics,
+): Promise<RunningServer> {
+  if (!onBun) return serveOnDeno(app, port, sharedPort, metrics)
+  if (metrics) serveMeasured(app, port, sharedPort, metrics)
   else app.listen({ port, reusePort: sharedPort })
   const server = app.server!
   // Bun's stop() closes the listener and resolves once the requests in flight are answered.
   return { port: server.port!, stop: () => server.stop().then(() => servingNeeds.get(app)?.events?.flush()) }
 }
 
-function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort: boolean): Promise<RunningServer> {
+function serveOnDeno(
+  app: ReturnType<typeof createApp>,
+  port: number,
+  reusePort: boolean,
+  metrics?: AppMetrics,
+): Promise<RunningServer> {
   // Deno's shutdown() (2.9, seen here) makes the bodies of requests in flight unreadable, so
   // stopping first waits for those requests, and answers 503 to any that arrive meanwhile.
   let inFlight = 0
@@ -2515,7 +2592,7 @@ function serveOnDeno(app: ReturnType<typeof createApp>, port: number, reusePort:
     const listen = () => {
       if (stopping) return
       try {
-        server = Deno.serve({ port, reusePort, onError: answerServeError, onListen }, metrics.enabled ? measured(handler) : handler)
+        server = Deno.serve({ port, reusePort, onError: answerServeError, onListen }, metrics ? measured(handler, metrics) : handler)
       } catch (error) {
         if (!listening) return reject(error) // the first time: let the caller say why
         log('warn', 'could not listen again, retrying in 1 s', { error: String(error) })
@@ -2670,10 +2747,10 @@ function metricsReplied(message: unknown): boolean {
 }
 
 /** In a worker: answers each of the first process's requests with this worker's figures. */
-function answerMetricsRequests(registry: import('prom-client').Registry): void {
+function answerMetricsRequests(figures: () => Promise<MetricsJson>): void {
   const answer = async (message: unknown, reply: (message: MetricsReply) => void) => {
     if (typeof message !== 'object' || message === null || !('metricsRequest' in message)) return
-    reply({ metricsReply: Number(message.metricsRequest), metrics: await registry.getMetricsAsJSON() })
+    reply({ metricsReply: Number(message.metricsRequest), metrics: await figures() })
   }
   if (isWorkerThread) self.addEventListener('message', ({ data }) => void answer(data, (reply) => self.postMessage(reply)))
   else process.on('message', (message) => void answer(message, (reply) => process.send?.(reply)))
@@ -2695,7 +2772,7 @@ async function superviseWorkers(config: Config): Promise<void> {
   const listening = new Set<number>()
   const crashTimes: number[] = []
   const restartDelays = new Map<number, number>()
-  metrics.watch({ workers: () => [...workers.values()] })
+  if (config.prometheusPort !== undefined) await serveWorkersMetrics(config.prometheusPort, () => [...workers.values()])
   const stopWorkers = async (exitCode: number) => {
     stopping = true
     for (const worker of workers.values()) worker.stop()
@@ -2770,7 +2847,7 @@ function reportToSupervisor(server: RunningServer): void {
 }
 
 // ==== Starting up ==================================================================================================
-// The configuration, the metrics, then the workers or the server.
+// The configuration, then the workers or the server (each serving its metrics).
 
 function warnAboutCredentials(config: Config): void {
   if (config.usesDevCredentials) {
@@ -2782,6 +2859,13 @@ function warnAboutCredentials(config: Config): void {
 }
 
 const isPortInUse = (error: unknown) => /EADDRINUSE|AddrInUse/.test(`${(error as { code?: string })?.code} ${(error as Error)?.name}`)
+
+/** A port other than SERVER_PORT found taken; `what` names it (e.g. "PROMETHEUS_PORT 6090"). */
+class PortInUse extends Error {
+  constructor(readonly what: string) {
+    super(`${what} is already in use`)
+  }
+}
 
 /** Whether nothing listens on the port, shared or not: bound for a moment, without sharing it. */
 function portIsFree(port: number): Promise<boolean> {
@@ -2811,17 +2895,12 @@ async function main(): Promise<void> {
   }
   setLogLevel(config.logLevel)
   if (workerNumber === undefined) warnAboutCredentials(config)
-  try {
-    await startMetrics(config)
-  } catch (error) {
-    if (!isPortInUse(error)) throw error
-    exitPortInUse(`PROMETHEUS_PORT ${config.prometheusPort}`)
-  }
-  if (config.workers > 1 && workerNumber === undefined) return superviseWorkers(config)
   let server: RunningServer
   try {
+    if (config.workers > 1 && workerNumber === undefined) return await superviseWorkers(config)
     server = await startServer(createApp(config), config.port, { sharedPort: config.workers > 1 })
   } catch (error) {
+    if (error instanceof PortInUse) exitPortInUse(error.what)
     if (!isPortInUse(error)) throw error
     exitPortInUse(`port ${config.port}`)
   }

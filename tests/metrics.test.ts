@@ -1,7 +1,8 @@
 // PROMETHEUS_PORT: GET /metrics on a listener of its own, scraped by a real Prometheus (Debian's)
 // that these tests start. After a known mix of requests, Prometheus's own query API must return
-// exactly those counts; promtool accepts the page; with WORKERS=2 one scrape reports every worker;
-// a busy or invalid PROMETHEUS_PORT is one line and exit code 1.
+// exactly those counts; the standard process series are there; promtool finds nothing but prom-client's
+// own three gauges named *_total; with WORKERS=2 one scrape reports every worker; an app's own Counter
+// is served beside the server's series; a busy or invalid PROMETHEUS_PORT is one line and exit code 1.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -10,6 +11,7 @@ import { signWebhook, webhookEvent } from './livekit'
 import { audience, idToken, issuer, makeKey, startIdentityProvider, type SigningKey } from './identity-provider'
 import { rawRequest } from './raw-http'
 import { startRedis, type RedisServer } from './redis'
+import * as appServer from '../index.ts'
 
 // Servers, Redis and Prometheus on a machine that may be busy; Prometheus scrapes every second.
 setDefaultTimeout(30_000)
@@ -97,6 +99,21 @@ afterAll(async () => {
   await prometheus?.stop()
 })
 
+/**
+ * What `promtool check metrics` says of a page: its exit code and each line. prom-client's default
+ * metrics hold three gauges named *_total (Node's names, which dashboards made for Node read), which
+ * promtool flags; these are the only findings a page may have.
+ */
+async function promtoolFindings(page: string): Promise<{ code: number; lines: string[] }> {
+  const check = Bun.spawn(['promtool', 'check', 'metrics'], { stdin: new TextEncoder().encode(page), stdout: 'pipe', stderr: 'pipe' })
+  const [code, output] = await Promise.all([check.exited, Promise.all([new Response(check.stdout).text(), new Response(check.stderr).text()])])
+  return { code, lines: output.join('\n').split('\n').filter((line) => line.trim()).sort() }
+}
+const promClientFindings = {
+  code: 3,
+  lines: ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'].map((name) => `${name} non-counter metrics should not have "_total" suffix`),
+}
+
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const webhookHeaders = (text: string) => ({ 'content-type': 'application/webhook+json', authorization: signWebhook(text, credentials) })
 
@@ -112,11 +129,13 @@ for (const runtime of runtimeNames) {
     const provider = startIdentityProvider()
     let key: SigningKey
     let server: ServerProcess
+    let startedAt: number
     const statuses: Record<string, number[]> = { tokens: [], webhooks: [] }
 
     beforeAll(async () => {
       key = await makeKey('rsa-1', 'RS256')
       provider.state.published = [key]
+      startedAt = Date.now() / 1000
       server = await startServer(runtime, {
         ...livekitEnv,
         PROMETHEUS_PORT: String(metricsPorts[job]),
@@ -148,7 +167,12 @@ for (const runtime of runtimeNames) {
       const tooLarge = await rawRequest(new URL('/token', server.url).href, { 'content-type': 'application/json', 'content-length': '300000', ...(await asCaller('cy')) }, [
         '{"roomName":"',
       ])
-      statuses.tokens = [...tokenAnswers.map((answer) => answer.status), tooLarge.status]
+      // A body whose second half arrives 1.5 s after its first: an answer known to take over 1 s.
+      const slowText = JSON.stringify(openVidu)
+      const slowPieces = [slowText.slice(0, 10), slowText.slice(10)]
+      const slowHeaders = { 'content-type': 'application/json', 'content-length': String(slowText.length), ...(await asCaller('fay')) }
+      const slow = await rawRequest(new URL('/token', server.url).href, slowHeaders, slowPieces, { delayMs: 1500 }) // openvidu 200
+      statuses.tokens = [...tokenAnswers.map((answer) => answer.status), tooLarge.status, slow.status]
 
       const joined = [webhookEvent('participant_joined'), webhookEvent('participant_joined')]
       const postWebhook = (event: unknown, headers?: Record<string, string>) => {
@@ -178,12 +202,12 @@ for (const runtime of runtimeNames) {
     })
 
     test('the mix was answered as intended (the counts below are of these answers)', () => {
-      expect(statuses).toEqual({ tokens: [200, 200, 400, 400, 400, 403, 401, 401, 200, 200, 429, 413], webhooks: [200, 200, 200, 200, 401, 401, 503] })
+      expect(statuses).toEqual({ tokens: [200, 200, 400, 400, 400, 403, 401, 401, 200, 200, 429, 413, 200], webhooks: [200, 200, 200, 200, 401, 401, 503] })
     })
 
     test('token_requests_total: each token issued and refused, by contract (none: refused before the body told) and status', async () => {
       expect(await prometheus.countsBy('app_server_token_requests_total', job, ['contract', 'status'])).toEqual({
-        'openvidu 200': 3,
+        'openvidu 200': 4,
         'standard 200': 1,
         'openvidu 400': 1,
         'standard 400': 1,
@@ -207,7 +231,7 @@ for (const runtime of runtimeNames) {
 
     test('http_request_duration_seconds: every answer, by route and status, /metrics on the public port as "other"', async () => {
       expect(await prometheus.countsBy('app_server_http_request_duration_seconds_count', job, ['route', 'status'])).toEqual({
-        '/token 200': 4,
+        '/token 200': 5,
         '/token 400': 3,
         '/token 401': 2,
         '/token 403': 1,
@@ -222,28 +246,50 @@ for (const runtime of runtimeNames) {
       // Every answer falls in a bucket up to +Inf, and none took more than 10 s.
       const infinite = await prometheus.countsBy('app_server_http_request_duration_seconds_bucket', job, ['route'], ',le="+Inf"')
       const upTo10s = await prometheus.countsBy('app_server_http_request_duration_seconds_bucket', job, ['route'], ',le="10"')
-      expect(infinite).toEqual({ '/token': 12, '/livekit/webhook': 7, '/health': 2, other: 1 })
+      expect(infinite).toEqual({ '/token': 13, '/livekit/webhook': 7, '/health': 2, other: 1 })
       expect(upTo10s).toEqual(infinite)
     })
 
-    test('the process under conventional names: resident memory and CPU seconds above 0, event-loop lag; bodies pending 0 by route', async () => {
-      const [memory] = await prometheus.query(`process_resident_memory_bytes{job="${job}"}`)
-      const [cpu] = await prometheus.query(`process_cpu_seconds_total{job="${job}"}`)
-      const [lag] = await prometheus.query(`nodejs_eventloop_lag_seconds{job="${job}"}`)
-      expect(memory!.value).toBeGreaterThan(10 * 1024 * 1024)
-      expect(cpu!.value).toBeGreaterThan(0)
-      expect(lag!.value).toBeGreaterThanOrEqual(0)
+    test('http_request_duration_seconds is in seconds: the token whose body took 1.5 s is above the 1 s bucket, within 2.5 s', async () => {
+      const tokens200 = (series: string, le = '') => `app_server_http_request_duration_seconds_${series}{job="${job}",route="/token",status="200"${le && `,le="${le}"`}}`
+      const bucket = async (le: string) => (await prometheus.query(tokens200('bucket', le)))[0]!.value
+      // Five answers: four at once, and the slow one (1.5 s after its first bytes, less whatever the server took to see them).
+      expect({ upTo1s: await bucket('1'), upTo2_5s: await bucket('2.5'), all: await bucket('+Inf') }).toEqual({ upTo1s: 4, upTo2_5s: 5, all: 5 })
+      // Over the slow one's second, under what the buckets allow: four within 1 s, one within 2.5 s.
+      const [sum] = await prometheus.query(tokens200('sum'))
+      expect(sum!.value).toBeGreaterThan(1)
+      expect(sum!.value).toBeLessThan(4 * 1 + 2.5)
+    })
+
+    test("the standard process series: the process's start time, resident memory, heap, CPU seconds, event-loop lag; bodies pending 0 by route", async () => {
+      const value = async (series: string) => (await prometheus.query(`${series}{job="${job}"}`)).map((result) => result.value)
+      const [start] = await value('process_start_time_seconds')
+      // prom-client rounds it to the second.
+      expect(start).toBeGreaterThanOrEqual(Math.floor(startedAt) - 1)
+      expect(start).toBeLessThanOrEqual(Date.now() / 1000)
+      expect((await value('process_resident_memory_bytes'))[0]).toBeGreaterThan(10 * 1024 * 1024)
+      // (Bun's heap "used" can exceed its "total": JavaScriptCore counts them apart.)
+      expect((await value('nodejs_heap_size_used_bytes'))[0]).toBeGreaterThan(1024 * 1024)
+      expect((await value('nodejs_heap_size_total_bytes'))[0]).toBeGreaterThan(1024 * 1024)
+      expect((await value('process_cpu_seconds_total'))[0]).toBeGreaterThan(0)
+      expect((await value('nodejs_eventloop_lag_seconds'))[0]).toBeGreaterThanOrEqual(0)
+      if (runtime === 'deno') {
+        // Deno lets only --allow-all read /proc/self: series read there are left out rather than served as 0.
+        expect(await value('process_open_fds')).toEqual([])
+        expect(await value('process_virtual_memory_bytes')).toEqual([])
+      } else {
+        expect((await value('process_open_fds'))[0]).toBeGreaterThan(3)
+        expect((await value('process_max_fds'))[0]).toBeGreaterThanOrEqual((await value('process_open_fds'))[0]!)
+      }
       expect(await prometheus.countsBy('app_server_request_body_bytes_pending', job, ['route'])).toEqual({ '/token': 0, '/livekit/webhook': 0 })
       // Only with REDIS_URL.
       expect(await prometheus.query(`app_server_shared_state_up{job="${job}"}`)).toEqual([])
     })
 
-    test('promtool check metrics accepts the page', async () => {
+    test("promtool check metrics finds nothing in the page but prom-client's own three *_total gauges", async () => {
       const page = await (await fetch(`http://127.0.0.1:${metricsPorts[job]}/metrics`)).text()
-      expect(page).toContain('app_server_token_requests_total{contract="openvidu",status="200"} 3')
-      const check = Bun.spawn(['promtool', 'check', 'metrics'], { stdin: new TextEncoder().encode(page), stdout: 'pipe', stderr: 'pipe' })
-      const [code, output] = await Promise.all([check.exited, Promise.all([new Response(check.stdout).text(), new Response(check.stderr).text()])])
-      expect({ code, output: output.join('').trim() }).toEqual({ code: 0, output: '' })
+      expect(page).toContain('app_server_token_requests_total{contract="openvidu",status="200"} 4')
+      expect(await promtoolFindings(page)).toEqual(promClientFindings)
     })
 
     test('the metrics port serves GET /metrics alone, in the text format; on the public port /metrics stays a 404', async () => {
@@ -276,6 +322,54 @@ for (const runtime of sourceRuntimes) {
     })
   })
 }
+
+for (const runtime of sourceRuntimes) {
+  describe(`${runtime}: PROMETHEUS_PORT with a metric of the app's own`, () => {
+    test("a Counter the app made with prom-client's defaults, counted by its webhook handler, is served beside the server's series", async () => {
+      // index.ts's app with a participant_joined handler counting joins in app_participants_joined_total.
+      const metricsPort = await freePort()
+      const server = await startServer(runtime, { ...livekitEnv, PROMETHEUS_PORT: String(metricsPort) }, { entry: 'tests/fixtures/own-metrics-server.ts' })
+      try {
+        const joined = [webhookEvent('participant_joined'), webhookEvent('participant_joined')]
+        const statuses = [joined[0], joined[1], joined[0]].map((event) => postWebhookAlone(server.url, event!).then((answer) => answer.status))
+        expect(await Promise.all(statuses)).toEqual([200, 200, 200])
+        const page = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text()
+        // The duplicate is answered without running the handler.
+        expect(page).toContain('\n# TYPE app_participants_joined_total counter\napp_participants_joined_total 2\n')
+        expect(page).toContain('app_server_webhooks_total{event="participant_joined",outcome="handled"} 2\n')
+        expect(page).toContain('app_server_webhooks_total{event="participant_joined",outcome="duplicate"} 1\n')
+        expect(page).toMatch(/\nprocess_start_time_seconds \d{10}\n/)
+        expect(await promtoolFindings(page)).toEqual(promClientFindings)
+      } finally {
+        await server.stop()
+      }
+    })
+  })
+}
+
+describe('in one process: several apps made with PROMETHEUS_PORT (createApp and startServer from index.ts)', () => {
+  test('none throws that a metric is already registered, and each metrics port counts its own app\'s answers', async () => {
+    const metricsPorts = [await freePort(), await freePort()]
+    const apps = metricsPorts.map((port) => appServer.createApp(appServer.loadConfig({ ...livekitEnv, PROMETHEUS_PORT: String(port) })))
+    const servers = await Promise.all(apps.map((app) => appServer.startServer(app, 0)))
+    try {
+      for (const [index, server] of servers.entries()) {
+        for (let i = 0; i <= index; i++) expect((await fetch(`http://127.0.0.1:${server.port}/health`)).status).toBe(200)
+      }
+      const counts = await Promise.all(
+        metricsPorts.map(async (port) => {
+          const page = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
+          return /app_server_http_request_duration_seconds_count\{route="\/health",status="200"\} (\d+)/.exec(page)?.[1]
+        }),
+      )
+      expect(counts).toEqual(['1', '2'])
+    } finally {
+      await Promise.all(servers.map((server) => server.stop()))
+    }
+    // Stopped with its server, each metrics port is closed.
+    for (const port of metricsPorts) expect(await fetch(`http://127.0.0.1:${port}/metrics`).then((answer) => answer.status, () => 'closed')).toBe('closed')
+  })
+})
 
 /** With WORKERS, Deno needs to read the entry file again (its web workers) and to share the port. */
 const workerOptions = (runtime: Runtime) => (runtime === 'deno' ? { command: denoCommandWith('--allow-read=.', '--unstable-net') } : {})
@@ -325,11 +419,14 @@ for (const runtime of runtimeNames) {
       expect((await prometheus.query(`app_server_shared_state_up{job="${job}"}`)).map(({ value }) => value)).toEqual([1])
     })
 
-    test('promtool check metrics accepts the summed page', async () => {
+    test("the summed page: promtool finds nothing but prom-client's own *_total gauges; the start time is the first process's, once", async () => {
       const page = await (await fetch(`http://127.0.0.1:${metricsPorts[job]}/metrics`)).text()
-      const check = Bun.spawn(['promtool', 'check', 'metrics'], { stdin: new TextEncoder().encode(page), stdout: 'pipe', stderr: 'pipe' })
-      const [code, output] = await Promise.all([check.exited, Promise.all([new Response(check.stdout).text(), new Response(check.stderr).text()])])
-      expect({ code, output: output.join('').trim() }).toEqual({ code: 0, output: '' })
+      expect(await promtoolFindings(page)).toEqual(promClientFindings)
+      const starts = page.split('\n').filter((line) => line.startsWith('process_start_time_seconds '))
+      expect(starts).toEqual([expect.stringMatching(/^process_start_time_seconds \d{10}$/)])
+      const start = Number(starts[0]!.split(' ')[1])
+      expect(start).toBeLessThanOrEqual(Date.now() / 1000)
+      expect(start).toBeGreaterThan(Date.now() / 1000 - 120)
     })
 
     test('SIGTERM stops the workers and the metrics listener with them: exit code 0, the port closed', async () => {

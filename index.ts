@@ -2117,7 +2117,7 @@ function announce(msg: string, fields: Record<string, unknown> = {}): void {
  * time, level, msg or worker.
  */
 function writeLogLine(level: Level, msg: string, fields: Record<string, unknown>): void {
-  const head = `{"time":"${timeNow()}","level":"${level}","msg":${JSON.stringify(msg)}${workerNumber === undefined ? '' : `,"worker":${workerNumber}`}`
+  const head = `{"time":"${new Date().toISOString()}","level":"${level}","msg":${JSON.stringify(msg)}${workerNumber === undefined ? '' : `,"worker":${workerNumber}`}`
   const rest = JSON.stringify(fields)
   // U+2028 and U+2029 are valid in JSON but end a line for some log readers: escape them too.
   const line = `${rest === '{}' ? `${head}}` : `${head},${rest.slice(1)}`}\n`.replace(lineSeparators, escapeCharacter)
@@ -2127,16 +2127,6 @@ function writeLogLine(level: Level, msg: string, fields: Record<string, unknown>
     // A descriptor that would block (its reader slow, and made non-blocking by someone): the runtime buffers.
     ;(level === 'info' ? console.log : console.error)(line.slice(0, -1))
   }
-}
-
-let clockMs = 0
-let clockText = ''
-
-/** The time as ISO text, made once a millisecond however many lines are written in it. */
-function timeNow(): string {
-  const ms = Date.now()
-  if (ms !== clockMs) [clockMs, clockText] = [ms, new Date(ms).toISOString()]
-  return clockText
 }
 
 // ==== Metrics ======================================================================================================
@@ -2149,7 +2139,7 @@ type PromClient = typeof import('prom-client')
 type PromRegistry = import('prom-client').Registry
 type PromGauge<Label extends string = string> = import('prom-client').Gauge<Label>
 type MetricsJson = Awaited<ReturnType<PromRegistry['getMetricsAsJSON']>>
-type MetricsReply = { metricsReply: number; metrics: MetricsJson }
+type MetricsReply = { metricsReply: string; metrics: MetricsJson }
 
 /** What the app tells its metrics; every label value is one of a few, never a client's text. */
 interface Metrics {
@@ -2723,13 +2713,13 @@ function startWorker(number: number, onListening: () => void): WorkerHandle {
 // each scrape asks every worker for its figures (prom-client's registry as JSON, over the channel it supervises them
 // by), summed with its own.
 
-const metricsRequests = new Map<number, (metrics: MetricsJson) => void>()
-let lastMetricsRequest = 0
+// The scrapes waiting for a worker's figures, by the request's id.
+const metricsRequests = new Map<string, (metrics: MetricsJson) => void>()
 
 async function askWorkers(workers: WorkerHandle[]): Promise<MetricsJson[]> {
   return Promise.all(
     workers.map((worker) => {
-      const id = ++lastMetricsRequest
+      const id = crypto.randomUUID()
       const reply = new Promise<MetricsJson>((resolve) => metricsRequests.set(id, resolve))
       worker.send({ metricsRequest: id })
       // A worker restarting or frozen: no answer rather than a sum that misses it.
@@ -2750,7 +2740,7 @@ function metricsReplied(message: unknown): boolean {
 function answerMetricsRequests(figures: () => Promise<MetricsJson>): void {
   const answer = async (message: unknown, reply: (message: MetricsReply) => void) => {
     if (typeof message !== 'object' || message === null || !('metricsRequest' in message)) return
-    reply({ metricsReply: Number(message.metricsRequest), metrics: await figures() })
+    reply({ metricsReply: String(message.metricsRequest), metrics: await figures() })
   }
   if (isWorkerThread) self.addEventListener('message', ({ data }) => void answer(data, (reply) => self.postMessage(reply)))
   else process.on('message', (message) => void answer(message, (reply) => process.send?.(reply)))

@@ -19,7 +19,7 @@
 //   CORS and the API described  open CORS; GET /openapi.json and its page
 //   Logging                     JSON log lines
 //   Metrics                     GET /metrics on PROMETHEUS_PORT
-//   Serving                     Bun and Deno (every difference between them lives here), stopping
+//   Serving                     Bun and Deno: serving, HMAC, Redis clients, signals; stopping
 //   Workers                     WORKERS=N processes or threads
 //   Starting up                 the configuration, then the workers or the server
 import { Elysia, getSchemaValidator, status, t, type ErrorContext } from 'elysia'
@@ -432,7 +432,10 @@ function readSetting(env: Env, name: string): string | undefined {
   return trimmed
 }
 
-// ==== Token requests ========================================================================================
+// ==== Token requests ===============================================================================================
+// Two contracts on one route, told apart by their fields. First the bodies, then the route: admission
+// (authentication, rate limit) before the body is read, then the decision.
+
 const maxNameLength = 256
 const maxMetadataBytes = 64 * 1024
 const maxAttributes = 64
@@ -2385,8 +2388,8 @@ function measured<Rest extends unknown[]>(
 }
 
 // ==== Serving ======================================================================================================
-// every difference between Bun and Deno is here, and nowhere else. Deno's API as far as this file uses it, declared
-// so that one file type-checks for both.
+// Bun and Deno: serving, the HMAC, the Redis client, signals (the workers' own differences are in Workers). Deno's
+// API as far as this file uses it, declared so that one file type-checks for both.
 
 const onBun = 'Bun' in globalThis
 
@@ -2710,7 +2713,7 @@ function startWorker(number: number, onListening: () => void): WorkerHandle {
 }
 
 // ---- Metrics across workers ---------------------------------------------------------------------------------------
-// each scrape asks every worker for its figures (prom-client's registry as JSON, over the channel it supervises them
+// Each scrape asks every worker for its figures (prom-client's registry as JSON, over the channel it supervises them
 // by), summed with its own.
 
 // The scrapes waiting for a worker's figures, by the request's id.
@@ -2747,7 +2750,7 @@ function answerMetricsRequests(figures: () => Promise<MetricsJson>): void {
 }
 
 // ---- Supervising --------------------------------------------------------------------------------------------------
-// a worker that keeps crashing is restarted later each time; workers crashing more often than this stop the server,
+// A worker that keeps crashing is restarted later each time; workers crashing more often than this stop the server,
 // so that whatever runs it sees a failed service rather than a spinning one.
 const maxCrashesPerMinute = 3
 const firstRestartDelayMs = 1000

@@ -184,6 +184,8 @@ for (const runtime of runtimeNames) {
         await postWebhook(joined[1]), // participant_joined handled
         await postWebhook(webhookEvent('room_finished')), // room_finished handled
         await postWebhook(joined[0]), // participant_joined duplicate
+        await postWebhook({ ...webhookEvent('agent_job_started'), room: undefined, job: { id: 'AJ_1', agentName: 'a' } }), // agent_job_started handled
+        await postWebhook(webhookEvent('room_exploded')), // unknown handled
         await postWebhook(webhookEvent('room_started'), { 'content-type': 'application/webhook+json', authorization: signWebhook('other bytes', credentials) }), // unknown refused
         await postWebhook(webhookEvent('room_started'), { 'content-type': 'application/webhook+json' }), // unknown refused
       ]
@@ -202,7 +204,7 @@ for (const runtime of runtimeNames) {
     })
 
     test('the mix was answered as intended (the counts below are of these answers)', () => {
-      expect(statuses).toEqual({ tokens: [200, 200, 400, 400, 400, 403, 401, 401, 200, 200, 429, 413, 200], webhooks: [200, 200, 200, 200, 401, 401, 503] })
+      expect(statuses).toEqual({ tokens: [200, 200, 400, 400, 400, 403, 401, 401, 200, 200, 429, 413, 200], webhooks: [200, 200, 200, 200, 200, 200, 401, 401, 503] })
     })
 
     test('token_requests_total: each token issued and refused, by contract (none: refused before the body told) and status', async () => {
@@ -219,11 +221,13 @@ for (const runtime of runtimeNames) {
       })
     })
 
-    test('webhooks_total: handled and duplicate by event name; refused and busy, whose event is not verified, as "unknown"', async () => {
+    test('webhooks_total: handled and duplicate by event name, agent events under their own, names no one knows as "unknown"; refused and busy, whose event is not verified, as "unknown"', async () => {
       expect(await prometheus.countsBy('app_server_webhooks_total', job, ['event', 'outcome'])).toEqual({
         'participant_joined handled': 2,
         'room_finished handled': 1,
         'participant_joined duplicate': 1,
+        'agent_job_started handled': 1,
+        'unknown handled': 1,
         'unknown refused': 2,
         'unknown busy': 1,
       })
@@ -237,7 +241,7 @@ for (const runtime of runtimeNames) {
         '/token 403': 1,
         '/token 413': 1,
         '/token 429': 1,
-        '/livekit/webhook 200': 4,
+        '/livekit/webhook 200': 6,
         '/livekit/webhook 401': 2,
         '/livekit/webhook 503': 1,
         '/health 200': 2,
@@ -246,7 +250,7 @@ for (const runtime of runtimeNames) {
       // Every answer falls in a bucket up to +Inf, and none took more than 10 s.
       const infinite = await prometheus.countsBy('app_server_http_request_duration_seconds_bucket', job, ['route'], ',le="+Inf"')
       const upTo10s = await prometheus.countsBy('app_server_http_request_duration_seconds_bucket', job, ['route'], ',le="10"')
-      expect(infinite).toEqual({ '/token': 13, '/livekit/webhook': 7, '/health': 2, other: 1 })
+      expect(infinite).toEqual({ '/token': 13, '/livekit/webhook': 9, '/health': 2, other: 1 })
       expect(upTo10s).toEqual(infinite)
     })
 

@@ -228,7 +228,7 @@ for (const runtime of runtimeNames) {
       const webinar = await askToken(running.http, asking('webinar-42'), headers)
       const refusal = 'Agent "transcriber" is not one this caller may dispatch'
       expect([webinar.status, webinar.errorMessage]).toEqual([403, refusal])
-      const team = await askToken(running.http, asking('team-acme-x'), headers)
+      const team = await askToken(running.http, asking('team-acme/x'), headers)
       const dispatched = (team.claims?.roomConfig?.agents ?? []) as { agentName: string }[]
       const agents = dispatched.map(({ agentName }) => agentName)
       expect([team.status, agents]).toEqual([200, ['notetaker', 'transcriber']])

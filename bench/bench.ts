@@ -5,7 +5,8 @@
 // server doing the same three routes' work with Go's standard library (the Go peer, built from
 // --go-peer DIR when `go` is on the PATH). Each comparison is a ratio of two processes loaded by wrk
 // in the same round, rounds interleaved. With --costs, also copies of index.ts each without one
-// behaviour (CORS, bounded reading, …), to say what each costs. With --svg FILE, also a bar chart of
+// behaviour (CORS, bounded reading, …), to say what each costs; with --against REV, index.ts as it
+// was at that git revision (before and after); with --only, none of the other comparisons. With --svg FILE, also a bar chart of
 // requests/s (bench/chart.ts). The report (markdown) goes to stdout, progress to stderr.
 //
 // The files: variants.ts (what is compared, and the goals), scenarios.ts (what each route is sent),
@@ -19,9 +20,9 @@ import { describeMachine, loadCores, root, roundSeconds, startBenchRedis, stopEv
 import { chartSvg } from './chart.ts'
 import { problemList, report } from './report.ts'
 import { launchAll, measureRounds, planTargets, strayWarnings, timeStartups, warmUp, where } from './rounds.ts'
-import { buildGoPeer, costsDir, goPeerSource, writeCostVariants, type Options } from './variants.ts'
+import { buildGoPeer, costsDir, goPeerSource, writeCostVariants, writeRevisionVariants, type Options } from './variants.ts'
 
-const usage = 'Usage: bun run bench [--seconds N] [--deno] [--costs] [--svg FILE] [--go-peer DIR]'
+const usage = 'Usage: bun run bench [--seconds N] [--deno] [--costs] [--against REV]… [--only] [--svg FILE] [--go-peer DIR]'
 
 /** The options, and what to do besides measuring: where to write the chart, where the Go peer's source is. */
 function parseOptions(): { options: Omit<Options, 'goPeer'>; svg?: string; goPeer: string } {
@@ -31,6 +32,8 @@ function parseOptions(): { options: Omit<Options, 'goPeer'>; svg?: string; goPee
       seconds: { type: 'string', default: '10' },
       deno: { type: 'boolean', default: false },
       costs: { type: 'boolean', default: false },
+      against: { type: 'string', multiple: true, default: [] },
+      only: { type: 'boolean', default: false },
       svg: { type: 'string' },
       'go-peer': { type: 'string', default: goPeerSource },
     },
@@ -40,7 +43,9 @@ function parseOptions(): { options: Omit<Options, 'goPeer'>; svg?: string; goPee
     throw new Error(`--seconds must be a whole number from 1 to 300, got "${values.seconds}"`)
   }
   const runtimes: Runtime[] = values.deno ? ['bun', 'deno'] : ['bun']
-  return { options: { seconds, rounds: Math.ceil(seconds / roundSeconds), runtimes, costs: values.costs }, svg: values.svg, goPeer: values['go-peer'] }
+  const rounds = Math.ceil(seconds / roundSeconds)
+  const options = { seconds, rounds, runtimes, costs: values.costs, against: values.against, only: values.only }
+  return { options, svg: values.svg, goPeer: values['go-peer'] }
 }
 
 /** What is missing to run, and how to get it: this script installs nothing itself. */
@@ -72,10 +77,11 @@ async function main(): Promise<number> {
   const machine = await describeMachine(options.runtimes, options.goPeer)
   // This script (every thread of it) and what it starts unpinned (Redis) share wrk's cores, not the measured process's.
   Bun.spawnSync(['taskset', '-a', '-p', '-c', loadCores, String(process.pid)], { stdout: 'ignore' })
-  const startups = await timeStartups(options)
+  const startups = options.only ? new Map<string, number>() : await timeStartups(options)
 
   await startBenchRedis()
   if (options.costs) writeCostVariants()
+  writeRevisionVariants(options.against)
   // Every process stays up, and every round measures each target once, so that whatever else the
   // machine is doing weighs on all rows alike.
   const running = await launchAll(options)

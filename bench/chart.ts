@@ -7,7 +7,7 @@ import { finder, medianRate } from './figures.ts'
 import { roundSeconds } from './harness.ts'
 import type { Target } from './rounds.ts'
 import { scenarios, type RouteKey } from './scenarios.ts'
-import { variants, type Options, type VariantKey } from './variants.ts'
+import { variantOf, type Options, type VariantKey } from './variants.ts'
 
 const routes: RouteKey[] = ['health', 'openvidu', 'webhook']
 /** The bars of each group, with colours told apart without colour vision too (Okabe–Ito). */
@@ -60,10 +60,10 @@ function panel(route: RouteKey, top: number, runtimes: Runtime[], shown: typeof 
       const y = groupTop + b * (barHeight + barGap)
       const value = rate(runtime, variant)
       if (value === undefined) {
-        parts.push(text(x(0) + 4, y + barHeight - 4, `${variants[variant].label}: no clean round`, 'font-size="11" fill="#888"'))
+        parts.push(text(x(0) + 4, y + barHeight - 4, `${variantOf(variant).label}: no clean round`, 'font-size="11" fill="#888"'))
         return
       }
-      parts.push(`<rect x="${x(0)}" y="${y}" width="${x(value) - x(0)}" height="${barHeight}" fill="${colour}"><title>${escape(`${runtime} ${variants[variant].label}: ${number(value)} req/s`)}</title></rect>`)
+      parts.push(`<rect x="${x(0)}" y="${y}" width="${x(value) - x(0)}" height="${barHeight}" fill="${colour}"><title>${escape(`${runtime} ${variantOf(variant).label}: ${number(value)} req/s`)}</title></rect>`)
       parts.push(text(x(value) + 4, y + barHeight - 4, number(value), 'font-size="11" fill="#222"'))
     })
   })
@@ -77,8 +77,8 @@ export function chartSvg(targets: Target[], options: Options, machine: string): 
   // Each entry as wide as its label (about 0.6 em a character at 12 px), then a gap.
   let legendX = left
   const legend = shown.map(({ variant, colour }) => {
-    const entry = `<rect x="${legendX}" y="58" width="12" height="12" fill="${colour}"/>` + text(legendX + 17, 69, variants[variant].label, 'font-size="12"')
-    legendX += 17 + variants[variant].label.length * 7.2 + 24
+    const entry = `<rect x="${legendX}" y="58" width="12" height="12" fill="${colour}"/>` + text(legendX + 17, 69, variantOf(variant).label, 'font-size="12"')
+    legendX += 17 + variantOf(variant).label.length * 7.2 + 24
     return entry
   })
   const header = [

@@ -5,7 +5,7 @@ import { median, type WrkResult } from './harness.ts'
 import type { Round, Target } from './rounds.ts'
 import type { RouteKey } from './scenarios.ts'
 import type { Runtime } from '../tests/server.ts'
-import { variants, type VariantKey } from './variants.ts'
+import { variantOf, type VariantKey } from './variants.ts'
 
 export const rate = (round: Round) => round.result.requests / (round.result.durationUs / 1e6)
 /** Requests answered per second of the process's CPU time: what the work of one request costs, whatever else ran. */
@@ -48,5 +48,5 @@ export type Find = (runtime: Runtime, variant: VariantKey, route: RouteKey) => T
 
 export function finder(targets: Target[]): Find {
   const byKey = new Map(targets.map((target) => [`${target.runtime} ${target.variant} ${target.route}`, target]))
-  return (runtime, variant, route) => byKey.get(`${variants[variant].command ? undefined : runtime} ${variant} ${route}`)
+  return (runtime, variant, route) => byKey.get(`${variantOf(variant).command ? undefined : runtime} ${variant} ${route}`)
 }

@@ -6,7 +6,7 @@ import { efficiency, finder, medianCpu, medianLatencyMs, medianRate, ratio, type
 import { label, loadCores, roundSeconds, serverCore, startupRuns, sum, warmupSeconds, wrkConnections, wrkThreads } from './harness.ts'
 import { where, type ServerLog, type Target } from './rounds.ts'
 import { routeKeys, scenarios } from './scenarios.ts'
-import { comparisons, costKeys, costs, limit, streamKey, variants, type Comparison, type Options, type VariantKey } from './variants.ts'
+import { againstComparisons, comparisons, costKeys, costs, limit, streamKey, variantOf, type Comparison, type Options, type VariantKey } from './variants.ts'
 
 type Align = 'left' | 'right'
 
@@ -112,7 +112,7 @@ function comparisonTable(comparison: Comparison, runtimes: Runtime[], find: Find
       return goals.length > 0 ? [...cells, verdict] : cells
     }),
   )
-  const header = ['runtime', 'route', `${variants[denominator].label} req/s`, `${variants[numerator].label} req/s`, comparison.title]
+  const header = ['runtime', 'route', `${variantOf(denominator).label} req/s`, `${variantOf(numerator).label} req/s`, comparison.title]
   const goalColumn = goals.length > 0 ? [`goal: ${goals.map((goal) => `≥ ${goal.atLeast.toFixed(2)}× on ${goal.runtime}`).join(', ')}`] : []
   return markdownTable([...header, ...goalColumn], [...header.map((_, i) => (i < 2 ? 'left' : 'right') as Align), ...goalColumn.map(() => 'right' as Align)], rows)
 }
@@ -148,7 +148,7 @@ export interface ProcessFigures {
 function processTable(figures: ProcessFigures[]): string {
   const rows = figures.map(({ runtime, variant, startupMs, rssMb }) => [
     runtime ?? none,
-    variants[variant].label,
+    variantOf(variant).label,
     startupMs === undefined ? none : `${integer(startupMs)} ms`,
     `${integer(rssMb)} MB`,
   ])
@@ -160,7 +160,7 @@ function webhookNote(targets: Target[]): string {
     .filter((target) => scenarios[target.route].distinct)
     .map((target) => {
       const total = (pick: (log: ServerLog) => number) => integer(sum(target.rounds.map((round) => pick(round.log))))
-      return `${label(target.runtime, variants[target.variant])} handled ${total((l) => l.handledWebhooks)} (${total((l) => l.refusedWebhooks)} refused, ${total((l) => l.duplicateWebhooks)} duplicates)`
+      return `${label(target.runtime, variantOf(target.variant))} handled ${total((l) => l.handledWebhooks)} (${total((l) => l.refusedWebhooks)} refused, ${total((l) => l.duplicateWebhooks)} duplicates)`
     })
   return `Webhooks: each sent once, with its own event id and signature; ${notes.join('; ')}.`
 }
@@ -211,6 +211,26 @@ export function report({ options, machine, targets, processes, problems }: Repor
     '',
     ...options.runtimes.flatMap((runtime) => [`#### ${runtime}: the server against the floor`, '', floorTable(runtime, find, options.goPeer), '']),
     ...(options.goPeer ? goalSection(comparisons.go, `Against a compiled peer: ${comparisons.go.title}`, options.runtimes, find, [goPeerNote]) : []),
+    ...(options.only ? [] : otherSections(options, find)),
+    ...(options.costs ? [costsSection(options.runtimes, find)] : []),
+    ...againstComparisons(options.against).flatMap((comparison) => [
+      `#### Before and after: ${comparison.title}`,
+      '',
+      comparisonTable(comparison, options.runtimes, find),
+      '',
+    ]),
+    '#### Processes',
+    '',
+    processTable(processes),
+    '',
+    webhookNote(targets),
+    ...(problems.length > 0 ? ['', `Left out of the figures (${problems.length}):`, ...problems.map((problem) => `- ${problem}`)] : []),
+  ].join('\n')
+}
+
+/** The comparisons --only leaves out: shared state, the stream, metrics, workers, the policy. */
+function otherSections(options: Options, find: Find): string[] {
+  return [
     ...goalSection(comparisons.redis, `Shared state: ${comparisons.redis.title}, TOKEN_RATE_LIMIT=${limit} on both`, options.runtimes, find),
     ...goalSection(comparisons.stream, `Events onward: ${comparisons.stream.title}, EVENTS_STREAM=${streamKey} against REDIS_URL alone, TOKEN_RATE_LIMIT on both`, options.runtimes, find),
     ...goalSection(comparisons.metrics, `Metrics: ${comparisons.metrics.title} (PROMETHEUS_PORT set, or not)`, options.runtimes, find),
@@ -219,12 +239,5 @@ export function report({ options, machine, targets, processes, problems }: Repor
     comparisonTable(comparisons.workers, options.runtimes, find),
     '',
     ...goalSection(comparisons.policy, `Token policy: ${comparisons.policy.title} (10 roles, 20 patterns, a roomConfig; no authentication)`, options.runtimes, find),
-    ...(options.costs ? [costsSection(options.runtimes, find)] : []),
-    '#### Processes',
-    '',
-    processTable(processes),
-    '',
-    webhookNote(targets),
-    ...(problems.length > 0 ? ['', `Left out of the figures (${problems.length}):`, ...problems.map((problem) => `- ${problem}`)] : []),
-  ].join('\n')
+  ]
 }

@@ -21,7 +21,7 @@ import {
   type WrkResult,
 } from './harness.ts'
 import { routeKeys, scenarios, type RouteKey, type Scenario } from './scenarios.ts'
-import { activeComparisons, alsoMeasured, placements, variantKeys, variants, type Options, type VariantKey } from './variants.ts'
+import { activeComparisons, alsoMeasured, placements, variantKeys, variantOf, type Options, type VariantKey } from './variants.ts'
 
 export interface Round {
   result: WrkResult
@@ -54,7 +54,7 @@ export interface Target {
   rounds: Round[]
 }
 
-export const where = (target: Target) => `${label(target.runtime, variants[target.variant])} ${scenarios[target.route].label}`
+export const where = (target: Target) => `${label(target.runtime, variantOf(target.variant))} ${scenarios[target.route].label}`
 
 /** The routes each variant is measured on: what the comparisons and alsoMeasured name. */
 function routesByVariant(options: Options): Map<VariantKey, Set<RouteKey>> {
@@ -167,9 +167,9 @@ async function measureRound(target: Target): Promise<void> {
     const cpuBefore = treeCpuMicros(target.server.child.pid)
     const result = await runScenario(target, roundSeconds)
     const cpuMicros = treeCpuMicros(target.server.child.pid) - cpuBefore
-    const log = readServerLog(await settledLines(target.server, from), variants[target.variant].handledLog)
+    const log = readServerLog(await settledLines(target.server, from), variantOf(target.variant).handledLog)
     // A server that gave up on Redis during the round measured its own memory, for part of it at least.
-    const lostRedis = variants[target.variant].redis && !(await redisInUse(target.server))
+    const lostRedis = variantOf(target.variant).redis && !(await redisInUse(target.server))
     // A thread that ran out of distinct requests resent one: discard the round, retry with twice as many.
     if (result.exhaustedThreads > 0 && attempt < 3) {
       target.perThread *= 2
@@ -208,13 +208,13 @@ function roundProblems(target: Target, result: WrkResult, log: ServerLog): strin
 // Around the rounds
 
 export async function timeStartups(options: Options): Promise<Map<string, number>> {
-  const timed = variantKeys.filter((variant) => variants[variant].timeStartup && (options.goPeer || variant !== 'go'))
-  console.error(`Timing ${startupRuns} starts of ${timed.map((variant) => variants[variant].label).join(', ')}…`)
+  const timed = variantKeys.filter((variant) => variantOf(variant).timeStartup && (options.goPeer || variant !== 'go'))
+  console.error(`Timing ${startupRuns} starts of ${timed.map((variant) => variantOf(variant).label).join(', ')}…`)
   const samples = new Map<string, number[]>()
   for (let run = 0; run < startupRuns; run++) {
     for (const { runtime, variant } of placements(timed, options)) {
       const key = `${runtime} ${variant}`
-      samples.set(key, [...(samples.get(key) ?? []), await startupMs(runtime, variants[variant])])
+      samples.set(key, [...(samples.get(key) ?? []), await startupMs(runtime, variantOf(variant))])
     }
   }
   return new Map([...samples].map(([key, values]) => [key, median(values)!]))
@@ -224,9 +224,9 @@ export async function timeStartups(options: Options): Promise<Map<string, number
 export async function launchAll(options: Options): Promise<Running[]> {
   const running: Running[] = []
   for (const { runtime, variant } of placements(measuredVariants(routesByVariant(options)), options)) {
-    console.error(`Starting ${label(runtime, variants[variant])}…`)
-    const pinned = !variants[variant].workers
-    running.push({ runtime, variant, pinned, server: await launch(runtime, variants[variant], { pinned }) })
+    console.error(`Starting ${label(runtime, variantOf(variant))}…`)
+    const pinned = !variantOf(variant).workers
+    running.push({ runtime, variant, pinned, server: await launch(runtime, variantOf(variant), { pinned }) })
   }
   return running
 }
@@ -238,7 +238,7 @@ export function strayWarnings(running: Running[], targets: Target[]): string[] {
     const warnings = server.lines.filter((line) => readServerLog([line]).warningsAndErrors > 0)
     if (warnings.length <= inRounds) return []
     const messages = [...new Set(warnings.map(logMessage))].map((message) => `"${message}"`).join(', ')
-    return [`${label(runtime, variants[variant])}: ${warnings.length - inRounds} warnings or errors outside the measured rounds (its log's: ${messages})`]
+    return [`${label(runtime, variantOf(variant))}: ${warnings.length - inRounds} warnings or errors outside the measured rounds (its log's: ${messages})`]
   })
 }
 

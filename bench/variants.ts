@@ -6,10 +6,13 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Runtime } from '../tests/server.ts'
 import { root, workDir, type Variant } from './harness.ts'
-import type { RouteKey } from './scenarios.ts'
+import { routeKeys, type RouteKey } from './scenarios.ts'
 
 type CostKey = 'cors' | 'bodyBounds' | 'tokenParser' | 'dedupe' | 'responseSchemas'
-export type VariantKey = 'go' | 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | 'metrics' | 'policy' | `without ${CostKey}`
+export type VariantKey =
+  | 'go' | 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | 'metrics' | 'policy'
+  | `without ${CostKey}`
+  | `at ${string}`
 
 /** What a run measures, from its command line. */
 export interface Options {
@@ -17,6 +20,10 @@ export interface Options {
   rounds: number
   runtimes: Runtime[]
   costs: boolean
+  /** --against REV: index.ts as it was at each of these git revisions, measured beside the server. */
+  against: string[]
+  /** --only: the server and what --costs and --against add (and the Go peer), none of the other comparisons. */
+  only: boolean
   /** Whether the Go peer was built (buildGoPeer), and so is measured. */
   goPeer: boolean
 }
@@ -148,10 +155,17 @@ const costComparisons: Comparison[] = costKeys.map((key) => ({
   routes: costs[key].routes,
 }))
 
-/** The comparisons a run makes: the Go peer's only when it was built. */
+/** With --against: index.ts at each revision ÷ the server (today's index.ts), on every route. */
+export const againstComparisons = (revisions: string[]): Comparison[] =>
+  revisions.map((revision) => ({ title: `at ${revision} ÷ server`, numerator: `at ${revision}`, denominator: 'server', routes: routeKeys }))
+
+/** The comparisons a run makes: the Go peer's only when it was built; with --only, the Go peer's and the asked ones. */
 export const activeComparisons = (options: Options) => [
-  ...Object.values(comparisons).filter(({ numerator, denominator }) => options.goPeer || (numerator !== 'go' && denominator !== 'go')),
+  ...Object.values(comparisons)
+    .filter(({ numerator, denominator }) => options.goPeer || (numerator !== 'go' && denominator !== 'go'))
+    .filter((comparison) => !options.only || comparison === comparisons.go),
   ...(options.costs ? costComparisons : []),
+  ...againstComparisons(options.against),
 ]
 
 /**
@@ -159,7 +173,7 @@ export const activeComparisons = (options: Options) => [
  * its own command, started once), then runtime by runtime, each in the order given.
  */
 export const placements = (keys: VariantKey[], options: Options) =>
-  [undefined, ...options.runtimes].flatMap((runtime) => keys.filter((key) => (variants[key].command === undefined) === (runtime !== undefined)).map((variant) => ({ runtime, variant })))
+  [undefined, ...options.runtimes].flatMap((runtime) => keys.filter((key) => (variantOf(key).command === undefined) === (runtime !== undefined)).map((variant) => ({ runtime, variant })))
 
 /** Builds the Go peer from `source` into the run's folder; when it cannot, says in one line why it is not measured. */
 export function buildGoPeer(source: string): boolean {
@@ -189,7 +203,32 @@ export function writeCostVariants(): void {
   }
 }
 
+/**
+ * Writes index.ts as it was at each revision (`git show REV:index.ts`) beside the cost copies, and
+ * adds it to the variants as `at REV`: before and after, measured in the same rounds.
+ */
+export function writeRevisionVariants(revisions: string[]): void {
+  mkdirSync(join(root, costsDir), { recursive: true })
+  for (const revision of revisions) {
+    const shown = Bun.spawnSync(['git', 'show', `${revision}:index.ts`], { cwd: root, stdout: 'pipe', stderr: 'pipe' })
+    if (shown.exitCode !== 0) throw new Error(`--against ${revision}: ${shown.stderr.toString().trim()}`)
+    const entry = `${costsDir}/at-${revision.replace(/[^\w.-]/g, '_')}.ts`
+    writeFileSync(join(root, entry), shown.stdout)
+    const key: VariantKey = `at ${revision}`
+    variants[key] = { label: `index.ts at ${revision}`, entry, env: {}, redis: false, workers: false, timeStartup: false }
+    variantKeys.push(key)
+  }
+}
+
 /** Measured besides what the comparisons need: the server on every route, for its "vs /health" column. */
 export const alsoMeasured: [VariantKey, RouteKey[]][] = [['server', ['health', 'openvidu', 'standard', 'webhook']]]
 
+/** A variant by its key (a revision's once writeRevisionVariants added it). */
+export function variantOf(key: VariantKey): Variant {
+  const variant = variants[key]
+  if (!variant) throw new Error(`No variant "${key}"`)
+  return variant
+}
+
+/** Every variant, in the order each round measures them (writeRevisionVariants adds to it). */
 export const variantKeys = Object.keys(variants) as VariantKey[]

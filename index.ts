@@ -250,7 +250,7 @@ const url = <T extends string | undefined>(fallback: T, schemes: RegExp, expecte
   },
 })
 
-const text = (meaning: string, fallback?: string): Setting<string | undefined> => ({ read: (value) => value || fallback, meaning })
+const textSetting = (meaning: string, fallback?: string): Setting<string | undefined> => ({ read: (value) => value || fallback, meaning })
 
 export const settings = {
   SERVER_PORT: integer(6080, 0, 65535, 'the port to listen on (0: a free one)'),
@@ -261,13 +261,13 @@ export const settings = {
   LOG_LEVEL: choice(['info', 'warn', 'error'], 'the least severe lines logged'),
   OPENAPI: choice(['1', '0'], 'whether GET /openapi.json and the docs page at GET /openapi are served'),
   AUTH_JWKS_URL: url(undefined, /^https?:$/, 'an http:// or https:// URL', "the identity provider's key set: /token then requires a bearer ID token"),
-  AUTH_ISSUER: text("the iss that callers' ID tokens must carry; required with AUTH_JWKS_URL"),
-  AUTH_AUDIENCE: text("the aud that callers' ID tokens must carry (the app's client ID); required with AUTH_JWKS_URL"),
-  AUTH_IDENTITY_CLAIM: text('the ID-token claim that becomes the LiveKit identity', 'sub'),
+  AUTH_ISSUER: textSetting("the iss that callers' ID tokens must carry; required with AUTH_JWKS_URL"),
+  AUTH_AUDIENCE: textSetting("the aud that callers' ID tokens must carry (the app's client ID); required with AUTH_JWKS_URL"),
+  AUTH_IDENTITY_CLAIM: textSetting('the ID-token claim that becomes the LiveKit identity', 'sub'),
   TOKEN_RATE_LIMIT: integer(undefined, 1, 1_000_000, 'token requests each caller may make per minute; no limit when unset'),
   TRUST_PROXY: { read: readProxyCount, meaning: 'how many reverse proxies in a row append to X-Forwarded-For (0: trust none of it)' },
   REDIS_URL: { read: readRedisUrl, meaning: "where handled webhook ids and rate-limit allowances are shared; this process's memory when unset" },
-  REDIS_KEY_PREFIX: text('what Redis keys start with (by default per API key), so that deployments sharing one Redis do not meet'),
+  REDIS_KEY_PREFIX: textSetting('what Redis keys start with (by default per API key), so that deployments sharing one Redis do not meet'),
   WORKERS: { read: readWorkers, meaning: 'how many processes (Bun) or threads (Deno) serve the port' },
   EVENTS_STREAM: { read: readStreamKey, meaning: 'the Redis Stream each verified event is appended to, exactly as given (not prefixed)' },
   EVENTS_STREAM_MAXLEN: integer(100_000, 1, 1_000_000_000, 'the stream is trimmed to about this many entries (MAXLEN ~)'),
@@ -643,7 +643,7 @@ function createTokenRoute(config: Config, decide: TokenDecider, state: SharedSta
   // The route's own parser, so that no spelling of the path (`/token/`, `/token?x`) skips admission.
   function readTokenRequest({ request, server }: { request: Request; server: BunServer }) {
     requireHostName(request)
-    // Not async: with nothing to admit, the body's promise is handed on without a layer around it.
+    // Speed (the sync/async split): with nothing to admit, no promise layer around the body's.
     if (authenticate || tokenRateLimit) return admitTokenRequest(request, server).then(() => readJsonObject(request))
     return readJsonObject(request)
   }
@@ -695,7 +695,7 @@ function createTokenRoute(config: Config, decide: TokenDecider, state: SharedSta
   return { read: readTokenRequest, answer: answerTokenRequest }
 }
 
-/** `next` applied to the value, at once unless it is still to come: no promise layer when it is here. */
+/** Speed (the sync/async split): `next` applied at once to a value, after it to a promise. */
 function whenSettled<T, U>(value: T | Promise<T>, next: (value: T) => U): U | Promise<U> {
   return value instanceof Promise ? value.then(next) : next(value)
 }
@@ -726,7 +726,7 @@ export interface TokenPolicy {
   defaultRole?: PolicyRole
 }
 
-/** A room pattern as the runs of text between its `*`s (with their `{claim}`s): no RegExp to build per caller. */
+/** Speed (the glob matcher): a room pattern as the runs of text between its `*`s, matched without a RegExp. */
 interface RoomPattern {
   runs: (string | RunPiece[])[]
 }
@@ -758,8 +758,8 @@ function applyTokenPolicy(policy: TokenPolicy, claims: Claims, asked: TokenAsk):
     }
   }
   const [first] = allowing as [PolicyRole]
-  const settingsRole = allowing.find((role) => role.hasOwnRoomConfig) ?? first
-  const roomConfig = withAgents(settingsRole, asked.roomConfig)
+  const roomConfigRole = allowing.find((role) => role.hasOwnRoomConfig) ?? first
+  const roomConfig = withAgents(roomConfigRole, asked.roomConfig)
   if (typeof roomConfig === 'string') return refused(roomConfig)
   if (allowing.length === 1) return { room, grant: first.grant, ttlSeconds: first.ttlSeconds, roomConfig }
   return { room, grant: unionOfGrants(allowing), ttlSeconds: Math.max(...allowing.map((role) => role.ttlSeconds)), roomConfig }
@@ -1051,15 +1051,14 @@ function parsePolicyRoomConfig(json: Record<string, unknown>, at: string): RoomC
 // ==== Tokens =======================================================================================================
 // The SDK says what the claims are (claimsToJwtPayload); signing is one HMAC with a key prepared once.
 
-// Encoding straight from bytes: Deno's Buffer polyfill spent more on its pool than on the HMAC.
+// Speed, on Deno (whose Buffer spent more on its pool than the HMAC): base64url straight from bytes.
 const utf8Encoder = new TextEncoder()
 const base64url = (text: string): string => utf8Encoder.encode(text).toBase64({ alphabet: 'base64url', omitPadding: true })
 
 // The header LiveKit's own Go minter writes.
 const jwtHeader = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url')
 
-// A role's room settings go into many tokens: serialised once, and frozen, so that the serialised copy stays
-// true to them.
+// Speed (the shared room_config): a role's settings serialised once, and frozen so that the copy stays true.
 const sharedRoomConfigClaims = new WeakMap<RoomConfiguration, RoomConfigClaim>()
 type RoomConfigClaim = ReturnType<RoomConfiguration['toJson']>
 
@@ -1254,19 +1253,23 @@ function createWebhookRoute(config: Config, handlers: Record<string, WebhookHand
   const verifyWebhookSigner = createWebhookSignerVerifier(config)
   // Own entries only: an event named "__proto__" or "valueOf" must not find Object.prototype's.
   const handlerFor = (name: string) => (Object.hasOwn(handlers, name) ? handlers[name]! : logUnknownEvent)
-  // The built-in handlers read no more than a view: the event is decoded whole (the SDK's
-  // WebhookEvent, a third of a webhook's time) only for a handler of the app's own.
-  const readsTheViewAlone = (handler: WebhookHandler) => handler === logEvent || handler === logUnknownEvent
   return async function receiveWebhook(request: Request) {
     requireHostName(request)
     let event: EventView
+    let handle: () => void | Promise<void>
     let body: Uint8Array
     try {
       const claims = verifyWebhookSigner(request.headers.get('authorization'))
       // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
       const json = verifiedJson((body = await readBody(request, config.maxBodyBytes, 'webhook', 'bytes')), claims)
+      // Speed (the event view): a built-in handler logs the JSON as it is; an app's own gets the decoded event.
       const view = plainEventView(json)
-      event = view && readsTheViewAlone(handlerFor(view.event)) ? view : decodeEvent(json)
+      const logs = view && logsAView(handlerFor(view.event))
+      if (view && logs) [event, handle] = [view, () => logs(view)]
+      else {
+        const decoded = decodeEvent(json)
+        ;[event, handle] = [decoded, () => handlerFor(decoded.event)(decoded)]
+      }
     } catch (error) {
       if (error instanceof HttpError) throw error
       log('warn', 'webhook refused', { reason: (error as Error).message })
@@ -1290,8 +1293,7 @@ function createWebhookRoute(config: Config, handlers: Record<string, WebhookHand
       throw new HttpError(503, 'This event is being handled, retry shortly', { 'retry-after': '5' })
     }
     try {
-      // A view reaches only the handlers that read no more (readsTheViewAlone).
-      await handlerFor(event.event)(event as WebhookEvent)
+      await handle()
     } catch (error) {
       // Release the id so that LiveKit's redelivery of this event is handled.
       if (event.id) await state.release(event.id)
@@ -1321,7 +1323,7 @@ export function createWebhookVerifier(config: Config) {
 export function createWebhookSignerVerifier(config: Config) {
   // The JWT's issuer (its API key) picks the secret, as LiveKit's own server does.
   const signers = new Map([...config.keys].map(([apiKey, apiSecret]) => [apiKey, hmacSha256(apiSecret)]))
-  // The headers already read and found plain: LiveKit writes the same one every time.
+  // Speed (the header cache): the headers already found plain; LiveKit writes the same one every time.
   const plainHeaders = new Set<string>()
   return function verifySigner(authorization: string | null): WebhookClaims {
     if (!authorization) throw new Error('authorization header is empty')
@@ -1381,6 +1383,10 @@ function verifiedJson(body: Uint8Array, claims: WebhookClaims): unknown {
 }
 
 const decodeEvent = (json: unknown) => WebhookEvent.fromJson(json as never, { ignoreUnknownFields: true })
+
+/** The built-in handler, when it is one: they read no more than an EventView. */
+const logsAView = (handler: WebhookHandler) =>
+  handler === logEvent ? logEvent : handler === logUnknownEvent ? logUnknownEvent : undefined
 
 /**
  * An event as the server itself reads it (ids, the log line, metrics, the stream), in WebhookEvent's
@@ -1534,7 +1540,7 @@ export class SharedState {
   // This state's claims carry its own mark, so that it only ever releases its own.
   private readonly claimMark = `claimed:${crypto.randomUUID()}`
   private redis?: RedisConnection
-  private status: 'connecting' | 'ok' | 'unavailable' | 'not configured'
+  private redisState: 'connecting' | 'ok' | 'unavailable' | 'not configured'
   /** Settles once the first attempt to reach Redis has ended, either way; startServer waits for it. */
   readonly connected: Promise<void>
 
@@ -1544,14 +1550,14 @@ export class SharedState {
     /** Keys start with it, so that deployments sharing one Redis do not see each other's. */
     private readonly keyPrefix = '',
   ) {
-    this.status = redisUrl ? 'connecting' : 'not configured'
+    this.redisState = redisUrl ? 'connecting' : 'not configured'
     this.connected = redisUrl ? this.connect(redisUrl) : Promise.resolve()
   }
 
   /** Whether Redis is in use, once the first attempt to connect has ended. */
   async redisStatus(): Promise<'ok' | 'unavailable'> {
     await this.connected
-    return this.status === 'ok' ? 'ok' : 'unavailable'
+    return this.redisState === 'ok' ? 'ok' : 'unavailable'
   }
 
   claim(id: string): MaybePromise<Claim> {
@@ -1583,15 +1589,15 @@ export class SharedState {
     )
   }
 
-  /** Without REDIS_URL, on memory and at once: no promise for every webhook and rate-limited request. */
+  /** Speed (the sync/async split): without REDIS_URL, on memory at once, no promise per webhook. */
   private use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): MaybePromise<T> {
     return this.redisUrl ? this.useRedis(onRedis, inMemory) : inMemory()
   }
 
   /** On Redis if it is in use and answers within 250 ms, else on memory. */
   private async useRedis<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {
-    if (this.status === 'connecting') await this.connected
-    if (this.status !== 'ok' || !this.redis) return inMemory()
+    if (this.redisState === 'connecting') await this.connected
+    if (this.redisState !== 'ok' || !this.redis) return inMemory()
     try {
       return await withTimeout(onRedis(this.redis), 250)
     } catch (error) {
@@ -1605,17 +1611,17 @@ export class SharedState {
       this.redis = await openRedis(url)
       await withTimeout(this.redis.connect(), 1000)
       await withTimeout(this.redis.send('PING', []), 1000)
-      this.status = 'ok'
+      this.redisState = 'ok'
     } catch (error) {
-      this.status = 'unavailable'
+      this.redisState = 'unavailable'
       log('error', "redis unavailable at start: using this process's memory until it answers", { redis: redactedUrl(url), error: redacted(error, url) })
       if (this.redis) this.watchForRecovery()
     }
   }
 
   private degrade(error: unknown): void {
-    if (this.status !== 'ok') return
-    this.status = 'unavailable'
+    if (this.redisState !== 'ok') return
+    this.redisState = 'unavailable'
     log('warn', "redis unavailable: using this process's memory until it answers", { error: redacted(error, this.redisUrl!) })
     this.watchForRecovery()
   }
@@ -1635,7 +1641,7 @@ export class SharedState {
         asking = false
       }
       clearInterval(timer)
-      this.status = 'ok'
+      this.redisState = 'ok'
       announce('redis available again: sharing state through it')
     }, 1000)
     ;(timer as { unref?: () => void }).unref?.()
@@ -1663,12 +1669,18 @@ async function runScript(redis: RedisConnection, script: string, keyCount: numbe
 
 /** The promise's outcome, or an error ("no answer within …") once `ms` have passed. */
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  // One promise around the awaited one (not a race and a finally): every Redis command goes through here.
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)
+    const settle = () => clearTimeout(timer)
     promise.then(
-      (value) => (clearTimeout(timer), resolve(value)),
-      (error) => (clearTimeout(timer), reject(error)),
+      (value) => {
+        settle()
+        resolve(value)
+      },
+      (error) => {
+        settle()
+        reject(error)
+      },
     )
   })
 }
@@ -1730,7 +1742,7 @@ export class EventStream {
   private drainDeadline = Infinity
 
   constructor(
-    private readonly settings: EventStreamConfig,
+    private readonly config: EventStreamConfig,
     private readonly redisUrl: string,
     private readonly keyPrefix: string,
     private readonly ids: RecentIds,
@@ -1759,19 +1771,22 @@ export class EventStream {
         await withTimeout(this.run(entry), 250)
         return { received: true }
       } catch (error) {
-        if (!this.away) log('warn', 'redis stream unavailable: holding events in the outbox until it answers', { stream: this.settings.key, error: redacted(error, this.redisUrl) })
+        if (!this.away) log('warn', 'redis stream unavailable: holding events in the outbox until it answers', { stream: this.config.key, error: redacted(error, this.redisUrl) })
         this.away = true
       }
     }
-    if (this.outbox.length >= this.settings.outboxEvents || this.outboxBytes + entry.bytes > maxOutboxBytes) {
+    if (this.outbox.length >= this.config.outboxEvents || this.outboxBytes + entry.bytes > maxOutboxBytes) {
       // Its redelivery runs the handlers again, as after any 5xx.
       if (event.id) await this.state.release(event.id)
-      log('warn', 'webhook refused: the event outbox is full', { ...describeEvent(event), stream: this.settings.key, held: this.outbox.length })
+      log('warn', 'webhook refused: the event outbox is full', { ...describeEvent(event), stream: this.config.key, held: this.outbox.length })
       throw new HttpError(503, 'The event stream is unavailable and the outbox is full, retry later', { 'retry-after': '5' })
     }
     this.outbox.push(entry)
     this.outboxBytes += entry.bytes
-    if (entry.id) (this.held.add(entry.id), this.ids.complete(entry.id))
+    if (entry.id) {
+      this.held.add(entry.id)
+      this.ids.complete(entry.id)
+    }
     this.drainSoon()
     return { received: true }
   }
@@ -1784,7 +1799,7 @@ export class EventStream {
     await this.draining
     if (this.outbox.length === 0) return
     log('error', `${this.outbox.length} events were not appended to the stream: Redis did not answer, and they are lost with this process`, {
-      stream: this.settings.key,
+      stream: this.config.key,
       notAppended: this.outbox.length,
     })
   }
@@ -1796,7 +1811,7 @@ export class EventStream {
     // The exact bytes LiveKit signed, as bytes: both clients send a Buffer as it is.
     const bytes = Buffer.from(body.buffer, body.byteOffset, body.byteLength)
     const key = `${this.keyPrefix}${event.id ? `webhook:${event.id}` : `append:${crypto.randomUUID()}`}`
-    const args = [key, this.settings.key, String(this.settings.maxLength), String(handledTtlMs), ...fields, 'body', bytes]
+    const args = [key, this.config.key, String(this.config.maxLength), String(handledTtlMs), ...fields, 'body', bytes]
     // Everything the entry holds counts against the outbox's bytes, not the body alone.
     return { id: event.id, args, bytes: args.reduce((sum, arg) => sum + Buffer.byteLength(arg), 0) }
   }
@@ -1839,7 +1854,7 @@ export class EventStream {
       appended += 1
     }
     if (this.outbox.length === 0) this.away = false
-    if (appended > 0) announce('redis stream available again: held events appended', { stream: this.settings.key, appended, held: this.outbox.length })
+    if (appended > 0) announce('redis stream available again: held events appended', { stream: this.config.key, appended, held: this.outbox.length })
   }
 }
 
@@ -1897,8 +1912,8 @@ function bodyReadError(error: unknown): HttpError {
 }
 
 /**
- * A body read as one promise, failed with a 408 once it has run 10 s (at most 11: one timer a second
- * checks them all, as Node's HTTP server does); `release` is called once, when it ends either way.
+ * A body read as one promise, failed with a 408 once it has run 10 s (at most 11); `release` is called once,
+ * when it ends either way. Speed (the body timer): one timer a second checks every read, as Node's server does.
  */
 function createBodyTimeouts() {
   // The reads running, each as the function that fails it, and when; oldest first, as each gets the
@@ -1920,9 +1935,19 @@ function createBodyTimeouts() {
         const timer = setInterval(failOverdue, 1000)
         ;(timer as { unref?: () => void }).unref?.()
       }
-      const fail = (error: unknown) => deadlines.delete(fail) && (release(), reject(bodyReadError(error)))
+      // The first to come, the body or its deadline, settles the read; the other finds it settled.
+      const settle = (): boolean => {
+        if (!deadlines.delete(fail)) return false
+        release()
+        return true
+      }
+      const fail = (error: unknown) => {
+        if (settle()) reject(bodyReadError(error))
+      }
       deadlines.set(fail, performance.now() + bodyTimeoutMs)
-      reading.then((value) => deadlines.delete(fail) && (release(), resolve(value)), fail)
+      reading.then((value) => {
+        if (settle()) resolve(value)
+      }, fail)
     })
 }
 

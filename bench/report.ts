@@ -6,7 +6,7 @@ import { efficiency, finder, medianCpu, medianLatencyMs, medianRate, ratio, type
 import { label, loadCores, roundSeconds, serverCore, startupRuns, sum, warmupSeconds, wrkConnections, wrkThreads } from './harness.ts'
 import { where, type ServerLog, type Target } from './rounds.ts'
 import { routeKeys, scenarios } from './scenarios.ts'
-import { againstComparisons, comparisons, costKeys, costs, limit, streamKey, variantOf, type Comparison, type Options, type VariantKey } from './variants.ts'
+import { againstComparisons, comparisons, costBaseline, costKeys, costs, limit, streamKey, variantOf, type Comparison, type Options, type VariantKey } from './variants.ts'
 
 type Align = 'left' | 'right'
 
@@ -122,13 +122,13 @@ function costsSection(runtimes: Runtime[], find: Find): string {
   const rows = costKeys.flatMap((key) =>
     runtimes.flatMap((runtime) =>
       costs[key].routes.map((route) => {
-        const [without, server] = [find(runtime, `without ${key}`, route), find(runtime, 'server', route)]
+        const [without, server] = [find(runtime, `without ${key}`, route), find(runtime, costBaseline(key), route)]
         return [costs[key].label, runtime, scenarios[route].label, times(ratio(without, server)), times(ratio(without, server, efficiency))]
       }),
     ),
   )
   return [
-    '#### What each behaviour costs: the server without it ÷ the server',
+    '#### What each behaviour costs: the server without it ÷ the server (under TOKEN_POLICY for the policy\'s tricks)',
     '',
     markdownTable(['without', 'runtime', 'route', 'req/s', 'CPU'], ['left', 'left', 'left', 'right', 'right'], rows),
     '',

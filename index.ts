@@ -19,7 +19,7 @@
 //   CORS and the API described  open CORS; GET /openapi.json and its page
 //   Logging                     JSON log lines
 //   Metrics                     GET /metrics on PROMETHEUS_PORT
-//   Serving                     Bun and Deno: serving, HMAC, Redis clients, signals; stopping
+//   Serving                     serving, stopping; `runtime`: every Bun/Deno difference (HMAC, Redis, signals, workers)
 //   Workers                     WORKERS=N processes or threads
 //   Starting up                 the configuration, then the workers or the server
 import { Elysia, getSchemaValidator, status, t, type ErrorContext } from 'elysia'
@@ -180,11 +180,10 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
         description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
       },
     })
-  // What serving needs to know: whether to record addresses, when Redis was first tried, what to flush,
-  // what to measure.
+  // What serving needs (startServer): whether the rate limit needs connecting addresses (costly on Deno), Redis's
+  // first attempt (awaited before listening), the stream to flush once stopped, the metrics to serve.
   const connecting = Promise.all([state.connected, events?.connected])
-  servingNeeds.set(app, { addresses: config.tokenRateLimit !== undefined, connecting, events, metrics })
-  return app
+  return app.state('serving', { addresses: config.tokenRateLimit !== undefined, connecting, events, metrics })
 }
 
 /** What createApp returns, for typed clients: `treaty<App>(url).token.post(…)`. */
@@ -424,8 +423,7 @@ function readSetting(env: Env, name: string): string | undefined {
     content = readFileSync(path, 'utf8')
   } catch (error) {
     const reason = (error as { code?: string }).code ?? (error as Error).name
-    const hint = onBun ? '' : ` (Deno needs --allow-read=${path})`
-    throw new ConfigError(`${name}_FILE: cannot read "${path}" (${reason})${hint}`)
+    throw new ConfigError(`${name}_FILE: cannot read "${path}" (${reason})${runtime.readPermission(path)}`)
   }
   const trimmed = content.replace(/\r?\n$/, '')
   if (!trimmed.trim()) throw new ConfigError(`${name}_FILE: "${path}" is empty`)
@@ -1083,7 +1081,7 @@ function deepFreeze<T>(value: T): T {
 }
 
 export function createTokenMinter(config: Config) {
-  const sign = hmacSha256(config.apiSecret)
+  const sign = runtime.hmacSha256(config.apiSecret)
   return function mintToken(participant: Participant, grant = fullGrant, ttlSeconds = config.tokenTtlSeconds): string {
     const grants: ClaimGrants = {
       name: participant.name,
@@ -1208,12 +1206,9 @@ export class RateLimiter {
   }
 }
 
-
-type BunServer = { requestIP(request: Request): { address: string } | null } | null
-
 /** The connection's address, or behind N trusted proxies the X-Forwarded-For hop N from the right (the rest is the client's to write). */
 function clientAddress(request: Request, server: BunServer, trustedProxies: number): string {
-  const connectionAddress = unmapped(remoteAddresses.get(request) ?? server?.requestIP(request)?.address ?? 'unknown')
+  const connectionAddress = unmapped(runtime.connectingAddress(request, server) ?? 'unknown')
   if (trustedProxies === 0) return connectionAddress
   const hops = request.headers.get('x-forwarded-for')?.split(',') ?? []
   const hop = withoutPort(hops[hops.length - trustedProxies]?.trim() ?? '')
@@ -1322,7 +1317,7 @@ export function createWebhookVerifier(config: Config) {
  */
 export function createWebhookSignerVerifier(config: Config) {
   // The JWT's issuer (its API key) picks the secret, as LiveKit's own server does.
-  const signers = new Map([...config.keys].map(([apiKey, apiSecret]) => [apiKey, hmacSha256(apiSecret)]))
+  const signers = new Map([...config.keys].map(([apiKey, apiSecret]) => [apiKey, runtime.hmacSha256(apiSecret)]))
   // Speed (the header cache): the headers already found plain; LiveKit writes the same one every time.
   const plainHeaders = new Set<string>()
   return function verifySigner(authorization: string | null): WebhookClaims {
@@ -1608,7 +1603,7 @@ export class SharedState {
 
   private async connect(url: string): Promise<void> {
     try {
-      this.redis = await openRedis(url)
+      this.redis = await runtime.openRedis(url)
       await withTimeout(this.redis.connect(), 1000)
       await withTimeout(this.redis.send('PING', []), 1000)
       this.redisState = 'ok'
@@ -1748,7 +1743,7 @@ export class EventStream {
     private readonly ids: RecentIds,
     private readonly state: SharedState,
   ) {
-    this.redis = openRedis(redisUrl).then(async (redis) => {
+    this.redis = runtime.openRedis(redisUrl).then(async (redis) => {
       await withTimeout(redis.connect(), 1000).catch(() => {}) // the first append says whether it worked
       this.connecting = false
       return redis
@@ -2122,12 +2117,14 @@ const lineSeparators = /[\u2028\u2029]/g
 const escapeCharacter = (character: string) => `\\u${character.charCodeAt(0).toString(16)}`
 
 const levelRanks: Record<Level, number> = { info: 0, warn: 1, error: 2 }
-let lowestLevelLogged: Level = 'info'
-
-/** LOG_LEVEL: at "warn", the per-request and per-event info lines go quiet. */
-export function setLogLevel(level: Level): void {
-  lowestLevelLogged = level
-}
+/** LOG_LEVEL, the process's, read once: at "warn", the per-request and per-event info lines go quiet. */
+const lowestLevelLogged: Level = (() => {
+  try {
+    return settings.LOG_LEVEL.read(process.env.LOG_LEVEL?.trim() || undefined, 'LOG_LEVEL')
+  } catch {
+    return 'info' // loadConfig refuses it, and the server does not start
+  }
+})()
 
 export function log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
   if (levelRanks[level] < levelRanks[lowestLevelLogged]) return
@@ -2140,12 +2137,12 @@ function announce(msg: string, fields: Record<string, unknown> = {}): void {
 }
 
 /**
- * One write a line, info to stdout and the rest to stderr: whole even where workers share the pipe
- * (a line under 4 KiB), and none left in a buffer when the process ends. `fields` are never named
- * time, level, msg or worker.
+ * One write a line, info to stdout and the rest to stderr: whole even where workers share the pipe (a line under
+ * 4 KiB), and none left in a buffer when the process ends. `fields` are never named time, level, msg or worker.
  */
 function writeLogLine(level: Level, msg: string, fields: Record<string, unknown>): void {
-  const head = `{"time":"${new Date().toISOString()}","level":"${level}","msg":${JSON.stringify(msg)}${workerNumber === undefined ? '' : `,"worker":${workerNumber}`}`
+  const worker = runtime.worker ? `,"worker":${runtime.worker.number}` : ''
+  const head = `{"time":"${new Date().toISOString()}","level":"${level}","msg":${JSON.stringify(msg)}${worker}`
   const rest = JSON.stringify(fields)
   // U+2028 and U+2029 are valid in JSON but end a line for some log readers: escape them too.
   const line = `${rest === '{}' ? `${head}}` : `${head},${rest.slice(1)}`}\n`.replace(lineSeparators, escapeCharacter)
@@ -2308,22 +2305,19 @@ async function loadPromClient(): Promise<PromClient> {
 // prom-client's process series that read /proc/self at each scrape: Deno 2.9 lets only --allow-all read
 // there (they would read 0), and in a terminal it stops the whole server to ask at the first scrape.
 const procSeries = [
-  'process_resident_memory_bytes',
-  'process_virtual_memory_bytes',
-  'process_heap_bytes',
-  'process_open_fds',
+  'process_resident_memory_bytes', 'process_virtual_memory_bytes', 'process_heap_bytes', 'process_open_fds',
 ]
 
 function collectProcessMetrics({ register, collectDefaultMetrics, Gauge }: PromClient): void {
   collectDefaultMetrics({ register })
   // A worker thread shares its process with the first thread, which reports the process alone.
-  if (isWorkerThread) {
+  if (runtime.worker?.thread) {
     for (const { name } of register.getMetricsAsArray()) {
       if (name.startsWith('process_')) register.removeSingleMetric(name)
     }
     return
   }
-  if (onBun || procReadable()) return
+  if (runtime.procReadable()) return
   for (const name of procSeries) register.removeSingleMetric(name)
   // The runtime's own reading instead, the real figure where prom-client's would be 0.
   const resident: PromGauge = new Gauge({
@@ -2333,24 +2327,11 @@ function collectProcessMetrics({ register, collectDefaultMetrics, Gauge }: PromC
   })
 }
 
-/** Deno: whether /proc/self can be read, tried only where Deno would not stop to ask. */
-function procReadable(): boolean {
-  if (Deno.permissions.querySync({ name: 'read', path: '/proc/self/status' }).state !== 'granted') return false
-  try {
-    return readFileSync('/proc/self/status').length > 0
-  } catch {
-    return false
-  }
-}
-
-/**
- * GET /metrics for an app: on PROMETHEUS_PORT, or from a worker, to the first process that sums
- * them. Returns how to stop.
- */
+/** GET /metrics for an app: on PROMETHEUS_PORT, or from a worker, to the first process that sums them. */
 async function serveAppMetrics(metrics: AppMetrics): Promise<() => Promise<void>> {
   await metrics.ready
-  if (workerNumber !== undefined) {
-    answerMetricsRequests(async () => (await metrics.registry()).getMetricsAsJSON())
+  if (runtime.worker) {
+    answerMetricsRequests(runtime.worker, async () => (await metrics.registry()).getMetricsAsJSON())
     return async () => {}
   }
   const { prometheusContentType } = await loadPromClient()
@@ -2358,17 +2339,16 @@ async function serveAppMetrics(metrics: AppMetrics): Promise<() => Promise<void>
 }
 
 /**
- * With WORKERS, the first process's GET /metrics: its own process series and every worker's figures,
- * summed. prom-client leaves the start time out of a sum (each process has its own): the first
- * process's, which started the server, is given instead.
+ * With WORKERS, the first process's GET /metrics: its own process series and every worker's figures, summed.
+ * prom-client leaves the start time out of a sum (each process has its own): the first process's is given instead.
  */
-async function serveWorkersMetrics(port: number, workers: () => WorkerHandle[]): Promise<void> {
+async function serveWorkersMetrics(port: number, askWorkers: () => Promise<MetricsJson[]>): Promise<void> {
   const { AggregatorRegistry, Registry, register, prometheusContentType } = await loadPromClient()
   const started = new Registry()
   const startTime = register.getSingleMetric('process_start_time_seconds')
   if (startTime) started.registerMetric(startTime)
   const scrape = async () => {
-    const figures = [await register.getMetricsAsJSON(), ...(await askWorkers(workers()))]
+    const figures = [await register.getMetricsAsJSON(), ...(await askWorkers())]
     return Registry.merge([AggregatorRegistry.aggregate(figures), started]).metrics()
   }
   await serveMetrics(port, scrape, prometheusContentType)
@@ -2413,95 +2393,27 @@ function measured<Rest extends unknown[]>(
 }
 
 // ==== Serving ======================================================================================================
-// Bun and Deno: serving, the HMAC, the Redis client, signals (the workers' own differences are in Workers). Deno's
-// API as far as this file uses it, declared so that one file type-checks for both.
+// The app and its metrics served, then stopped on SIGTERM/SIGINT. Every difference between Bun and Deno lives in this
+// section, in `runtime` (chosen once, below): no other line asks which one runs.
 
-const onBun = 'Bun' in globalThis
+export type RunningServer = { port: number; stop(): Promise<void> }
 
-declare const Deno: {
-  serve(
-    options: { port: number; reusePort?: boolean; onListen?: (address: { port: number }) => void; onError?: (error: unknown) => Response },
-    handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>,
-  ): { shutdown(): Promise<void>; finished: Promise<void> }
-  addSignalListener(signal: 'SIGTERM' | 'SIGINT', handler: () => void): void
-  permissions: { querySync(descriptor: { name: 'read'; path: string }): { state: 'granted' | 'prompt' | 'denied' } }
-}
-
-/**
- * What serving an app needs to know (createApp says): whether its rate limit needs the connecting
- * address, which Deno hands to its serve handler alone and costs every request to read; the first
- * attempt to reach Redis, which serving waits for so that no request does; the stream to flush on stop;
- * the metrics to serve, and to tell each answer.
- */
-const servingNeeds = new WeakMap<
-  object,
-  { addresses: boolean; connecting: Promise<unknown>; events?: EventStream; metrics?: AppMetrics }
->()
-const remoteAddresses = new WeakMap<Request, string>()
-
-/**
- * HMAC-SHA256 with its key prepared once. Bun's createHmac is native; Deno's pads the key again, in
- * JavaScript, on every call (half of a token's signing), so there it is computed as RFC 2104 defines
- * it: two SHA-256 hashes over pads made once.
- */
-function hmacSha256(secret: string): (data: string) => Pick<Hash, 'digest'> {
-  const bytes = Buffer.from(secret)
-  if (onBun) return (data) => createHmac('sha256', bytes).update(data)
-  const key = Buffer.alloc(64)
-  ;(bytes.length > 64 ? createHash('sha256').update(bytes).digest() : bytes).copy(key)
-  const inner = key.map((byte) => byte ^ 0x36)
-  const outer = key.map((byte) => byte ^ 0x5c)
-  return (data) => createHash('sha256').update(outer).update(createHash('sha256').update(inner).update(data).digest())
-}
-
-/** What this file needs of a Redis client: Bun's built-in one, or node-redis's on Deno. */
-interface RedisConnection {
-  send(command: string, args: string[]): Promise<unknown>
-  /** Resolves once connected, (re)connecting a client that is not. */
-  connect(): Promise<void>
-}
-
-/** A client for the URL, not yet connected. Neither queues commands while disconnected: they fail at once. */
-async function openRedis(url: string): Promise<RedisConnection> {
-  if (onBun) {
-    const client = new Bun.RedisClient(url, { enableOfflineQueue: false, connectionTimeout: 1000 })
-    return { send: (command, args) => client.send(command, args), connect: async () => void (client.connected || (await client.connect())) }
-  }
-  const { createClient } = await import('@redis/client')
-  const client = createClient({ url, disableOfflineQueue: true, socket: { connectTimeout: 1000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 1000) } })
-  client.on('error', () => {}) // a lost connection is noticed, and logged, by the commands that fail
-  // node-redis keeps retrying a refused first connection, and reconnects by itself after: the first
-  // attempt ends at its first error (as Bun's does), and later ones wait for it to be ready.
-  const firstAttempt = new Promise<void>((resolve, reject) => {
-    client.once('error', reject)
-    client.connect().then(() => resolve(), reject)
+/** Serves the app; resolves once it listens. The port is this process's alone unless `sharedPort` (workers). */
+export async function startServer(app: App, port: number, { sharedPort = false } = {}): Promise<RunningServer> {
+  // What createApp says serving needs: Redis tried first (no request waits for it), a stream to flush, metrics.
+  const { connecting, events, metrics } = app.store.serving
+  await connecting
+  // Its metrics first: a busy PROMETHEUS_PORT stops the server before it listens.
+  const stopMetrics = metrics ? await serveAppMetrics(metrics) : async () => {}
+  const server = await runtime.serve(app, port, sharedPort).catch(async (error) => {
+    await stopMetrics()
+    throw error
   })
-  firstAttempt.catch(() => {})
-  let attempted = false
-  let ready: Promise<void> | undefined
-  const whenReady = () => (ready ??= new Promise<void>((resolve) => client.once('ready', () => ((ready = undefined), resolve()))))
-  return {
-    send: (command, args) => client.sendCommand([command, ...args]),
-    connect: async () => {
-      if (!attempted) return (attempted = true), firstAttempt
-      if (!client.isReady) await whenReady()
-    },
-  }
-}
-
-/** Bun: listen() routes past app.fetch, so measuring every answer takes serving app.fetch (Elysia's timeout). */
-function serveMeasured(app: ReturnType<typeof createApp>, port: number, reusePort: boolean, metrics: AppMetrics): void {
-  app.compile()
-  const fetch = measured((request: Request) => app.fetch(request), metrics)
-  app.server = Bun.serve({ port, reusePort, idleTimeout: 30, fetch })
+  return { port: server.port, stop: () => server.stop().then(() => events?.flush()).then(stopMetrics) }
 }
 
 /** GET /metrics on PROMETHEUS_PORT; anything else a 404. Resolves once it listens, with how to stop. */
-async function serveMetrics(
-  port: number,
-  scrape: () => Promise<string>,
-  contentType: string,
-): Promise<() => Promise<void>> {
+async function serveMetrics(port: number, scrape: () => Promise<string>, contentType: string) {
   const handler = async (request: Request): Promise<Response> => {
     if (request.method !== 'GET' || new URL(request.url).pathname !== '/metrics') {
       return Response.json(errorBody('Only GET /metrics is served on this port'), { status: 404 })
@@ -2514,140 +2426,10 @@ async function serveMetrics(
     }
   }
   try {
-    if (onBun) {
-      const server = Bun.serve({ port, reusePort: false, fetch: handler })
-      return () => server.stop(true)
-    }
-    const listening = Promise.withResolvers<void>()
-    const server = Deno.serve({ port, onListen: () => listening.resolve() }, handler)
-    await listening.promise
-    return () => server.shutdown()
+    return await runtime.serveFetch(port, handler)
   } catch (error) {
     throw isPortInUse(error) ? new PortInUse(`PROMETHEUS_PORT ${port}`) : error
   }
-}
-
-// ---- Starting and stopping ----------------------------------------------------------------------------------------
-
-export interface RunningServer {
-  port: number
-  stop(): Promise<void>
-}
-
-/** Serves the app; resolves once it listens. The port is this process's alone unless `sharedPort` (workers). */
-export async function startServer(app: ReturnType<typeof createApp>, port: number, { sharedPort = false } = {}): Promise<RunningServer> {
-  const { connecting, metrics } = servingNeeds.get(app) ?? {}
-  await connecting
-  if (!metrics) return serveApp(app, port, sharedPort)
-  // Its metrics first: a busy PROMETHEUS_PORT stops the server before it listens.
-  const stopMetrics = await serveAppMetrics(metrics)
-  const server = await serveApp(app, port, sharedPort, metrics).catch(async (error) => {
-    await stopMetrics()
-    throw error
-  })
-  return { port: server.port, stop: () => server.stop().then(stopMetrics) }
-}
-
-async function serveApp(
-  app: ReturnType<typeof createApp>,
-  port: number,
-  sharedPort: boolean,
-  metrics?: AppMetrics,
-): Promise<RunningServer> {
-  if (!onBun) return serveOnDeno(app, port, sharedPort, metrics)
-  if (metrics) serveMeasured(app, port, sharedPort, metrics)
-  else app.listen({ port, reusePort: sharedPort })
-  const server = app.server!
-  // Bun's stop() closes the listener and resolves once the requests in flight are answered.
-  return { port: server.port!, stop: () => server.stop().then(() => servingNeeds.get(app)?.events?.flush()) }
-}
-
-function serveOnDeno(
-  app: ReturnType<typeof createApp>,
-  port: number,
-  reusePort: boolean,
-  metrics?: AppMetrics,
-): Promise<RunningServer> {
-  // Deno's shutdown() (2.9, seen here) makes the bodies of requests in flight unreadable, so
-  // stopping first waits for those requests, and answers 503 to any that arrive meanwhile.
-  let inFlight = 0
-  let stopping = false
-  let onIdle = () => {}
-  const recordsAddresses = servingNeeds.get(app)?.addresses
-  const handler = async (request: Request, info: { remoteAddr: { hostname: string } }) => {
-    if (stopping) return Response.json(errorBody('The server is stopping'), { status: 503, headers: { connection: 'close', 'retry-after': '1' } })
-    // Deno writes the Host header into request.url as it came: a "/" in it would move the path routed.
-    if (request.headers.get('host')?.includes('/')) return Response.json(errorBody('Invalid Host header'), { status: 400 })
-    inFlight += 1
-    try {
-      if (recordsAddresses) remoteAddresses.set(request, info.remoteAddr.hostname)
-      const response = await app.fetch(request)
-      // An upload refused (503 while busy) or given up (408) closes its connection.
-      if ((response.status === 503 || response.status === 408) && response.headers.get('connection') === 'close') return cutShort(response)
-      return response
-    } finally {
-      inFlight -= 1
-      if (inFlight === 0) onIdle()
-    }
-  }
-
-  return new Promise((resolve, reject) => {
-    let server: ReturnType<typeof Deno.serve>
-    const stop = async () => {
-      stopping = true
-      if (inFlight > 0) await new Promise<void>((resolve) => (onIdle = resolve))
-      await server.shutdown()
-      await servingNeeds.get(app)?.events?.flush()
-    }
-    let listening = false
-    const onListen = (address: { port: number }) => {
-      // Listening again after recovering: same port (even when asked for 0), nothing more to say.
-      if (listening) return
-      listening = true
-      port = address.port
-      resolve({ port, stop })
-    }
-    const listen = () => {
-      if (stopping) return
-      try {
-        server = Deno.serve({ port, reusePort, onError: answerServeError, onListen }, metrics ? measured(handler, metrics) : handler)
-      } catch (error) {
-        if (!listening) return reject(error) // the first time: let the caller say why
-        log('warn', 'could not listen again, retrying in 1 s', { error: String(error) })
-        return void setTimeout(listen, 1000)
-      }
-      server.finished.catch((error) => recover(server, error))
-    }
-    // Deno.serve closes no idle connection: a flood can use up the descriptors and end its accept
-    // loop. Closing them (2 s for requests in flight), then listening again, brings it back.
-    const recover = async (deadServer: typeof server, error: unknown) => {
-      if (stopping) return
-      if (!/os error 2[34]\)/.test(String(error))) {
-        log('error', 'the server stopped accepting connections', { error: String(error) })
-        // process.exit() in a worker thread would end it silently: an error reaches the supervisor.
-        if (isWorkerThread) throw error
-        process.exit(1)
-      }
-      log('warn', 'out of file descriptors: closing every connection and listening again', { error: String(error) })
-      await withTimeout(deadServer.shutdown(), 2000).catch(() => {})
-      setTimeout(listen, 100)
-    }
-    listen()
-  })
-}
-
-/** Deno reads an unread body to its end before closing; an answer whose body fails closes at once (headers sent). */
-function cutShort(response: Response): Response {
-  const body = new ReadableStream({ start: (controller) => controller.error(connectionCutShort) })
-  return new Response(body, { status: response.status, headers: response.headers })
-}
-
-const connectionCutShort = new Error('connection cut short')
-
-/** What Deno calls with an error it caught while answering; only cutShort's is expected. */
-function answerServeError(error: unknown): Response {
-  if (error !== connectionCutShort) log('error', 'request failed', { error: String(error) })
-  return new Response(null, { status: 500 })
 }
 
 /** Stops taking connections on SIGTERM/SIGINT, lets requests in flight finish, then exits. */
@@ -2673,10 +2455,295 @@ function onStopSignal(stop: (signal: string) => void): void {
     stopping = true
     stop(signal)
   }
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    if (onBun) process.on(signal, () => once(signal))
-    else Deno.addSignalListener(signal, () => once(signal))
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) runtime.onSignal(signal, () => once(signal))
+}
+
+// ---- Runtimes: Bun and Deno ---------------------------------------------------------------------------------------
+// Deno's API and a worker thread's (named by its number), as far as used here, declared: one file type-checks for both.
+
+declare const Deno: {
+  serve(
+    options: { port: number; reusePort?: boolean; onError?(error: unknown): Response }
+      & { onListen?(address: { port: number }): void },
+    handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>,
+  ): { shutdown(): Promise<void>; finished: Promise<void> }
+  addSignalListener(signal: 'SIGTERM' | 'SIGINT', handler: () => void): void
+  permissions: { querySync(descriptor: { name: 'read'; path: string }): { state: 'granted' | 'prompt' | 'denied' } }
+}
+declare const self: Pick<Worker, 'postMessage' | 'addEventListener'> & { name: string }
+
+/** Elysia's `server` in a handler's context: Bun's server; null on Deno and under app.handle(). */
+type BunServer = { requestIP(request: Request): { address: string } | null } | null
+
+/** What Bun and Deno do differently, as far as this file needs: `runtime` is the one running it. */
+interface Runtime {
+  serve(app: App, port: number, reusePort: boolean): Promise<RunningServer> // measured with its metrics
+  serveFetch(port: number, handler: (request: Request) => Promise<Response>): Promise<() => Promise<void>> // /metrics
+  connectingAddress(request: Request, server: BunServer): string | undefined // where the app needs it
+  hmacSha256(secret: string): (data: string) => Pick<Hash, 'digest'> // its key prepared once
+  openRedis(url: string): Promise<RedisConnection> // not yet connected; no command queued while disconnected
+  onSignal(signal: 'SIGTERM' | 'SIGINT', listener: () => void): void
+  startWorker(number: number, onMessage: (message: WorkerMessage) => void): WorkerHandle // process (Bun), thread
+  worker?: WorkerChannel // in a worker, its channel to the first process
+  readPermission(path: string): string // what reading a file needs, for the error saying it could not
+  procReadable(): boolean // whether prom-client's process series can read /proc/self (else they read 0)
+  fail(error: unknown): never // exit code 1; a worker thread ends with the error, which reaches the first process
+}
+
+/** What this file needs of a Redis client (Bun's, or node-redis on Deno); `connect` (re)connects one that is not. */
+type RedisConnection = { send(command: string, args: string[]): Promise<unknown>; connect(): Promise<void> }
+
+interface WorkerChannel {
+  number: number // 1 to N
+  thread: boolean // a thread, in the first thread's process (Deno), or a process of its own (Bun)
+  post(message: WorkerMessage): void
+  onMessage(listener: (message: unknown) => void): void
+  report(server: RunningServer): void // says it listens, then stops the server when told to (or when orphaned)
+}
+
+const runtime: Runtime = 'Bun' in globalThis ? bunRuntime() : denoRuntime()
+
+// ---- Bun ----------------------------------------------------------------------------------------------------------
+function bunRuntime(): Runtime {
+  const workerNumber = process.env.SERVER_WORKER ? Number(process.env.SERVER_WORKER) : undefined
+  return {
+    async serve(app, port, reusePort) {
+      const { metrics } = app.store.serving
+      if (metrics) {
+        // listen() routes past app.fetch, so measuring every answer takes serving app.fetch (Elysia's timeout).
+        app.compile()
+        const fetch = measured((request: Request) => app.fetch(request), metrics)
+        app.server = Bun.serve({ port, reusePort, idleTimeout: 30, fetch })
+      } else app.listen({ port, reusePort })
+      const server = app.server!
+      // Bun's stop() closes the listener and resolves once the requests in flight are answered.
+      return { port: server.port!, stop: () => server.stop() }
+    },
+    async serveFetch(port, fetch) {
+      const server = Bun.serve({ port, reusePort: false, fetch })
+      return () => server.stop(true)
+    },
+    connectingAddress: (request, server) => server?.requestIP(request)?.address,
+    hmacSha256(secret) {
+      const key = Buffer.from(secret)
+      return (data) => createHmac('sha256', key).update(data)
+    },
+    async openRedis(url) {
+      const client = new Bun.RedisClient(url, { enableOfflineQueue: false, connectionTimeout: 1000 })
+      const connect = async () => void (client.connected || (await client.connect()))
+      return { send: (command, args) => client.send(command, args), connect }
+    },
+    onSignal: (signal, listener) => void process.on(signal, listener),
+    startWorker(number, onMessage) {
+      const child = Bun.spawn([process.execPath, ...process.argv.slice(1)], {
+        env: { ...process.env, SERVER_WORKER: String(number) },
+        stdio: ['ignore', 'inherit', 'inherit'],
+        ipc: (message) => onMessage(message as WorkerMessage),
+      })
+      const send = (message: unknown) => void child.send(message)
+      const exited = child.exited.then((code) => `code ${code ?? child.signalCode}`)
+      return { send, stop: () => child.kill('SIGTERM'), kill: () => child.kill('SIGKILL'), exited }
+    },
+    worker: workerNumber === undefined ? undefined : {
+      number: workerNumber,
+      thread: false,
+      post: (message) => void process.send?.(message),
+      onMessage: (listener) => void process.on('message', listener),
+      report(server) {
+        stopOnSignals(server)
+        process.send?.({ listening: server.port })
+        // A supervisor killed outright cannot stop its workers: they notice and stop by themselves.
+        const supervisor = process.ppid
+        setInterval(() => process.ppid !== supervisor && process.kill(process.pid, 'SIGTERM'), 1000).unref?.()
+      },
+    },
+    readPermission: () => '',
+    procReadable: () => true,
+    fail: () => process.exit(1),
   }
+}
+
+// ---- Deno ---------------------------------------------------------------------------------------------------------
+function denoRuntime(): Runtime {
+  const thread = 'WorkerGlobalScope' in globalThis
+  // Deno hands the connecting address to its serve handler alone: kept for the app, when it needs it.
+  const addresses = new WeakMap<Request, string>()
+  return {
+    serve: (app, port, reusePort) => serveOnDeno(app, port, reusePort, addresses),
+    async serveFetch(port, handler) {
+      const listening = Promise.withResolvers<void>()
+      const server = Deno.serve({ port, onListen: () => listening.resolve() }, handler)
+      await listening.promise
+      return () => server.shutdown()
+    },
+    connectingAddress: (request) => addresses.get(request),
+    // Deno's createHmac pads the key again, in JavaScript, on every call (half of a token's signing): computed
+    // as RFC 2104 defines it instead, two SHA-256 hashes over pads made once.
+    hmacSha256(secret) {
+      const bytes = Buffer.from(secret)
+      const key = Buffer.alloc(64)
+      ;(bytes.length > 64 ? createHash('sha256').update(bytes).digest() : bytes).copy(key)
+      const ipad = key.map((byte) => byte ^ 0x36)
+      const opad = key.map((byte) => byte ^ 0x5c)
+      return (data) => createHash('sha256').update(opad).update(createHash('sha256').update(ipad).update(data).digest())
+    },
+    // node-redis, made to behave as Bun's client does.
+    async openRedis(url) {
+      const { createClient } = await import('@redis/client')
+      const socket = { connectTimeout: 1000, reconnectStrategy: (tries: number) => Math.min(100 * 2 ** tries, 1000) }
+      const client = createClient({ url, disableOfflineQueue: true, socket })
+      client.on('error', () => {}) // a lost connection is noticed, and logged, by the commands that fail
+      // node-redis keeps retrying a refused first connection, and reconnects by itself after: the first
+      // attempt ends at its first error (as Bun's does), and later ones wait for it to be ready.
+      const firstAttempt = new Promise<void>((resolve, reject) => {
+        client.once('error', reject)
+        client.connect().then(() => resolve(), reject)
+      })
+      firstAttempt.catch(() => {})
+      let attempted = false
+      let ready: Promise<void> | undefined
+      const whenReady = () =>
+        (ready ??= new Promise<void>((resolve) => client.once('ready', () => ((ready = undefined), resolve()))))
+      return {
+        send: (command, args) => client.sendCommand([command, ...args]),
+        connect: async () => {
+          if (!attempted) return (attempted = true), firstAttempt
+          if (!client.isReady) await whenReady()
+        },
+      }
+    },
+    onSignal: (signal, listener) => Deno.addSignalListener(signal, listener),
+    startWorker(number, onMessage) {
+      const worker = new Worker(import.meta.url, { type: 'module', name: String(number) })
+      const exited = Promise.withResolvers<string>()
+      const end = (how: string) => {
+        worker.terminate()
+        exited.resolve(how)
+      }
+      worker.onmessage = (event) => {
+        onMessage(event.data as WorkerMessage)
+        if (event.data === 'stopped') end('stop')
+      }
+      worker.onerror = (event) => {
+        event.preventDefault()
+        end(`error ${event.message}`)
+      }
+      const stop = () => worker.postMessage('stop')
+      return { send: (message) => worker.postMessage(message), stop, kill: () => end('killed'), exited: exited.promise }
+    },
+    worker: !thread ? undefined : {
+      number: Number(self.name),
+      thread: true,
+      post: (message) => self.postMessage(message),
+      onMessage: (listener) => self.addEventListener('message', ({ data }) => listener(data)),
+      report(server) {
+        self.addEventListener('message', async ({ data }) => {
+          if (data !== 'stop') return
+          await server.stop()
+          self.postMessage('stopped')
+        })
+        self.postMessage({ listening: server.port })
+      },
+    },
+    readPermission: (path) => ` (Deno needs --allow-read=${path})`,
+    // Tried only where Deno would not stop to ask.
+    procReadable() {
+      if (Deno.permissions.querySync({ name: 'read', path: '/proc/self/status' }).state !== 'granted') return false
+      try {
+        return readFileSync('/proc/self/status').length > 0
+      } catch {
+        return false
+      }
+    },
+    // process.exit() in a worker thread would end it silently: an error reaches the first process.
+    fail(error) {
+      if (thread) throw error
+      process.exit(1)
+    },
+  }
+}
+
+function serveOnDeno(app: App, port: number, reusePort: boolean, addresses: WeakMap<Request, string>) {
+  const { metrics, addresses: recordsAddresses } = app.store.serving
+  // Deno's shutdown() (2.9, seen here) makes the bodies of requests in flight unreadable: stopping
+  // first waits for those requests, and answers 503 to any that arrive meanwhile.
+  let inFlight = 0
+  let stopping = false
+  let onIdle = () => {}
+  const stoppingAnswer = { status: 503, headers: { connection: 'close', 'retry-after': '1' } }
+  const handler = async (request: Request, info: { remoteAddr: { hostname: string } }) => {
+    if (stopping) return Response.json(errorBody('The server is stopping'), stoppingAnswer)
+    // Deno writes the Host header into request.url as it came: a "/" in it would move the path routed.
+    const host = request.headers.get('host')
+    if (host?.includes('/')) return Response.json(errorBody('Invalid Host header'), { status: 400 })
+    inFlight += 1
+    try {
+      if (recordsAddresses) addresses.set(request, info.remoteAddr.hostname)
+      const response = await app.fetch(request)
+      // An upload refused (503 while busy) or given up (408) closes its connection.
+      const refused = response.status === 503 || response.status === 408
+      return refused && response.headers.get('connection') === 'close' ? cutShort(response) : response
+    } finally {
+      inFlight -= 1
+      if (inFlight === 0) onIdle()
+    }
+  }
+
+  const answer = metrics ? measured(handler, metrics) : handler
+  return new Promise<RunningServer>((resolve, reject) => {
+    let server: ReturnType<typeof Deno.serve>
+    const stop = async () => {
+      stopping = true
+      if (inFlight > 0) await new Promise<void>((resolve) => (onIdle = resolve))
+      await server.shutdown()
+    }
+    let listening = false
+    const onListen = (address: { port: number }) => {
+      // Listening again after recovering: same port (even when asked for 0), nothing more to say.
+      if (listening) return
+      listening = true
+      port = address.port
+      resolve({ port, stop })
+    }
+    const listen = () => {
+      if (stopping) return
+      try {
+        server = Deno.serve({ port, reusePort, onError: answerServeError, onListen }, answer)
+      } catch (error) {
+        if (!listening) return reject(error) // the first time: let the caller say why
+        log('warn', 'could not listen again, retrying in 1 s', { error: String(error) })
+        return void setTimeout(listen, 1000)
+      }
+      server.finished.catch((error) => recover(server, error))
+    }
+    // Deno.serve closes no idle connection: a flood can use up the descriptors and end its accept
+    // loop. Closing them (2 s for requests in flight), then listening again, brings it back.
+    const recover = async (deadServer: typeof server, error: unknown) => {
+      if (stopping) return
+      if (!/os error 2[34]\)/.test(String(error))) {
+        log('error', 'the server stopped accepting connections', { error: String(error) })
+        runtime.fail(error)
+      }
+      log('warn', 'out of file descriptors: closing every connection and listening again', { error: String(error) })
+      await withTimeout(deadServer.shutdown(), 2000).catch(() => {})
+      setTimeout(listen, 100)
+    }
+    listen()
+  })
+}
+
+/** Deno reads an unread body to its end before closing; a body that fails closes at once (headers sent). */
+function cutShort(response: Response): Response {
+  const body = new ReadableStream({ start: (controller) => controller.error(connectionCutShort) })
+  return new Response(body, { status: response.status, headers: response.headers })
+}
+
+const connectionCutShort = new Error('connection cut short')
+
+/** What Deno calls with an error it caught while answering; only cutShort's is expected. */
+function answerServeError(error: unknown): Response {
+  if (error !== connectionCutShort) log('error', 'request failed', { error: String(error) })
+  return new Response(null, { status: 500 })
 }
 
 // ==== Workers ======================================================================================================
@@ -2684,94 +2751,43 @@ function onStopSignal(stop: (signal: string) => void): void {
 // the kernel spreading connections among them. The first process only supervises: it says when all listen, forwards
 // SIGTERM/SIGINT, and restarts a worker that dies.
 
-declare const WorkerGlobalScope: unknown
-declare const self: {
-  name: string
-  postMessage(message: unknown): void
-  onmessage: ((event: { data: unknown }) => void) | null
-  addEventListener(type: 'message', listener: (event: { data: unknown }) => void): void
-  close(): void
-}
-
-const isWorkerThread = typeof WorkerGlobalScope !== 'undefined'
-
-/** This worker's number (1 to N), or undefined in the first process. */
-const workerNumber: number | undefined = isWorkerThread ? Number(self.name) : process.env.SERVER_WORKER ? Number(process.env.SERVER_WORKER) : undefined
-
-interface WorkerHandle {
-  /** Posts the worker a message (its process's IPC channel, or its thread's). */
-  send(message: unknown): void
-  /** Asks the worker to finish its requests in flight and stop. */
-  stop(): void
-  /** Stops it now. */
-  kill(): void
-  /** Resolves when the worker has stopped, with how it ended. */
-  exited: Promise<string>
-}
+/** A worker, for the first process: `stop` asks it to finish its requests in flight and stop, `kill` stops it now. */
+type WorkerHandle = { send(message: unknown): void; stop(): void; kill(): void; exited: Promise<string> }
 
 type WorkerMessage = { listening: number } | MetricsReply | 'stopped'
-
-function startWorker(number: number, onListening: () => void): WorkerHandle {
-  const onMessage = (message: WorkerMessage) => metricsReplied(message) || (typeof message === 'object' && onListening())
-  if (onBun) {
-    const child = Bun.spawn([process.execPath, ...process.argv.slice(1)], {
-      env: { ...process.env, SERVER_WORKER: String(number) },
-      stdio: ['ignore', 'inherit', 'inherit'],
-      ipc: (message) => onMessage(message as WorkerMessage),
-    })
-    const send = (message: unknown) => void child.send(message)
-    return { send, stop: () => child.kill('SIGTERM'), kill: () => child.kill('SIGKILL'), exited: child.exited.then((code) => `code ${code ?? child.signalCode}`) }
-  }
-  const worker = new Worker(import.meta.url, { type: 'module', name: String(number) })
-  const exited = Promise.withResolvers<string>()
-  worker.onmessage = (event) => {
-    onMessage(event.data as WorkerMessage)
-    if (event.data === 'stopped') (worker.terminate(), exited.resolve('stop'))
-  }
-  worker.onerror = (event) => {
-    event.preventDefault()
-    worker.terminate()
-    exited.resolve(`error ${event.message}`)
-  }
-  const kill = () => (worker.terminate(), exited.resolve('killed'))
-  return { send: (message) => worker.postMessage(message), stop: () => worker.postMessage('stop'), kill, exited: exited.promise }
-}
 
 // ---- Metrics across workers ---------------------------------------------------------------------------------------
 // Each scrape asks every worker for its figures (prom-client's registry as JSON, over the channel it supervises them
 // by), summed with its own.
 
-// The scrapes waiting for a worker's figures, by the request's id.
-const metricsRequests = new Map<string, (metrics: MetricsJson) => void>()
-
-async function askWorkers(workers: WorkerHandle[]): Promise<MetricsJson[]> {
-  return Promise.all(
-    workers.map((worker) => {
-      const id = crypto.randomUUID()
-      const reply = new Promise<MetricsJson>((resolve) => metricsRequests.set(id, resolve))
-      worker.send({ metricsRequest: id })
-      // A worker restarting or frozen: no answer rather than a sum that misses it.
-      return withTimeout(reply, 2000).finally(() => metricsRequests.delete(id))
-    }),
-  )
-}
-
-/** In the first process: whether the message is a worker's figures (then handed to the scrape waiting for them). */
-function metricsReplied(message: unknown): boolean {
-  if (typeof message !== 'object' || message === null || !('metricsReply' in message)) return false
-  const { metricsReply, metrics } = message as MetricsReply
-  metricsRequests.get(metricsReply)?.(metrics)
-  return true
+/** In the first process: asks the workers for their figures; `replied` hands each to the scrape waiting for it. */
+function createFiguresAsker(workers: () => WorkerHandle[]) {
+  const waiting = new Map<string, (metrics: MetricsJson) => void>() // the scrapes waiting, by the request's id
+  const ask = (worker: WorkerHandle) => {
+    const id = crypto.randomUUID()
+    const reply = new Promise<MetricsJson>((resolve) => waiting.set(id, resolve))
+    worker.send({ metricsRequest: id })
+    // A worker restarting or frozen: no answer rather than a sum that misses it.
+    return withTimeout(reply, 2000).finally(() => waiting.delete(id))
+  }
+  return {
+    ask: () => Promise.all(workers().map(ask)),
+    replied(message: unknown): boolean {
+      if (typeof message !== 'object' || message === null || !('metricsReply' in message)) return false
+      const { metricsReply, metrics } = message as MetricsReply
+      waiting.get(metricsReply)?.(metrics)
+      return true
+    },
+  }
 }
 
 /** In a worker: answers each of the first process's requests with this worker's figures. */
-function answerMetricsRequests(figures: () => Promise<MetricsJson>): void {
-  const answer = async (message: unknown, reply: (message: MetricsReply) => void) => {
+function answerMetricsRequests(worker: WorkerChannel, figures: () => Promise<MetricsJson>): void {
+  const answer = async (message: unknown) => {
     if (typeof message !== 'object' || message === null || !('metricsRequest' in message)) return
-    reply({ metricsReply: String(message.metricsRequest), metrics: await figures() })
+    worker.post({ metricsReply: String(message.metricsRequest), metrics: await figures() })
   }
-  if (isWorkerThread) self.addEventListener('message', ({ data }) => void answer(data, (reply) => self.postMessage(reply)))
-  else process.on('message', (message) => void answer(message, (reply) => process.send?.(reply)))
+  worker.onMessage((message) => void answer(message))
 }
 
 // ---- Supervising --------------------------------------------------------------------------------------------------
@@ -2790,7 +2806,8 @@ async function superviseWorkers(config: Config): Promise<void> {
   const listening = new Set<number>()
   const crashTimes: number[] = []
   const restartDelays = new Map<number, number>()
-  if (config.prometheusPort !== undefined) await serveWorkersMetrics(config.prometheusPort, () => [...workers.values()])
+  const figures = createFiguresAsker(() => [...workers.values()])
+  if (config.prometheusPort !== undefined) await serveWorkersMetrics(config.prometheusPort, figures.ask)
   const stopWorkers = async (exitCode: number) => {
     stopping = true
     for (const worker of workers.values()) worker.stop()
@@ -2806,10 +2823,10 @@ async function superviseWorkers(config: Config): Promise<void> {
     process.exit(exitCode)
   }
   const run = (number: number) => {
-    let listened = false
-    let listenedAt = 0
-    const worker = startWorker(number, () => {
-      listened = true
+    let listenedAt = 0 // never
+    // What a worker posts: its figures for a scrape, or (the only other object) that it listens.
+    const worker = runtime.startWorker(number, (message) => {
+      if (figures.replied(message) || typeof message !== 'object') return
       listenedAt = Date.now()
       listening.add(number)
       if (listening.size === config.workers && !announced) {
@@ -2820,7 +2837,7 @@ async function superviseWorkers(config: Config): Promise<void> {
     workers.set(number, worker)
     worker.exited.then((how) => {
       if (stopping) return
-      if (!listened) {
+      if (!listenedAt) {
         // It never served: starting it again would fail the same way (a busy port, a missing flag).
         log('error', `worker ${number} could not start (${how}): stopping`)
         return void stopWorkers(1)
@@ -2845,23 +2862,6 @@ async function superviseWorkers(config: Config): Promise<void> {
     announce(`${signal} received, stopping the workers`)
     void stopWorkers(0)
   })
-}
-
-/** In a worker: tells the first process it listens, and stops when told to (or when orphaned). */
-function reportToSupervisor(server: RunningServer): void {
-  if (isWorkerThread) {
-    self.onmessage = async ({ data }) => {
-      if (data !== 'stop') return
-      await server.stop()
-      self.postMessage('stopped')
-    }
-    return self.postMessage({ listening: server.port })
-  }
-  stopOnSignals(server)
-  process.send?.({ listening: server.port })
-  // A supervisor killed outright cannot stop its workers: they notice and stop by themselves.
-  const supervisor = process.ppid
-  setInterval(() => process.ppid !== supervisor && process.kill(process.pid, 'SIGTERM'), 1000).unref?.()
 }
 
 // ==== Starting up ==================================================================================================
@@ -2898,8 +2898,7 @@ function portIsFree(port: number): Promise<boolean> {
 /** One line saying the port is taken, and exit code 1 (a worker thread's through the first process). */
 function exitPortInUse(port: string): never {
   log('error', `${port} is already in use`)
-  if (isWorkerThread) throw new Error('could not listen')
-  process.exit(1)
+  return runtime.fail(new Error('could not listen'))
 }
 
 async function main(): Promise<void> {
@@ -2911,18 +2910,17 @@ async function main(): Promise<void> {
     console.error(`Configuration error: ${error.message}`)
     process.exit(1)
   }
-  setLogLevel(config.logLevel)
-  if (workerNumber === undefined) warnAboutCredentials(config)
+  if (!runtime.worker) warnAboutCredentials(config)
   let server: RunningServer
   try {
-    if (config.workers > 1 && workerNumber === undefined) return await superviseWorkers(config)
+    if (config.workers > 1 && !runtime.worker) return await superviseWorkers(config)
     server = await startServer(createApp(config), config.port, { sharedPort: config.workers > 1 })
   } catch (error) {
     if (error instanceof PortInUse) exitPortInUse(error.what)
     if (!isPortInUse(error)) throw error
     exitPortInUse(`port ${config.port}`)
   }
-  if (workerNumber !== undefined) return reportToSupervisor(server)
+  if (runtime.worker) return runtime.worker.report(server)
   // Handle signals before saying so: whoever waits for this line may stop the server at once.
   stopOnSignals(server)
   announce(`listening on http://localhost:${server.port}`, { port: server.port, ...whatIsOn(config) })
@@ -2945,4 +2943,4 @@ function whatIsOn(config: Config): Record<string, unknown> {
   return Object.fromEntries(Object.entries(on).filter(([, value]) => value !== undefined))
 }
 
-if (import.meta.main || workerNumber !== undefined) await main()
+if (import.meta.main || runtime.worker) await main()

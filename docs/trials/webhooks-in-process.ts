@@ -8,11 +8,13 @@ const level = args[0] === '--level' ? (args.splice(0, 2)[1] as 'info' | 'warn') 
 const files = args
 const credentials = { apiKey: 'benchkey', apiSecret: 'bench-secret-of-at-least-32-characters!' }
 const env = { LIVEKIT_API_KEY: credentials.apiKey, LIVEKIT_API_SECRET: credentials.apiSecret, LOG_LEVEL: level }
+// Today's index.ts reads LOG_LEVEL when imported; older ones had setLogLevel.
+process.env.LOG_LEVEL = level
 const apps = await Promise.all(
   files.map(async (file) => {
     const server = await import(new URL(`../../${file}`, import.meta.url).href)
     const config = server.loadConfig(env)
-    server.setLogLevel(config.logLevel)
+    server.setLogLevel?.(config.logLevel)
     return server.createApp(config)
   }),
 )

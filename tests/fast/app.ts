@@ -1,14 +1,12 @@
 // The fast tier's harness: index.ts's app answering Requests in this process (Elysia's app.handle),
 // with no server, socket nor build in between, so that the whole tier runs in seconds (and under
 // mutation testing, once per mutant). The black-box suite in tests/ holds the real servers to it.
-import { createApp, loadConfig, setLogLevel, type TokenDecider, type WebhookHandler } from '../../index'
+// The app logs to this process's own stdout and stderr, between the test results: only errors (LOG_LEVEL=error,
+// set by log-level.ts, which bunfig.toml preloads), which no test here causes but those failing a handler or an
+// identity provider on purpose. (The black-box suite reads the log lines.)
+import { createApp, loadConfig, type TokenDecider, type WebhookHandler } from '../../index'
 import { signWebhook, type Credentials } from '../livekit'
 import { assertNoLeaks, type Answer } from '../server'
-
-// The app logs to this process's own stdout and stderr, between the test results: only errors, which
-// no test here causes but those failing a handler or an identity provider on purpose.
-// (The black-box suite reads the log lines.)
-setLogLevel('error')
 
 type Extras = { handlers?: Record<string, WebhookHandler>; decide?: TokenDecider }
 

@@ -2168,15 +2168,12 @@ type MetricsReply = { metricsReply: string; metrics: MetricsJson }
 
 /** What the app tells its metrics; every label value is one of a few, never a client's text. */
 interface Metrics {
-  /** A token request's body was read: it tells the contract. */
-  tokenBodyRead(request: Request, body: object): void
-  /** A webhook verified: its event, and whether it was handled already. */
-  webhookClaimed(request: Request, event: EventView, claim: Claim): void
-  /** Gauges read at each scrape: whether Redis is in use, the body bytes being read. */
-  watch(sources: MetricSources): void
+  tokenBodyRead(request: Request, body: object): void // it tells the contract
+  webhookClaimed(request: Request, event: EventView, claim: Claim): void // its event, and whether a duplicate
+  watch(sources: MetricSources): void // gauges read at each scrape
 }
 
-interface MetricSources {
+type MetricSources = {
   redisStatus?: () => Promise<'ok' | 'unavailable'>
   pendingBodyBytes?: Record<'token' | 'webhook', number>
 }
@@ -2189,10 +2186,7 @@ const durationBuckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 // LiveKit's event names (the SDK's and the protocol's agent events); any other counts as "unknown".
 const knownEventNames = new Set([...Object.keys(webhookHandlers), 'agent_job_started', 'agent_job_ended'])
 
-/**
- * An app's metrics (createApp makes them from PROMETHEUS_PORT). prom-client loads in the background;
- * serving waits for `ready`, so every answer served is counted.
- */
+/** An app's metrics, from PROMETHEUS_PORT: prom-client loads in the background, and serving waits for `ready`. */
 class AppMetrics implements Metrics {
   readonly ready: Promise<void>
   private series?: ReturnType<typeof createAppSeries>
@@ -2378,7 +2372,7 @@ function webhookOutcome(status: number, duplicate = false): string {
 
 /** The handler, reporting each answer's status and time; an answer given at once is handed on at once. */
 function measured<Rest extends unknown[]>(
-  handler: (request: Request, ...rest: Rest) => Response | Promise<Response>,
+  handler: (request: Request, ...rest: Rest) => MaybePromise<Response>,
   metrics: AppMetrics,
 ) {
   return (request: Request, ...rest: Rest): Response | Promise<Response> => {
@@ -2601,14 +2595,17 @@ function denoRuntime(): Runtime {
       })
       firstAttempt.catch(() => {})
       let attempted = false
-      let ready: Promise<void> | undefined
-      const whenReady = () =>
-        (ready ??= new Promise<void>((resolve) => client.once('ready', () => ((ready = undefined), resolve()))))
+      let ready: Promise<void> | undefined // one wait for 'ready', however many ask
+      const whenReady = () => {
+        ready ??= new Promise<void>((resolve) => client.once('ready', resolve)).finally(() => (ready = undefined))
+        return ready
+      }
       return {
         send: (command, args) => client.sendCommand([command, ...args]),
         connect: async () => {
-          if (!attempted) return (attempted = true), firstAttempt
-          if (!client.isReady) await whenReady()
+          if (attempted) return client.isReady ? undefined : whenReady()
+          attempted = true
+          return firstAttempt
         },
       }
     },
@@ -2851,7 +2848,7 @@ async function superviseWorkers(config: Config): Promise<void> {
         return void stopWorkers(1)
       }
       // Twice as long each time, back to the first delay once the worker had served for a minute.
-      const delay = now - listenedAt >= 60_000 ? firstRestartDelayMs : (restartDelays.get(number) ?? firstRestartDelayMs)
+      const delay = now - listenedAt >= 60_000 ? firstRestartDelayMs : restartDelays.get(number) ?? firstRestartDelayMs
       restartDelays.set(number, Math.min(delay * 2, longestRestartDelayMs))
       log('warn', `worker ${number} exited (${how}), restarting it in ${delay / 1000} s`)
       setTimeout(() => stopping || run(number), delay)
@@ -2876,7 +2873,8 @@ function warnAboutCredentials(config: Config): void {
   }
 }
 
-const isPortInUse = (error: unknown) => /EADDRINUSE|AddrInUse/.test(`${(error as { code?: string })?.code} ${(error as Error)?.name}`)
+const isPortInUse = (error: unknown) =>
+  /EADDRINUSE|AddrInUse/.test(`${(error as { code?: string })?.code} ${(error as Error)?.name}`)
 
 /** A port other than SERVER_PORT found taken; `what` names it (e.g. "PROMETHEUS_PORT 6090"). */
 class PortInUse extends Error {
@@ -2928,19 +2926,21 @@ async function main(): Promise<void> {
 
 /** What the start-up line says is on, beyond the plain development server; never a secret. */
 function whatIsOn(config: Config): Record<string, unknown> {
-  const { auth, tokenPolicy, redisUrl, eventStream } = config
+  const { auth, tokenPolicy: policy, redisUrl, eventStream } = config
   const on = {
     auth: auth && { issuer: auth.issuer, audience: auth.audience, identityClaim: auth.identityClaim },
-    policy: tokenPolicy && { roles: tokenPolicy.roles.map((role) => role.name), defaultRole: tokenPolicy.defaultRole?.name },
+    policy: policy && { roles: policy.roles.map((role) => role.name), defaultRole: policy.defaultRole?.name },
     rateLimitPerMinute: config.tokenRateLimit,
     trustProxy: config.trustedProxies || undefined,
-    // Where it is, never who logs in.
-    redis: redisUrl && `${new URL(redisUrl).protocol}//${new URL(redisUrl).host}${new URL(redisUrl).pathname}`,
+    redis: redisUrl && redisPlace(new URL(redisUrl)),
     stream: eventStream?.key,
     metricsPort: config.prometheusPort,
     workers: config.workers > 1 ? config.workers : undefined,
   }
   return Object.fromEntries(Object.entries(on).filter(([, value]) => value !== undefined))
 }
+
+/** Where Redis is, never who logs in. */
+const redisPlace = ({ protocol, host, pathname }: URL) => `${protocol}//${host}${pathname}`
 
 if (import.meta.main || runtime.worker) await main()

@@ -704,7 +704,6 @@ function whenSettled<T, U>(value: T | Promise<T>, next: (value: T) => U): U | Pr
 interface PolicyRole {
   name: string
   rooms: RoomPattern[]
-  /** canPublish, canSubscribe and canPublishData always set: LiveKit takes a missing one for true. */
   grant: TokenGrant
   agents: Set<string> | 'any'
   ttlSeconds: number
@@ -714,70 +713,61 @@ interface PolicyRole {
   agentMetadataBytes: number
 }
 
-/** A parsed TOKEN_POLICY: everything a request needs, ready. */
+/** A parsed TOKEN_POLICY, ready for requests: the roles claim by its full name and as a dotted path; roles in order. */
 export interface TokenPolicy {
-  /** The roles claim's full name, and the same as a dotted path. */
   rolesClaim: string
   rolesPath: string[]
-  /** In the policy's order. */
   roles: PolicyRole[]
   defaultRole?: PolicyRole
 }
 
 /** Speed (the glob matcher): a room pattern as the runs of text between its `*`s, matched without a RegExp. */
-interface RoomPattern {
-  runs: (string | RunPiece[])[]
-}
+type RoomPattern = { runs: (string | RunPiece[])[] }
 type RunPiece = string | { claim: string; path: string[] }
-
+type Claims = Record<string, unknown> | undefined
 // A claim used in a room name: the characters of ids, emails, Auth0's "auth0|…" subjects; any other delimits one.
 const roomPiece = /^[\w.@|:+=-]{1,128}$/
-const delimitsClaims = /[^\w.@|:+=-]/
-
-type Claims = Record<string, unknown> | undefined
 
 function applyTokenPolicy(policy: TokenPolicy, claims: Claims, asked: TokenAsk): TokenDecision {
   const roles = callerRoles(policy, claims)
-  const refused = (message: string, missing?: string): TokenDecision => ({
+  const deny = (message: string, missing?: string): TokenDecision => ({
     refused: message,
     policy: { roles: roles.map((role) => role.name), missing },
   })
-  if (roles.length === 0) return refused('The token policy gives this caller no role', `a role in claim ${policy.rolesClaim}`)
+  const lacking = () => missingClaims(roles, claims)
+  if (!roles.length) return deny('The token policy gives this caller no role', `a role in claim ${policy.rolesClaim}`)
   const room = asked.room ?? roomToMake(roles, claims)
   if (room === undefined) {
-    return refused('room_name is required: the token policy makes no room for this caller', missingClaims(roles, claims))
+    return deny('room_name is required: the token policy makes no room for this caller', lacking())
   }
   const allowing = roles.filter((role) => role.rooms.some((pattern) => roomMatches(room, pattern, claims)))
-  if (allowing.length === 0) return refused(`Room "${room}" is not one this caller may join`, missingClaims(roles, claims))
+  if (allowing.length === 0) return deny(`Room "${room}" is not one this caller may join`, lacking())
   for (const agent of asked.roomConfig?.agents ?? []) {
-    if (!allowing.some((role) => mayDispatch(role, agent))) {
-      const name = agent.deployment ? `${agent.agentName}@${agent.deployment}` : agent.agentName
-      return refused(`Agent "${name}" is not one this caller may dispatch`, `a role allowing room "${room}" and agent "${name}"`)
-    }
+    if (allowing.some((role) => mayDispatch(role, agent))) continue
+    const name = agentKey(agent)
+    const missing = `a role allowing room "${room}" and agent "${name}"`
+    return deny(`Agent "${name}" is not one this caller may dispatch`, missing)
   }
   const [first] = allowing as [PolicyRole]
   const roomConfigRole = allowing.find((role) => role.hasOwnRoomConfig) ?? first
   const roomConfig = withAgents(roomConfigRole, asked.roomConfig)
-  if (typeof roomConfig === 'string') return refused(roomConfig)
+  if (typeof roomConfig === 'string') return deny(roomConfig)
   if (allowing.length === 1) return { room, grant: first.grant, ttlSeconds: first.ttlSeconds, roomConfig }
-  return { room, grant: unionOfGrants(allowing), ttlSeconds: Math.max(...allowing.map((role) => role.ttlSeconds)), roomConfig }
+  const ttlSeconds = Math.max(...allowing.map((role) => role.ttlSeconds))
+  return { room, grant: unionOfGrants(allowing), ttlSeconds, roomConfig }
 }
 
 /** "agent" allows that agent on its default deployment, "agent@deployment" on that one, "agent@*" on any. */
-function mayDispatch(role: PolicyRole, { agentName, deployment }: RoomAgentDispatch): boolean {
-  if (role.agents === 'any') return true
-  return role.agents.has(deployment ? `${agentName}@${deployment}` : agentName) || role.agents.has(`${agentName}@*`)
-}
+const agentKey = ({ agentName, deployment }: RoomAgentDispatch) =>
+  deployment ? `${agentName}@${deployment}` : agentName
+const mayDispatch = ({ agents }: PolicyRole, agent: RoomAgentDispatch) =>
+  agents === 'any' || agents.has(agentKey(agent)) || agents.has(`${agent.agentName}@*`)
 
 /** The claims the caller's room patterns name that its ID token lacks (or holds as no room-name piece). */
 function missingClaims(roles: PolicyRole[], claims: Claims): string | undefined {
   const names = new Set<string>()
-  for (const { runs } of roles.flatMap((role) => role.rooms)) {
-    for (const piece of runs.flat()) {
-      if (typeof piece === 'string') continue
-      const value = claims && claimAt(claims, piece.claim, piece.path)
-      if (typeof value !== 'string' || !roomPiece.test(value)) names.add(piece.claim)
-    }
+  for (const piece of roles.flatMap((role) => role.rooms.flatMap(({ runs }) => runs.flat()))) {
+    if (typeof piece !== 'string' && runText([piece], claims) === undefined) names.add(piece.claim)
   }
   return names.size > 0 ? `claim ${[...names].join(', ')}` : undefined
 }
@@ -790,24 +780,18 @@ function callerRoles(policy: TokenPolicy, claims: Claims): PolicyRole[] {
   return roles.length > 0 ? roles : policy.defaultRole ? [policy.defaultRole] : []
 }
 
-/** A claim by its full name (Auth0's "https://my-app.com/roles"), else as a dotted path (Keycloak's "realm_access.roles"). */
+/** A claim by its full name (Auth0's "https://my-app.com/roles"), else by path (Keycloak's "realm_access.roles"). */
 function claimAt(claims: Record<string, unknown>, name: string, path: string[]): unknown {
   if (Object.hasOwn(claims, name)) return claims[name]
-  let value: unknown = claims
-  for (const key of path) {
-    if (!isJsonObject(value) || !Object.hasOwn(value, key)) return undefined
-    value = value[key]
-  }
-  return value
+  const step = (node: unknown, key: string) => (isJsonObject(node) && Object.hasOwn(node, key) ? node[key] : undefined)
+  return path.reduce(step, claims as unknown)
 }
 
-/** A standard request without room_name: the first of the caller's patterns naming one room, else a random room if allowed. */
+/** Without room_name: the first of the caller's patterns naming one room, else a random room if one is allowed. */
 function roomToMake(roles: PolicyRole[], claims: Claims): string | undefined {
-  for (const role of roles) {
-    for (const { runs } of role.rooms) {
-      const room = runs.length === 1 ? runText(runs[0]!, claims) : undefined
-      if (room !== undefined) return room
-    }
+  for (const { runs } of roles.flatMap((role) => role.rooms)) {
+    const room = runs.length === 1 ? runText(runs[0]!, claims) : undefined
+    if (room !== undefined) return room
   }
   const random = `room-${randomSuffix()}`
   return roles.some((role) => role.rooms.some((pattern) => roomMatches(random, pattern, claims))) ? random : undefined
@@ -845,7 +829,7 @@ function roomMatches(room: string, { runs }: RoomPattern, claims: Claims): boole
 /** Every role's grant together; canPublishSources limits publishing only if every publishing role limits it. */
 function unionOfGrants(roles: PolicyRole[]): TokenGrant {
   const grant: Record<string, unknown> = {}
-  for (const role of roles) for (const [key, value] of Object.entries(role.grant)) grant[key] = grant[key] === true || value
+  for (const role of roles) for (const [key, value] of Object.entries(role.grant)) grant[key] ||= value
   const publishing = roles.filter((role) => role.grant.canPublish)
   delete grant.canPublishSources
   if (publishing.length > 0 && publishing.every((role) => role.grant.canPublishSources)) {
@@ -858,12 +842,12 @@ function unionOfGrants(roles: PolicyRole[]): TokenGrant {
 function withAgents(role: PolicyRole, asked: RoomConfiguration | undefined): RoomConfiguration | undefined | string {
   if (!asked || asked.agents.length === 0) return role.roomConfig ?? asked
   if (!role.roomConfig) return asked
-  const serverAgents = role.roomConfig.agents.length
-  if (serverAgents + asked.agents.length > maxAgents) {
-    return `room_config may request at most ${maxAgents - serverAgents} agents besides the ${serverAgents} the server dispatches`
+  const own = role.roomConfig.agents.length
+  if (own + asked.agents.length > maxAgents) {
+    return `room_config may request at most ${maxAgents - own} agents besides the ${own} the server dispatches`
   }
   const metadataBytes = role.agentMetadataBytes + agentPayloadBytes(asked.agents)
-  if (metadataBytes > maxAgentMetadataBytes) return `room_config agent metadata and attributes must be at most ${maxAgentMetadataBytes} bytes in all, with the server's`
+  if (metadataBytes > maxAgentMetadataBytes) return `room_config agent ${agentBytesBound}, with the server's`
   const roomConfig = role.roomConfig.clone()
   roomConfig.agents.push(...asked.agents)
   return roomConfig
@@ -873,56 +857,52 @@ function withAgents(role: PolicyRole, asked: RoomConfiguration | undefined): Roo
 // Read once at start: every mistake is a ConfigError naming its place in the JSON.
 
 const trackSourceNames = ['camera', 'microphone', 'screen_share', 'screen_share_audio'] as const
-const trackSources = { camera: TrackSource.CAMERA, microphone: TrackSource.MICROPHONE, screen_share: TrackSource.SCREEN_SHARE, screen_share_audio: TrackSource.SCREEN_SHARE_AUDIO }
-const maxPolicyRoles = 256
-const maxRolePatterns = 256
+const trackSource = (name: string) => TrackSource[name.toUpperCase() as keyof typeof TrackSource]
+const maxRoles = 256
+const maxPatterns = 256
+const agentBytesBound = `metadata and attributes must be at most ${maxAgentMetadataBytes} bytes in all`
 
 /** The policy's JSON Schema, built only when there is a policy to check. */
 function tokenPolicySchema() {
+  const closed = (notA: string) => ({ additionalProperties: false, notA })
+  const name = (error: string, minLength = 0) => t.String({ minLength, maxLength: maxNameLength, error })
+  const source = t.UnionEnum(trackSourceNames, { error: `must be one of ${trackSourceNames.join(', ')}` })
+  const sources = t.Optional(t.Array(source, { maxItems: 4 }))
+  const boolean = t.Optional(t.Boolean({ error: 'must be true or false' }))
   const grants = t.Object(
-    Object.fromEntries(
-      grantNames.map((name) => [
-        name,
-        t.Optional(
-          name === 'canPublishSources'
-            ? t.Array(t.UnionEnum(trackSourceNames, { error: `must be one of ${trackSourceNames.join(', ')}` }), { maxItems: 4 })
-            : t.Boolean({ error: 'must be true or false' }),
-        ),
-      ]),
-    ),
-    { additionalProperties: false, notA: `a grant (the grants: ${grantNames.join(', ')})` },
+    Object.fromEntries(grantNames.map((grant) => [grant, grant === 'canPublishSources' ? sources : boolean])),
+    closed(`a grant (the grants: ${grantNames.join(', ')})`),
   )
-  const roomConfig = t.Record(t.String(), t.Unknown(), { error: 'must be a RoomConfiguration object' })
+  const roomConfig = t.Optional(t.Record(t.String(), t.Unknown(), { error: 'must be a RoomConfiguration object' }))
+  const patterns = { minItems: 1, maxItems: maxPatterns, error: `must be a list of 1 to ${maxPatterns} room patterns` }
   const role = t.Object(
     {
-      rooms: t.Array(t.String({ minLength: 1, maxLength: maxNameLength, error: `must be a room pattern of 1 to ${maxNameLength} characters` }), {
-        minItems: 1,
-        maxItems: maxRolePatterns,
-        error: `must be a list of 1 to ${maxRolePatterns} room patterns`,
-      }),
+      rooms: t.Array(name(`must be a room pattern of 1 to ${maxNameLength} characters`, 1), patterns),
       grants: t.Optional(grants),
-      agents: t.Optional(t.Array(t.String({ maxLength: maxNameLength, error: 'must be an agent name, or "*"' }), { maxItems: maxRolePatterns })),
+      agents: t.Optional(t.Array(name('must be an agent name, or "*"'), { maxItems: maxPatterns })),
       ttl: t.Optional(t.String({ error: 'must be a duration such as 600, 10m or 6h' })),
-      roomConfig: t.Optional(roomConfig),
+      roomConfig,
     },
-    { additionalProperties: false, notA: 'a role setting (rooms, grants, agents, ttl, roomConfig)' },
+    closed('a role setting (rooms, grants, agents, ttl, roomConfig)'),
   )
+  const roles = { minProperties: 1, maxProperties: maxRoles, error: `must be an object of 1 to ${maxRoles} roles` }
   return t.Object(
     {
-      rolesClaim: t.Optional(t.String({ minLength: 1, maxLength: maxNameLength, error: 'must be the name of a claim' })),
+      rolesClaim: t.Optional(name('must be the name of a claim', 1)),
       defaultRole: t.Optional(t.String({ error: 'must be the name of a role' })),
-      roles: t.Record(t.String(), role, { minProperties: 1, maxProperties: maxPolicyRoles, error: `must be an object of 1 to ${maxPolicyRoles} roles` }),
-      roomConfig: t.Optional(roomConfig),
+      roles: t.Record(t.String(), role, roles),
+      roomConfig,
     },
-    { additionalProperties: false, notA: 'a policy setting (rolesClaim, defaultRole, roles, roomConfig)', error: 'must be a JSON object' },
+    { ...closed('a policy setting (rolesClaim, defaultRole, roles, roomConfig)'), error: 'must be a JSON object' },
   )
 }
 type TokenPolicyJson = ReturnType<typeof tokenPolicySchema>['static']
+type RoleJson = TokenPolicyJson['roles'][string]
 
-const policyError = (where: string, problem: string) => new ConfigError(`TOKEN_POLICY: ${where ? `${where} ` : ''}${problem}`)
+const policyError = (at: string, problem: string) => new ConfigError(`TOKEN_POLICY: ${at ? `${at} ` : ''}${problem}`)
 
 /** TOKEN_POLICY (or the file TOKEN_POLICY_FILE names), checked and made ready for requests; undefined when unset. */
-function parseTokenPolicy(text: string | undefined, tokenTtlSeconds: number): TokenPolicy | undefined {
+function parseTokenPolicy(text: string | undefined, defaultTtl: number): TokenPolicy | undefined {
   if (text === undefined) return undefined
   let json: unknown
   try {
@@ -931,104 +911,76 @@ function parseTokenPolicy(text: string | undefined, tokenTtlSeconds: number): To
     throw policyError('', `is not JSON (${(error as Error).message})`)
   }
   const validator = getSchemaValidator(tokenPolicySchema())
-  if (!validator.Check(json)) {
-    // A misspelt key says more about the mistake than the required one it leaves missing.
-    const errors = [...validator.Errors(json)]
-    throw describePolicyError(errors.find((error) => error.type === ValueErrorType.ObjectAdditionalProperties) ?? errors[0]!)
-  }
+  if (!validator.Check(json)) throw describePolicyError([...validator.Errors(json)])
   const policy = json as TokenPolicyJson
   const topConfig = policy.roomConfig && parsePolicyRoomConfig(policy.roomConfig, 'roomConfig')
-  const roles = Object.entries(policy.roles).map(([name, role]) => parsePolicyRole(name, role, topConfig, tokenTtlSeconds))
-  const defaultRole = policy.defaultRole === undefined ? undefined : roles.find((role) => role.name === policy.defaultRole)
+  const roles = Object.entries(policy.roles).map(([name, role]) => parsePolicyRole(name, role, defaultTtl, topConfig))
+  const defaultRole = roles.find((role) => role.name === policy.defaultRole)
   if (policy.defaultRole !== undefined && !defaultRole) {
-    throw policyError('defaultRole', `"${policy.defaultRole}" is not one of the roles (${roles.map((role) => role.name).join(', ')})`)
+    const names = roles.map((role) => role.name).join(', ')
+    throw policyError('defaultRole', `"${policy.defaultRole}" is not one of the roles (${names})`)
   }
   const rolesClaim = policy.rolesClaim ?? 'roles'
   return { rolesClaim, rolesPath: rolesClaim.split('.'), roles, defaultRole }
 }
 
-/** The schema's first complaint, where it is: "roles.host.grants.canPublsh is not a grant". */
-function describePolicyError(first: ValueError): ConfigError {
+/** The schema's complaint, where it is; a misspelt key first (it says more than the required key it leaves out). */
+function describePolicyError(errors: ValueError[]): ConfigError {
+  const first = errors.find((error) => error.type === ValueErrorType.ObjectAdditionalProperties) ?? errors[0]!
   const where = first.path.slice(1).split('/').map((key) => key.replaceAll('~1', '/').replaceAll('~0', '~')).join('.')
-  if (first.type === ValueErrorType.ObjectAdditionalProperties) return policyError(where, `is not ${(first.schema as { notA?: string }).notA}`)
+  const { notA, error } = first.schema as { notA?: string; error?: unknown }
+  if (first.type === ValueErrorType.ObjectAdditionalProperties) return policyError(where, `is not ${notA}`)
   if (first.type === ValueErrorType.ObjectRequiredProperty) return policyError(where, 'is required')
-  const custom = (first.schema as { error?: unknown }).error
-  return policyError(where, typeof custom === 'string' ? custom : first.message)
+  return policyError(where, typeof error === 'string' ? error : first.message)
 }
 
-function parsePolicyRole(name: string, role: TokenPolicyJson['roles'][string], topConfig: RoomConfiguration | undefined, tokenTtlSeconds: number): PolicyRole {
+function parsePolicyRole(name: string, role: RoleJson, defaultTtl: number, topConfig?: RoomConfiguration): PolicyRole {
   const at = `roles.${name}`
   if (!name.trim()) throw policyError('roles', 'has a role with an empty name')
   const rooms = role.rooms.map((pattern, i) => parseRoomPattern(pattern, `${at}.rooms.${i}`))
-  const ttlName = `TOKEN_POLICY: ${at}.ttl`
-  const ttlSeconds = role.ttl === undefined ? tokenTtlSeconds : duration('', '').read(role.ttl, ttlName)
+  const ttlSeconds = role.ttl === undefined ? defaultTtl : duration('', '').read(role.ttl, `TOKEN_POLICY: ${at}.ttl`)
   const own = role.roomConfig && parsePolicyRoomConfig(role.roomConfig, `${at}.roomConfig`)
-  const roomConfig = own && topConfig ? RoomConfiguration.fromJson({ ...(topConfig.toJson() as object), ...(own.toJson() as object) }) : (own ?? topConfig)
-  const agentMetadataBytes = roomConfig ? agentPayloadBytes(roomConfig.agents) : 0
-  const agents = role.agents ?? []
+  const both = own && topConfig && { ...(topConfig.toJson() as object), ...(own.toJson() as object) }
+  const roomConfig = both ? RoomConfiguration.fromJson(both) : (own ?? topConfig)
   return {
     name,
     rooms,
     grant: roleGrant(role.grants ?? {}, at),
-    agents: agents.includes('*') ? 'any' : new Set(agents),
+    agents: role.agents?.includes('*') ? 'any' : new Set(role.agents),
     ttlSeconds,
     roomConfig: roomConfig && shareRoomConfig(roomConfig),
     hasOwnRoomConfig: own !== undefined,
-    agentMetadataBytes,
+    agentMetadataBytes: roomConfig ? agentPayloadBytes(roomConfig.agents) : 0,
   }
 }
 
 /** The role's grant as it goes into tokens: the three grants LiveKit defaults to true always written out. */
-function roleGrant(grants: NonNullable<TokenPolicyJson['roles'][string]['grants']>, at: string): TokenGrant {
-  const { canPublish = false, canSubscribe = false, canPublishData = false, canPublishSources, ...others } = grants as Record<string, unknown>
+function roleGrant(grants: Record<string, unknown>, at: string): TokenGrant {
+  const { canPublish = false, canSubscribe = false, canPublishData = false, canPublishSources, ...others } = grants
   if (canPublishSources && !canPublish) throw policyError(`${at}.grants.canPublishSources`, 'needs canPublish: true')
   const grant: Record<string, unknown> = { canPublish, canSubscribe, canPublishData }
-  if (canPublishSources) grant.canPublishSources = [...new Set(canPublishSources as (keyof typeof trackSources)[])].map((source) => trackSources[source])
+  if (canPublishSources) grant.canPublishSources = [...new Set(canPublishSources as string[])].map(trackSource)
   for (const [key, value] of Object.entries(others)) if (value) grant[key] = true
   return grant as TokenGrant
 }
 
-/** "team-{org}-*": text, `*` (any run of characters) and `{claim}`s (a claim's name or dotted path). */
+/** "team-{org}/*": text, `*` (any run of characters) and `{claim}`s (a claim's name or dotted path). */
 function parseRoomPattern(pattern: string, at: string): RoomPattern {
-  const runs = pattern.split('*').map((run) => {
-    const pieces: RunPiece[] = []
-    for (const [, text, claim] of run.matchAll(/([^{}]+)|\{([^{}]*)\}/g)) {
-      if (claim !== undefined && !claim.trim()) throw policyError(at, `"${pattern}" has an empty {}`)
-      pieces.push(claim === undefined ? text! : { claim, path: claim.split('.') })
-    }
-    if (pieces.map((piece) => (typeof piece === 'string' ? piece : `{${piece.claim}}`)).join('') !== run) {
-      throw policyError(at, `"${pattern}" has a { or } that opens or closes no {claim}`)
-    }
-    return pieces.every((piece) => typeof piece === 'string') ? pieces.join('') : pieces
-  })
-  requireClaimsDelimited(pattern, runs, at)
-  return { runs }
-}
-
-/**
- * A {claim} next to a `*` or another {claim} must be kept apart from it by a character no claim value holds:
- * else the value is not told by the room name (`*-{org}`: org "acme" would join "x-corp-acme", a room of org
- * "corp-acme"; `{org}{team}`: ("ab", "c") and ("a", "bc") name one room).
- */
-function requireClaimsDelimited(pattern: string, runs: RoomPattern['runs'], at: string): void {
-  const delimits = (text: string) => delimitsClaims.test(text)
-  runs.forEach((run, index) => {
-    if (typeof run === 'string') return
-    const claims = run.flatMap((piece, position) => (typeof piece === 'string' ? [] : [position]))
-    const textBetween = (from: number, to: number) => run.slice(from, to).join('')
-    const touching = [
-      // Each claim with the one after it, then the first with a `*` before, the last with a `*` after.
-      ...claims.slice(1).map((position, i) => textBetween(claims[i]! + 1, position)),
-      ...(index > 0 ? [textBetween(0, claims[0]!)] : []),
-      ...(index < runs.length - 1 ? [textBetween(claims[claims.length - 1]! + 1, run.length)] : []),
-    ]
-    if (touching.every(delimits)) return
-    throw policyError(
-      at,
-      `"${pattern}" lets one claim's rooms be another's: a {claim} next to a * or another {claim} needs a character ` +
-        `no claim holds between them, such as "/" ("team-{org}/*" rather than "team-{org}-*"); see docs/token-policy.md`,
+  const fault = (problem: string) => policyError(at, `"${pattern}" ${problem}`)
+  for (const run of pattern.split('*')) {
+    if (/\{\s*\}/.test(run)) throw fault('has an empty {}')
+    if (/[{}]/.test(run.replace(/\{[^{}]*\}/g, ''))) throw fault('has a { or } that opens or closes no {claim}')
+  }
+  // With each {claim} as "{}": a {claim} next to a `*` or another {claim}, no delimiter between (docs/token-policy.md).
+  if (/\{\}[\w.@|:+=-]*[{*]|\*[\w.@|:+=-]*\{/.test(pattern.replace(/\{[^{}]*\}/g, '{}'))) {
+    throw fault(
+      `lets one claim's rooms be another's: a {claim} next to a * or another {claim} needs a character no claim ` +
+        `holds between them, such as "/" ("team-{org}/*" rather than "team-{org}-*"); see docs/token-policy.md`,
     )
-  })
+  }
+  const toPiece = ([text, claim]: RegExpExecArray): RunPiece => (claim ? { claim, path: claim.split('.') } : text)
+  const toRun = (run: string) => (run.includes('{') ? [...run.matchAll(/\{([^{}]*)\}|[^{}]+/g)].map(toPiece) : run)
+  return { runs: pattern.split('*').map(toRun) }
 }
 
 /** A LiveKit RoomConfiguration, strictly: an unknown field is a mistake, not something to drop. */
@@ -1041,8 +993,7 @@ function parsePolicyRoomConfig(json: Record<string, unknown>, at: string): RoomC
   }
   if (roomConfig.name) throw policyError(`${at}.name`, "is the request's to say, not the policy's")
   if (roomConfig.agents.length > maxAgents) throw policyError(`${at}.agents`, `may list at most ${maxAgents} agents`)
-  const metadataBytes = agentPayloadBytes(roomConfig.agents)
-  if (metadataBytes > maxAgentMetadataBytes) throw policyError(`${at}.agents`, `metadata and attributes must be at most ${maxAgentMetadataBytes} bytes in all`)
+  if (agentPayloadBytes(roomConfig.agents) > maxAgentMetadataBytes) throw policyError(`${at}.agents`, agentBytesBound)
   return roomConfig
 }
 
@@ -1051,10 +1002,9 @@ function parsePolicyRoomConfig(json: Record<string, unknown>, at: string): RoomC
 
 // Speed, on Deno (whose Buffer spent more on its pool than the HMAC): base64url straight from bytes.
 const utf8Encoder = new TextEncoder()
-const base64url = (text: string): string => utf8Encoder.encode(text).toBase64({ alphabet: 'base64url', omitPadding: true })
-
+const base64url = (text: string) => utf8Encoder.encode(text).toBase64({ alphabet: 'base64url', omitPadding: true })
 // The header LiveKit's own Go minter writes.
-const jwtHeader = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url')
+const jwtHeader = base64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))
 
 // Speed (the shared room_config): a role's settings serialised once, and frozen so that the copy stays true.
 const sharedRoomConfigClaims = new WeakMap<RoomConfiguration, RoomConfigClaim>()
@@ -1065,10 +1015,9 @@ function shareRoomConfig(roomConfig: RoomConfiguration): RoomConfiguration {
   return deepFreeze(roomConfig)
 }
 
-/** The claim for the room settings: their JSON without the fields at their defaults (LiveKit reads them as absent). */
+/** The room settings' JSON without the fields at their defaults (LiveKit reads them as absent); none if that is {}. */
 function roomConfigClaim(roomConfig: RoomConfiguration | undefined): RoomConfigClaim | undefined {
   const claim = roomConfig && (sharedRoomConfigClaims.get(roomConfig) ?? roomConfig.toJson())
-  // Settings that say nothing (room_config: {}) make no claim.
   return isJsonObject(claim) && Object.keys(claim).length === 0 ? undefined : claim
 }
 
@@ -1083,19 +1032,15 @@ function deepFreeze<T>(value: T): T {
 export function createTokenMinter(config: Config) {
   const sign = runtime.hmacSha256(config.apiSecret)
   return function mintToken(participant: Participant, grant = fullGrant, ttlSeconds = config.tokenTtlSeconds): string {
-    const grants: ClaimGrants = {
-      name: participant.name,
-      metadata: participant.metadata,
-      attributes: participant.attributes,
-      // Join this one room, and what the token policy grants there (by default publish, subscribe, send data).
-      video: { roomJoin: true, room: participant.room, ...grant },
-    }
+    const { name, metadata, attributes, room, identity, roomConfig } = participant
     const now = Math.floor(Date.now() / 1000)
+    // Join this one room, and what the token policy grants there (by default publish, subscribe, send data).
+    const grants: ClaimGrants = { name, metadata, attributes, video: { roomJoin: true, room, ...grant } }
     const claims = {
       ...claimsToJwtPayload(grants),
-      roomConfig: roomConfigClaim(participant.roomConfig),
+      roomConfig: roomConfigClaim(roomConfig),
       iss: config.apiKey,
-      sub: participant.identity,
+      sub: identity,
       nbf: now,
       exp: now + ttlSeconds,
     }
@@ -1115,13 +1060,17 @@ export interface Caller {
 }
 
 // Identity providers sign ID tokens with public-key algorithms; an HMAC "alg" here would be an attack.
-const asymmetricAlgorithms = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519']
+const asymmetricAlgorithms = 'RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA Ed25519'.split(' ')
+// The key set could not be fetched (down, slow, not a JWKS), as opposed to a bad token; so are fetch's own errors.
+const providerFailures = [joseErrors.JWKSTimeout.code, joseErrors.JWKSInvalid.code, 'ERR_JOSE_GENERIC']
 
 /** Checks the caller's bearer token against the identity provider's published keys (JWKS). */
 export function createCallerAuthenticator(auth: AuthConfig) {
-  // jose caches the key set, refetches it when an unknown key id shows up (key rotation; at most
-  // every 5 s), and gives up on a slow provider after 3 s instead of hanging the request.
+  // Cached; refetched on an unknown key id (key rotation), at most every 5 s; a slow provider given up after 3 s.
   const keySet = createRemoteJWKSet(auth.jwksUrl, { timeoutDuration: 3000, cooldownDuration: 5000 })
+  const { issuer, audience } = auth
+  // exp required: an ID token without an expiry would be good forever once leaked.
+  const verifying = { algorithms: asymmetricAlgorithms, issuer, audience, requiredClaims: ['exp'], clockTolerance: 30 }
   const refused = (reason: string) => {
     log('warn', 'token request refused', { reason })
     return new HttpError(401, 'A valid bearer token is required', { 'www-authenticate': 'Bearer' })
@@ -1130,29 +1079,17 @@ export function createCallerAuthenticator(auth: AuthConfig) {
   return async function authenticate(request: Request): Promise<Caller> {
     const bearer = /^Bearer +([\w-]+\.[\w-]+\.[\w-]+) *$/i.exec(request.headers.get('authorization') ?? '')
     if (!bearer) throw refused('no bearer token')
-    let payload: JWTPayload
-    try {
-      ;({ payload } = await jwtVerify(bearer[1]!, keySet, {
-        algorithms: asymmetricAlgorithms,
-        issuer: auth.issuer,
-        audience: auth.audience,
-        // An ID token without an expiry would be good forever once leaked.
-        requiredClaims: ['exp'],
-        clockTolerance: 30,
-      }))
-    } catch (error) {
-      if (isProviderFailure(error)) {
-        log('error', 'identity provider unavailable', { reason: String(error) })
-        throw new HttpError(503, 'The identity provider is unavailable, try again shortly', { 'retry-after': '5' })
-      }
-      throw refused(String(error))
-    }
+    const { payload } = await jwtVerify(bearer[1]!, keySet, verifying).catch((error: unknown) => {
+      if (error instanceof joseErrors.JOSEError && !providerFailures.includes(error.code)) throw refused(String(error))
+      log('error', 'identity provider unavailable', { reason: String(error) })
+      throw new HttpError(503, 'The identity provider is unavailable, try again shortly', { 'retry-after': '5' })
+    })
     const identity = payload[auth.identityClaim]
-    if (typeof identity !== 'string' || identity.length === 0 || identity.length > maxNameLength || !isPlainText(identity)) {
+    if (typeof identity !== 'string' || !identity || identity.length > maxNameLength || !isPlainText(identity)) {
       throw refused(`claim ${auth.identityClaim} is not an identity`)
     }
     // Providers let users set an address they do not own: only a verified one names someone.
-    if (auth.identityClaim === 'email' && payload.email_verified !== true) throw refused('email is not verified (email_verified)')
+    if (auth.identityClaim === 'email' && payload.email_verified !== true) throw refused('email_verified is not true')
     return { identity, name: displayName(payload.name), claims: payload }
   }
 }
@@ -1162,12 +1099,6 @@ function displayName(name: unknown): string | undefined {
   if (typeof name !== 'string' || !isPlainText(name)) return undefined
   const cut = name.length > maxNameLength ? name.slice(0, maxNameLength).replace(/[\uD800-\uDBFF]$/, '') : name
   return cut || undefined
-}
-
-/** The key set could not be fetched (down, slow, not a JWKS), as opposed to a bad token. */
-function isProviderFailure(error: unknown): boolean {
-  if (!(error instanceof joseErrors.JOSEError)) return true // fetch's own network errors
-  return error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid || error.code === 'ERR_JOSE_GENERIC'
 }
 
 /** A token bucket per caller, refilled continuously; at most `maxCallers` remembered, idle ones forgotten. */
@@ -1188,14 +1119,14 @@ export class RateLimiter {
   take(caller: string, now = Date.now()): number {
     const refillPerMs = this.perMinute / 60_000
     const bucket = this.buckets.get(caller)
-    const allowance = bucket ? Math.min(this.perMinute, bucket.allowance + (now - bucket.at) * refillPerMs) : this.perMinute
+    const allowance = Math.min(this.perMinute, bucket ? bucket.allowance + (now - bucket.at) * refillPerMs : Infinity)
     if (allowance < 1) return Math.ceil((1 - allowance) / refillPerMs / 1000)
     this.buckets.set(caller, { allowance: allowance - 1, at: now })
     if (this.buckets.size > this.maxCallers || now - this.sweptAt >= 60_000) this.sweep(now)
     return 0
   }
 
-  /** Forgets idle callers (full again anyway), then the longest-known down to 90%, so that not every request sweeps. */
+  /** Forgets idle callers (full again anyway), then the longest-known down to 90%, so not every request sweeps. */
   private sweep(now: number): void {
     this.sweptAt = now
     for (const [caller, { at }] of this.buckets) if (now - at >= 60_000) this.buckets.delete(caller)
@@ -1206,34 +1137,31 @@ export class RateLimiter {
   }
 }
 
-/** The connection's address, or behind N trusted proxies the X-Forwarded-For hop N from the right (the rest is the client's to write). */
+/** The client's address: the connection's, or behind N trusted proxies the X-Forwarded-For hop N from the right. */
 function clientAddress(request: Request, server: BunServer, trustedProxies: number): string {
   const connectionAddress = unmapped(runtime.connectingAddress(request, server) ?? 'unknown')
   if (trustedProxies === 0) return connectionAddress
-  const hops = request.headers.get('x-forwarded-for')?.split(',') ?? []
-  const hop = withoutPort(hops[hops.length - trustedProxies]?.trim() ?? '')
+  const hop = withoutPort(request.headers.get('x-forwarded-for')?.split(',').at(-trustedProxies)?.trim() ?? '')
   // Only a real address: it becomes a rate-limit key, so nothing long or made-up.
   return isIP(hop) ? unmapped(hop) : connectionAddress
 }
 
 /** A hop as some proxies write it, with a port ("203.0.113.7:5678", "[2001:db8::1]:443"), without it. */
 function withoutPort(hop: string): string {
-  const bracketed = /^\[([^\]]+)\](:\d+)?$/.exec(hop)
-  if (bracketed) return bracketed[1]!
-  const ipv4WithPort = /^(\d+\.\d+\.\d+\.\d+):\d+$/.exec(hop)
-  return ipv4WithPort ? ipv4WithPort[1]! : hop
+  const withPort = /^\[([^\]]+)\](?::\d+)?$|^(\d+\.\d+\.\d+\.\d+):\d+$/.exec(hop)
+  return withPort ? (withPort[1] ?? withPort[2])! : hop
 }
 
 /** An IPv4 client as "1.2.3.4" on every runtime: Bun, listening on IPv6 too, sees "::ffff:1.2.3.4". */
-const unmapped = (address: string) => (address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address)
+const unmapped = (ip: string) => (ip.startsWith('::ffff:') && isIP(ip.slice(7)) === 4 ? ip.slice(7) : ip)
 
 /** Whom an address counts as: IPv4 by address, IPv6 by its /64 (one home's or host's: else 2^64 allowances). */
 function addressKey(address: string): string {
   if (isIP(address) !== 6) return address
   // The URL parser writes every spelling of an address one way (zeros compressed, IPv4 tails in hex).
-  const url = `http://[${address.replace(/%.*$/, '')}]`
-  if (!URL.canParse(url)) return address
-  const [head, tail] = new URL(url).hostname.slice(1, -1).split('::').map((part) => (part ? part.split(':') : []))
+  const hostname = URL.parse(`http://[${address.replace(/%.*$/, '')}]`)?.hostname
+  if (!hostname) return address
+  const [head, tail] = hostname.slice(1, -1).split('::').map((part) => (part ? part.split(':') : []))
   const groups = tail ? [...head!, ...Array(8 - head!.length - tail.length).fill('0'), ...tail] : head!
   return `${groups.slice(0, 4).join(':')}::/64`
 }

@@ -11,7 +11,7 @@ import { routeKeys, type RouteKey } from './scenarios.ts'
 type CostKey =
   | 'cors' | 'bodyBounds' | 'tokenParser' | 'dedupe' | 'responseSchemas'
   // The speed tricks: each copy is index.ts with the trick replaced by the plain code.
-  | 'eventView' | 'syncAsync' | 'roomGlob' | 'headerCache' | 'roomConfigShare' | 'base64url' | 'bodyTimer'
+  | 'eventView' | 'syncAsync' | 'roomGlob' | 'headerCache' | 'roomConfigShare' | 'bodyTimer'
 export type VariantKey =
   | 'go' | 'server' | 'floor' | 'floorCors' | 'limitMemory' | 'limitRedis' | 'stream' | 'workers1' | 'workers2' | 'metrics' | 'policy'
   | `without ${CostKey}`
@@ -171,11 +171,6 @@ export const costs: Record<CostKey, Cost> = {
       ['  sharedRoomConfigClaims.set(roomConfig, roomConfig.toJson())\n  return deepFreeze(roomConfig)', '  return roomConfig'],
       ['const claim = roomConfig && (sharedRoomConfigClaims.get(roomConfig) ?? roomConfig.toJson())', 'const claim = roomConfig?.toJson()'],
     ],
-  },
-  base64url: {
-    label: "trick: the claims' base64url by TextEncoder and toBase64 for Buffer's",
-    routes: ['openvidu', 'standard'],
-    edits: [["utf8Encoder.encode(text).toBase64({ alphabet: 'base64url', omitPadding: true })", "Buffer.from(text).toString('base64url')"]],
   },
   bodyTimer: {
     label: "trick: the body reads' one timer a second for a timer per read",

@@ -1,11 +1,9 @@
-// The application server for LiveKit and OpenVidu apps: it mints access tokens for clients (POST /token) and
-// receives the webhooks a LiveKit server posts (POST /livekit/webhook). Runs with `bun run index.ts`, or under
-// Deno 2. Each section opens with a banner, "// ==== Name", subsections with "// ---- Name"; in the order an
-// app changes them:
-//
+// The application server for LiveKit and OpenVidu apps: access tokens for clients (POST /token), the webhooks a
+// LiveKit server posts (POST /livekit/webhook). `bun run index.ts`, or Deno 2. Sections ("// ==== Name", within them
+// "// ---- Name"), in the order an app changes them:
 //   Webhook handlers            what to do when LiveKit reports an event: edit these
 //   Token decisions             who gets which grant in which room: TOKEN_POLICY, or your own function
-//   Routes                      the whole HTTP surface on one screen, and how to add a route
+//   Routes                      the whole HTTP surface on one screen (adding a route: docs/routes.md)
 //   Configuration               every environment variable: the table, then how it is read (docs/configuration.md)
 //   --- the machinery, each section standing alone ---
 //   Token requests              the two contracts' bodies, checked; the route's parser and handler
@@ -30,7 +28,8 @@ import { createHash, createHmac, timingSafeEqual, type Hash } from 'node:crypto'
 import { createServer as createNetServer, isIP } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { readFileSync, writeSync } from 'node:fs'
-import { claimsToJwtPayload, RoomAgentDispatch, RoomConfiguration, TrackSource, WebhookEvent, type ClaimGrants, type VideoGrant, type WebhookEventNames } from 'livekit-server-sdk'
+import { claimsToJwtPayload, RoomAgentDispatch, RoomConfiguration, TrackSource, WebhookEvent } from 'livekit-server-sdk'
+import type { ClaimGrants, VideoGrant, WebhookEventNames } from 'livekit-server-sdk'
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
 
 // ==== Webhook handlers =============================================================================================
@@ -40,121 +39,86 @@ import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
 /** LiveKit's event names: the SDK's, and the agent events the protocol added since (2026-08). */
 export type WebhookEventName = Exclude<WebhookEventNames, ''> | 'agent_job_started' | 'agent_job_ended'
 export type WebhookHandler = (event: WebhookEvent) => void | Promise<void>
+type Handlers = Record<string, WebhookHandler>
 
 export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
-  room_started: logEvent,
-  room_finished: logEvent,
-  participant_joined: logEvent,
-  participant_left: logEvent,
-  participant_connection_aborted: logEvent,
-  track_published: logEvent,
-  track_unpublished: logEvent,
-  egress_started: logEvent,
-  egress_updated: logEvent,
-  egress_ended: logEvent,
-  ingress_started: logEvent,
-  ingress_ended: logEvent,
+  room_started: logEvent, room_finished: logEvent,
+  participant_joined: logEvent, participant_left: logEvent, participant_connection_aborted: logEvent,
+  track_published: logEvent, track_unpublished: logEvent,
+  egress_started: logEvent, egress_updated: logEvent, egress_ended: logEvent,
+  ingress_started: logEvent, ingress_ended: logEvent,
   // An agent's job in a room: `event.job` (its id, agentName, state; the room on the first).
-  agent_job_started: logEvent,
-  agent_job_ended: logEvent,
+  agent_job_started: logEvent, agent_job_ended: logEvent,
 }
 
-function logEvent(event: EventView): void {
-  log('info', 'webhook', describeEvent(event))
-}
-
-function logUnknownEvent(event: EventView): void {
-  log('info', 'webhook with unknown event name', describeEvent(event))
-}
-
+function logEvent(event: EventView) { log('info', 'webhook', describeEvent(event)) }
+function logUnknownEvent(event: EventView) { log('info', 'webhook with unknown event name', describeEvent(event)) }
 /** What the log line of an event names: the room, and whoever or whatever it is about. */
 function describeEvent(event: EventView): Record<string, string | undefined> {
   const { room, participant, track, egressInfo, ingressInfo, job } = event
   return {
-    event: shortText(event.event),
-    id: shortText(event.id),
+    event: shortText(event.event), id: shortText(event.id),
     room: shortText(room?.name || egressInfo?.roomName || ingressInfo?.roomName || job?.room?.name),
-    participant: shortText(participant?.identity),
-    track: shortText(track?.sid),
-    egress: shortText(egressInfo?.egressId),
-    ingress: shortText(ingressInfo?.ingressId),
-    job: shortText(job?.id),
-    agent: shortText(job?.agentName),
+    participant: shortText(participant?.identity), track: shortText(track?.sid),
+    egress: shortText(egressInfo?.egressId), ingress: shortText(ingressInfo?.ingressId),
+    job: shortText(job?.id), agent: shortText(job?.agentName),
   }
 }
-
-/** A field of a signed event as a log line or a stream entry holds it: at most 256 characters, none when empty. */
-const shortText = (text: string | undefined) => (text ? (text.length > 256 ? `${text.slice(0, 256)}…` : text) : undefined)
+/** A signed event's field as logged or streamed: at most 256 characters, none when empty. */
+const shortText = (text?: string) => (text ? (text.length > 256 ? `${text.slice(0, 256)}…` : text) : undefined)
 
 // ==== Token decisions ==============================================================================================
-// Every token's room, grant, room settings and lifetime: by default TOKEN_POLICY's (see Token policy), and
-// without one the same grant for everyone in any room; an app whose rules no JSON can say (a lookup in its own
-// database) passes its own TokenDecider to createApp.
+// Every token's room, grant, room settings and lifetime: TOKEN_POLICY's (see Token policy), or without one the
+// same grant for everyone in any room; rules no JSON can say (a database lookup) go in a TokenDecider (createApp).
 
 /** What a policy may grant; `roomJoin` and `room` are always the server's. */
-const grantNames = ['canPublish', 'canSubscribe', 'canPublishData', 'canPublishSources', 'canUpdateOwnMetadata', 'canSubscribeMetrics', 'hidden', 'roomAdmin', 'roomRecord', 'roomCreate'] as const
+const grantNames = ['canPublish', 'canSubscribe', 'canPublishData', 'canPublishSources', 'canUpdateOwnMetadata',
+  'canSubscribeMetrics', 'hidden', 'roomAdmin', 'roomRecord', 'roomCreate'] as const
 export type TokenGrant = Pick<VideoGrant, (typeof grantNames)[number]>
-
-/** What a token request asks for, once the participant's identity is settled. */
-export interface TokenAsk {
-  contract: 'openvidu' | 'standard'
-  /** The room named; undefined when a standard request names none. */
-  room?: string
-  identity: string
-  /** The agents a standard request asks to dispatch (nothing else: parseRoomConfig refuses the rest). */
-  roomConfig?: RoomConfiguration
-}
-
+/** A token request, its identity settled: a standard one may name no room, and ask for agents (nothing else). */
+export type TokenAsk =
+  { contract: 'openvidu' | 'standard'; room?: string; identity: string; roomConfig?: RoomConfiguration }
 /** The token to mint, or why not (answered 403 with that message). */
 export type TokenDecision =
   | { room: string; grant: TokenGrant; ttlSeconds: number; roomConfig?: RoomConfiguration }
   | { refused: string; policy?: PolicyRefusal }
-
 /** Why TOKEN_POLICY refused, for the log line (never for the caller): the roles it found, what was missing. */
 export type PolicyRefusal = { roles: string[]; missing?: string }
-
 /** The caller is undefined when authentication (AUTH_JWKS_URL) is off. */
-export type TokenDecider = (caller: Caller | undefined, asked: TokenAsk, config: Config) => TokenDecision | Promise<TokenDecision>
+export type TokenDecider = (caller: Caller | undefined, asked: TokenAsk, config: Config) => MaybePromise<TokenDecision>
 
 // Without a policy, everyone's: join, publish, subscribe, send data.
 const fullGrant: TokenGrant = { canPublish: true, canSubscribe: true, canPublishData: true }
-
 export function decideToken(caller: Caller | undefined, asked: TokenAsk, config: Config): TokenDecision {
-  if (!config.tokenPolicy) {
-    return { room: asked.room ?? `room-${randomSuffix()}`, grant: fullGrant, ttlSeconds: config.tokenTtlSeconds, roomConfig: asked.roomConfig }
-  }
-  return applyTokenPolicy(config.tokenPolicy, caller?.claims, asked)
+  if (config.tokenPolicy) return applyTokenPolicy(config.tokenPolicy, caller?.claims, asked)
+  const room = asked.room ?? `room-${randomSuffix()}`
+  return { room, grant: fullGrant, ttlSeconds: config.tokenTtlSeconds, roomConfig: asked.roomConfig }
 }
 
 // ==== Routes =======================================================================================================
-// The whole HTTP surface. What each route does is a section below ("Token requests", "Webhooks"); every error
-// answers the OpenVidu clients' shape, { "errorMessage": … }. To add a route (a presence list, say): chain it below
-// with its schemas, as `.get('/presence', ({ query }) => …, { query: t.Object(…), response: { 200: … } })`, and
-// add its path to `routeLabels` (Metrics) for its own label in the metrics rather than "other" (docs/routes.md).
+// The whole HTTP surface, each route's work a section below; errors answer { "errorMessage": … } (docs/routes.md).
 
-export function createApp(config: Config, handlers: Record<string, WebhookHandler> = webhookHandlers, decide: TokenDecider = decideToken) {
-  const memory = { ids: new RecentIds(), limiter: config.tokenRateLimit ? new RateLimiter(config.tokenRateLimit) : undefined }
-  const state = new SharedState(memory, config.redisUrl, config.redisKeyPrefix)
-  const events = config.eventStream && new EventStream(config.eventStream, config.redisUrl!, config.redisKeyPrefix, memory.ids, state)
-  // The app's own series (PROMETHEUS_PORT), served by startServer beside the app.
-  const metrics = config.prometheusPort === undefined ? undefined : new AppMetrics(config.prometheusPort)
+export function createApp(config: Config, handlers: Handlers = webhookHandlers, decide: TokenDecider = decideToken) {
+  const { redisUrl, redisKeyPrefix, tokenRateLimit, prometheusPort } = config
+  const memory = { ids: new RecentIds(), limiter: tokenRateLimit ? new RateLimiter(tokenRateLimit) : undefined }
+  const state = new SharedState(memory, redisUrl, redisKeyPrefix)
+  const events = config.eventStream && new EventStream(config.eventStream, redisUrl!, redisKeyPrefix, memory.ids, state)
+  const metrics = prometheusPort === undefined ? undefined : new AppMetrics(prometheusPort) // served by startServer
   const readBody = createBodyReader(config.maxPendingBodyBytes, metrics ?? noMetrics)
   const tokens = createTokenRoute(config, decide, state, readBody, metrics ?? noMetrics)
   const receiveWebhook = createWebhookRoute(config, handlers, state, events, readBody, metrics ?? noMetrics)
-  if (config.redisUrl) metrics?.watch({ redisStatus: () => state.redisStatus() })
-
+  if (redisUrl) metrics?.watch({ redisStatus: () => state.redisStatus() })
+  const ok = 'ok' as const
+  const health = redisUrl ? async () => ({ status: ok, redis: await state.redisStatus() }) : () => ({ status: ok })
   const app = new Elysia({
-    // Validate what the client sent: normalising first would reshape it (an array into an object).
-    normalize: false,
-    // Route the path after "http://" whatever the Host: by default Elysia skips 11 characters, so a
-    // short Host ("a") shifts the path it routes (`/ab/token` as `/token`).
-    handler: { standardHostname: false },
+    normalize: false, // validate what the client sent: normalising first would reshape it (an array into an object)
+    handler: { standardHostname: false }, // by default Elysia skips 11 characters: Host "a" routes /ab/token as /token
   })
     .use(corsPlugin())
     .use(config.openapi ? apiDocumentation() : new Elysia())
     .onError(answerError)
     .options('/*', answerPreflight)
-    .get('/health', config.redisUrl ? async () => ({ status: 'ok' as const, redis: await state.redisStatus() }) : () => ({ status: 'ok' as const }), {
+    .get('/health', health, {
       response: { 200: HealthAnswer },
       detail: { summary: 'Whether the server answers, and whether Redis is in use (with REDIS_URL)' },
     })
@@ -163,13 +127,13 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
       parse: [tokens.read, 'json'],
       body: TokenRequest,
       mapResponse: noStore,
-      response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
+      response: { 200: TokenAnswer, ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },
       detail: {
         summary: 'An access token for a LiveKit room',
-        description:
-          "Two contracts, told apart by the body: OpenVidu's tutorial clients send {roomName, participantName} and get {token}; " +
-          "LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint) sends optional snake_case fields and gets {server_url, participant_token}. " +
-          'A 403 names what the caller may not have: another identity than its own, room_config beyond agents, or under TOKEN_POLICY a room or an agent no role of its allows.',
+        description: "Two contracts, told apart by the body: OpenVidu's tutorial clients send {roomName, " +
+          "participantName} and get {token}; LiveKit's standard token endpoint (TokenSource.endpoint) sends optional " +
+          'snake_case fields and gets {server_url, participant_token}. A 403 names what the caller may not have: ' +
+          'another identity, room_config beyond agents, or under TOKEN_POLICY a room or agent no role of its allows.',
       },
     })
     .post('/livekit/webhook', ({ request }) => receiveWebhook(request), {
@@ -177,7 +141,7 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
       response: { 200: WebhookAnswer, ...errorAnswers(400, 401, 408, 413, 500, 503) },
       detail: {
         summary: 'An event posted by a LiveKit server',
-        description: 'The raw body, as LiveKit signs it: the Authorization header carries a JWT whose sha256 claim is the hash of the exact bytes.',
+        description: "The raw body, as LiveKit signs it: the Authorization JWT's sha256 claim hashes its exact bytes.",
       },
     })
   // What serving needs (startServer): whether the rate limit needs connecting addresses (costly on Deno), Redis's
@@ -188,163 +152,141 @@ export function createApp(config: Config, handlers: Record<string, WebhookHandle
 
 /** What createApp returns, for typed clients: `treaty<App>(url).token.post(…)`. */
 export type App = ReturnType<typeof createApp>
-
 const ErrorAnswer = t.Object({ errorMessage: t.String() })
 const errorAnswers = <const Codes extends number[]>(...codes: Codes) =>
   Object.fromEntries(codes.map((code) => [code, ErrorAnswer])) as { [Code in Codes[number]]: typeof ErrorAnswer }
-const OpenViduTokenAnswer = t.Object({ token: t.String({ description: 'A LiveKit access token (JWT)' }) })
-const StandardTokenAnswer = t.Object({
-  server_url: t.String({ description: 'LIVEKIT_URL: where the client connects' }),
-  participant_token: t.String({ description: 'A LiveKit access token (JWT)' }),
-})
+const Jwt = t.String({ description: 'A LiveKit access token (JWT)' })
+const ServerUrl = t.String({ description: 'LIVEKIT_URL: where the client connects' })
+const TokenAnswer = t.Union([t.Object({ token: Jwt }), t.Object({ server_url: ServerUrl, participant_token: Jwt })])
 const WebhookAnswer = t.Object({ received: t.Union([t.Literal(true), t.Literal('duplicate')]) })
-const HealthAnswer = t.Object({ status: t.Literal('ok'), redis: t.Optional(t.Union([t.Literal('ok'), t.Literal('unavailable')])) })
+const Ok = t.Literal('ok')
+const HealthAnswer = t.Object({ status: Ok, redis: t.Optional(t.Union([Ok, t.Literal('unavailable')])) })
 
 // ==== Configuration ================================================================================================
-// Every variable once, with its default, its bounds and what it means; the checks and their messages come
-// from these entries. The secrets and the rules between variables follow.
+// Every variable once, with its default, its bounds and what it means (in full: docs/configuration.md); the checks
+// and their messages come from these entries. The secrets and the rules between variables follow.
 
 /** One variable: how its text (undefined when unset) is checked and read, and what it means. */
 type Setting<T> = { read(text: string | undefined, name: string): T; meaning: string }
+const described = <T>(meaning: string, read: Setting<T>['read']): Setting<T> => ({ meaning, read })
+const invalid = (name: string, expected: string, text?: string) =>
+  new ConfigError(`${name} must be ${expected}, got "${text}"`)
 
-const invalid = (name: string, expected: string, text: string | undefined) => new ConfigError(`${name} must be ${expected}, got "${text}"`)
-
-const integer = <T extends number | undefined>(fallback: T, min: number, max: number, meaning: string): Setting<number | T> => ({
-  meaning,
-  read(text, name) {
+const integer = <T extends number | undefined>(fallback: T, min: number, max: number, meaning: string) =>
+  described(meaning, (text, name): number | T => {
     if (!text) return fallback
-    if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) throw invalid(name, `an integer from ${min} to ${max}`, text)
-    return Number(text)
-  },
-})
+    if (/^\d+$/.test(text) && Number(text) >= min && Number(text) <= max) return Number(text)
+    throw invalid(name, `an integer from ${min} to ${max}`, text)
+  })
 
-const choice = <const T extends string>(choices: [T, ...T[]], meaning: string): Setting<T> => ({
-  meaning,
-  read(text, name) {
+const choice = <const T extends string>(choices: [T, ...T[]], meaning: string) =>
+  described(meaning, (text, name) => {
     const chosen = (text?.toLowerCase() || choices[0]) as T
     if (!choices.includes(chosen)) throw invalid(name, `one of ${choices.join(', ')}`, text)
     return chosen
-  },
-})
+  })
 
 const secondsPerUnit: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
-
 /** A lifetime in seconds ("600") or with a unit ("10m", "6h", "1d"), at most 366 days. */
-const duration = (fallback: string, meaning: string): Setting<number> => ({
-  meaning,
-  read(text, name) {
+const duration = (fallback: string, meaning: string) =>
+  described(meaning, (text, name) => {
     const match = /^(\d+)([smhd]?)$/.exec(text || fallback)
     const seconds = match ? Number(match[1]) * secondsPerUnit[match[2] || 's']! : NaN
-    if (!(seconds > 0 && seconds <= 366 * 86400)) throw invalid(name, 'a positive duration such as 600, 10m or 6h (at most 366d)', text || fallback)
-    return seconds
-  },
-})
+    if (seconds > 0 && seconds <= 366 * 86400) return seconds
+    throw invalid(name, 'a positive duration such as 600, 10m or 6h (at most 366d)', text || fallback)
+  })
 
-const url = <T extends string | undefined>(fallback: T, schemes: RegExp, expected: string, meaning: string): Setting<string | T> => ({
-  meaning,
-  read(text, name) {
+const url = <T extends string | undefined>(fallback: T, schemes: RegExp, expected: string, meaning: string) =>
+  described(meaning, (text, name) => {
     const value = text || fallback
-    if (value !== undefined && !(URL.canParse(value) && schemes.test(new URL(value).protocol))) throw invalid(name, expected, value)
+    if (value !== undefined && !schemes.test(URL.parse(value)?.protocol ?? '')) throw invalid(name, expected, value)
     return value as string | T
-  },
-})
-
-const textSetting = (meaning: string, fallback?: string): Setting<string | undefined> => ({ read: (value) => value || fallback, meaning })
+  })
+const textSetting = (meaning: string, fallback?: string) => described(meaning, (text) => text || fallback)
 
 export const settings = {
   SERVER_PORT: integer(6080, 0, 65535, 'the port to listen on (0: a free one)'),
-  LIVEKIT_URL: url('ws://localhost:7880', /^(wss?|https?):$/, 'a ws://, wss://, http:// or https:// URL', 'where clients connect, returned to standard-contract clients as server_url'),
+  LIVEKIT_URL: url('ws://localhost:7880', /^(wss?|https?):$/, 'a ws://, wss://, http:// or https:// URL',
+    'where clients connect, returned to standard-contract clients as server_url'),
   TOKEN_TTL: duration('6h', 'how long a token lasts'),
-  MAX_BODY_BYTES: integer(1024 * 1024, 1, 64 * 1024 * 1024, 'the largest webhook body; token requests are capped lower still'),
-  MAX_PENDING_BODY_BYTES: integer(16 * 1024 * 1024, 1, 1024 * 1024 * 1024, 'the bytes of request bodies being read at once, per route; beyond, 503 before reading'),
+  MAX_BODY_BYTES: integer(1024 * 1024, 1, 64 * 1024 * 1024, 'the largest webhook body (token requests: lower)'),
+  MAX_PENDING_BODY_BYTES: integer(16 * 1024 * 1024, 1, 1024 * 1024 * 1024, 'bytes of bodies read at once, per route'),
   LOG_LEVEL: choice(['info', 'warn', 'error'], 'the least severe lines logged'),
   OPENAPI: choice(['1', '0'], 'whether GET /openapi.json and the docs page at GET /openapi are served'),
-  AUTH_JWKS_URL: url(undefined, /^https?:$/, 'an http:// or https:// URL', "the identity provider's key set: /token then requires a bearer ID token"),
-  AUTH_ISSUER: textSetting("the iss that callers' ID tokens must carry; required with AUTH_JWKS_URL"),
-  AUTH_AUDIENCE: textSetting("the aud that callers' ID tokens must carry (the app's client ID); required with AUTH_JWKS_URL"),
+  AUTH_JWKS_URL: url(undefined, /^https?:$/, 'an http:// or https:// URL', 'key set: /token then needs an ID token'),
+  AUTH_ISSUER: textSetting("the iss callers' ID tokens must carry (required with AUTH_JWKS_URL)"),
+  AUTH_AUDIENCE: textSetting("the aud they must carry, the app's client ID (required with AUTH_JWKS_URL)"),
   AUTH_IDENTITY_CLAIM: textSetting('the ID-token claim that becomes the LiveKit identity', 'sub'),
-  TOKEN_RATE_LIMIT: integer(undefined, 1, 1_000_000, 'token requests each caller may make per minute; no limit when unset'),
-  TRUST_PROXY: { read: readProxyCount, meaning: 'how many reverse proxies in a row append to X-Forwarded-For (0: trust none of it)' },
-  REDIS_URL: { read: readRedisUrl, meaning: "where handled webhook ids and rate-limit allowances are shared; this process's memory when unset" },
-  REDIS_KEY_PREFIX: textSetting('what Redis keys start with (by default per API key), so that deployments sharing one Redis do not meet'),
+  TOKEN_RATE_LIMIT: integer(undefined, 1, 1_000_000, 'token requests per caller per minute; no limit when unset'),
+  TRUST_PROXY: { read: readProxyCount, meaning: 'how many reverse proxies in a row append to X-Forwarded-For' },
+  REDIS_URL: { read: readRedisUrl, meaning: 'where handled webhook ids and allowances are shared; memory when unset' },
+  REDIS_KEY_PREFIX: textSetting('what Redis keys start with (by default per API key), so that deployments do not meet'),
   WORKERS: { read: readWorkers, meaning: 'how many processes (Bun) or threads (Deno) serve the port' },
-  EVENTS_STREAM: { read: readStreamKey, meaning: 'the Redis Stream each verified event is appended to, exactly as given (not prefixed)' },
-  EVENTS_STREAM_MAXLEN: integer(100_000, 1, 1_000_000_000, 'the stream is trimmed to about this many entries (MAXLEN ~)'),
-  EVENTS_OUTBOX: integer(10_000, 1, 1_000_000, 'the most events held in memory while Redis does not answer (and at most 64 MiB in all)'),
-  PROMETHEUS_PORT: integer(undefined, 1, 65535, 'where GET /metrics is served, on a listener of its own; no metrics when unset'),
+  EVENTS_STREAM: { read: readStreamKey, meaning: 'the Redis Stream each verified event is appended to, as given' },
+  EVENTS_STREAM_MAXLEN: integer(100_000, 1, 1_000_000_000, 'the stream is trimmed to about this many entries'),
+  EVENTS_OUTBOX: integer(10_000, 1, 1_000_000, 'the most events held while Redis does not answer (and at most 64 MiB)'),
+  PROMETHEUS_PORT: integer(undefined, 1, 65535, 'where GET /metrics is served, a listener of its own; none when unset'),
 } satisfies Record<string, Setting<unknown>>
 
 // Besides: LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LIVEKIT_KEYS and TOKEN_POLICY, each also from a
 // NAME_FILE (parseCredentials, readSetting), and the variables only meaningful with another set.
 const needs: Record<string, keyof typeof settings> = {
-  AUTH_ISSUER: 'AUTH_JWKS_URL',
-  AUTH_AUDIENCE: 'AUTH_JWKS_URL',
-  AUTH_IDENTITY_CLAIM: 'AUTH_JWKS_URL',
-  EVENTS_STREAM_MAXLEN: 'EVENTS_STREAM',
-  EVENTS_OUTBOX: 'EVENTS_STREAM',
+  AUTH_ISSUER: 'AUTH_JWKS_URL', AUTH_AUDIENCE: 'AUTH_JWKS_URL', AUTH_IDENTITY_CLAIM: 'AUTH_JWKS_URL',
+  EVENTS_STREAM_MAXLEN: 'EVENTS_STREAM', EVENTS_OUTBOX: 'EVENTS_STREAM',
 }
+// A key set is shared by every app of the provider (all of Firebase): iss and aud say the token is this app's.
+const jwksNeeds = (name: string, value: string) =>
+  new ConfigError(`${name} is required with AUTH_JWKS_URL: set it to ${value} (docs/production.md)`)
 
 // ---- Configuration, read ------------------------------------------------------------------------------------------
 // The table applied, then the secrets and the rules between variables.
 
 export class ConfigError extends Error {}
-
 type Env = Record<string, string | undefined>
-
 /** Reads and validates the configuration once; throws a ConfigError naming the bad variable. */
 export function loadConfig(env: Env) {
-  const setting = <Name extends keyof typeof settings>(name: Name) => settings[name].read(env[name]?.trim() || undefined, name) as ReturnType<(typeof settings)[Name]['read']>
+  const setting = <Name extends keyof typeof settings>(name: Name) =>
+    settings[name].read(env[name]?.trim() || undefined, name) as ReturnType<(typeof settings)[Name]['read']>
   for (const [name, needed] of Object.entries(needs)) {
     if (env[name]?.trim() && !env[needed]?.trim()) throw new ConfigError(`${name} has no effect without ${needed}`)
   }
   const { apiKey, apiSecret, keys } = parseCredentials(env)
   const tokenTtlSeconds = setting('TOKEN_TTL')
-  const redisUrl = setting('REDIS_URL')
-  const jwksUrl = setting('AUTH_JWKS_URL')
-  const streamKey = setting('EVENTS_STREAM')
+  const [redisUrl, jwksUrl, streamKey] = [setting('REDIS_URL'), setting('AUTH_JWKS_URL'), setting('EVENTS_STREAM')]
   if (streamKey && !redisUrl) throw new ConfigError('EVENTS_STREAM needs REDIS_URL: the stream is kept in Redis')
-  // A key set is shared by every app of the provider (all of Firebase): iss and aud say the token is this app's.
-  if (jwksUrl && !setting('AUTH_ISSUER')) {
-    throw new ConfigError("AUTH_ISSUER is required with AUTH_JWKS_URL: set it to your identity provider's issuer, the iss of its ID tokens (docs/production.md)")
-  }
-  if (jwksUrl && !setting('AUTH_AUDIENCE')) {
-    throw new ConfigError("AUTH_AUDIENCE is required with AUTH_JWKS_URL: set it to your app's client ID, the aud of the ID tokens your clients send (docs/production.md)")
+  const [issuer, audience] = [setting('AUTH_ISSUER'), setting('AUTH_AUDIENCE')]
+  if (jwksUrl && !issuer) throw jwksNeeds('AUTH_ISSUER', "your identity provider's issuer, the iss of its ID tokens")
+  if (jwksUrl && !audience) {
+    throw jwksNeeds('AUTH_AUDIENCE', "your app's client ID, the aud of the ID tokens your clients send")
   }
   const config = {
-    port: setting('SERVER_PORT'),
-    // The key tokens are signed with, and every key webhooks may be signed with (several, for rotation).
-    apiKey,
-    apiSecret,
-    keys,
-    livekitUrl: setting('LIVEKIT_URL'),
-    tokenTtlSeconds,
-    maxBodyBytes: setting('MAX_BODY_BYTES'),
-    maxPendingBodyBytes: setting('MAX_PENDING_BODY_BYTES'),
+    port: setting('SERVER_PORT'), livekitUrl: setting('LIVEKIT_URL'), tokenTtlSeconds,
+    apiKey, apiSecret, keys, // the key tokens are signed with; every key webhooks may be signed with (rotation)
+    maxBodyBytes: setting('MAX_BODY_BYTES'), maxPendingBodyBytes: setting('MAX_PENDING_BODY_BYTES'),
     usesDevCredentials: apiKey === devCredentials.apiKey && apiSecret === devCredentials.apiSecret,
     // Secrets too short for HS256, to warn about at start.
-    weakKeys: [...keys].filter(([key, secret]) => key !== devCredentials.apiKey && secret.length < 32).map(([key]) => key),
-    logLevel: setting('LOG_LEVEL'),
-    openapi: setting('OPENAPI') === '1',
-    auth: jwksUrl
-      ? { jwksUrl: new URL(jwksUrl), issuer: setting('AUTH_ISSUER')!, audience: setting('AUTH_AUDIENCE')!, identityClaim: setting('AUTH_IDENTITY_CLAIM')! }
+    weakKeys: [...keys.keys()].filter((key) => key !== devCredentials.apiKey && keys.get(key)!.length < 32),
+    logLevel: setting('LOG_LEVEL'), openapi: setting('OPENAPI') === '1',
+    auth: jwksUrl && issuer && audience
+      ? { jwksUrl: new URL(jwksUrl), issuer, audience, identityClaim: setting('AUTH_IDENTITY_CLAIM')! }
       : undefined,
-    tokenRateLimit: setting('TOKEN_RATE_LIMIT'),
-    trustedProxies: setting('TRUST_PROXY'),
-    redisUrl,
-    redisKeyPrefix: setting('REDIS_KEY_PREFIX') ?? `livekit-server:${apiKey}:`,
+    tokenRateLimit: setting('TOKEN_RATE_LIMIT'), trustedProxies: setting('TRUST_PROXY'),
+    redisUrl, redisKeyPrefix: setting('REDIS_KEY_PREFIX') ?? `livekit-server:${apiKey}:`,
     workers: setting('WORKERS'),
-    eventStream: streamKey ? { key: streamKey, maxLength: setting('EVENTS_STREAM_MAXLEN'), outboxEvents: setting('EVENTS_OUTBOX') } : undefined,
+    eventStream: streamKey
+      ? { key: streamKey, maxLength: setting('EVENTS_STREAM_MAXLEN'), outboxEvents: setting('EVENTS_OUTBOX') }
+      : undefined,
     prometheusPort: setting('PROMETHEUS_PORT'),
     tokenPolicy: parseTokenPolicy(readSetting(env, 'TOKEN_POLICY'), tokenTtlSeconds),
   }
-  if (config.workers > 1 && !config.redisUrl) {
-    throw new ConfigError('WORKERS above 1 needs REDIS_URL: without it the workers would not share handled webhook ids and rate limits')
-  }
+  const unshared = 'without it the workers would not share handled webhook ids and rate limits'
+  if (config.workers > 1 && !redisUrl) throw new ConfigError(`WORKERS above 1 needs REDIS_URL: ${unshared}`)
   if (config.workers > 1 && config.port === 0) throw new ConfigError('WORKERS above 1 needs a SERVER_PORT other than 0')
-  if (config.prometheusPort === config.port) throw new ConfigError('PROMETHEUS_PORT must differ from SERVER_PORT: metrics are never served on the public port')
+  if (config.prometheusPort === config.port) {
+    throw new ConfigError('PROMETHEUS_PORT must differ from SERVER_PORT: metrics are never served on the public port')
+  }
   return config
 }
-
 export type Config = ReturnType<typeof loadConfig>
 export type AuthConfig = NonNullable<Config['auth']>
 export type EventStreamConfig = NonNullable<Config['eventStream']>
@@ -360,41 +302,42 @@ function readProxyCount(text: string | undefined, name: string): number {
 
 function readRedisUrl(text: string | undefined, name: string): string | undefined {
   if (!text) return undefined
-  const url = URL.canParse(text) ? new URL(text) : undefined
-  const valid = url && /^rediss?:$/.test(url.protocol) && url.hostname && /^(\/\d{0,5})?$/.test(url.pathname) && !url.search
+  const url = URL.parse(text)
+  const valid = url && /^rediss?:$/.test(url.protocol) && url.hostname && /^(\/\d{0,5})?$/.test(url.pathname)
+  if (valid && !url.search) return text
   // Not echoed: a password that is not URL-encoded may be what made it invalid.
-  if (!valid) throw new ConfigError(`${name} must be redis://[user:password@]host:port[/db] (rediss:// for TLS, db a number)`)
-  return text
+  throw new ConfigError(`${name} must be redis://[user:password@]host:port[/db] (rediss:// for TLS, db a number)`)
 }
-
 function readWorkers(text: string | undefined, name: string): number {
   if (text?.toLowerCase() === 'auto') return Math.min(availableParallelism(), 64)
   return integer(1, 1, 64, '').read(text, name)
 }
-
 function readStreamKey(text: string | undefined): string | undefined {
-  if (text && (text.length > 256 || /\s/.test(text))) throw new ConfigError('EVENTS_STREAM must be a Redis key of at most 256 characters, without spaces')
-  return text
+  if (!text || (text.length <= 256 && !/\s/.test(text))) return text
+  throw new ConfigError('EVENTS_STREAM must be a Redis key of at most 256 characters, without spaces')
 }
 
 // LiveKit's and OpenVidu's development servers run with these credentials.
 const devCredentials = { apiKey: 'devkey', apiSecret: 'secret' }
-
 /** The API key and secret, or several keys in LIVEKIT_KEYS (for rotation: webhooks signed with any verify). */
 function parseCredentials(env: Env): { apiKey: string; apiSecret: string; keys: Map<string, string> } {
   const apiKey = readSetting(env, 'LIVEKIT_API_KEY')
   const apiSecret = readSetting(env, 'LIVEKIT_API_SECRET')
   const keysText = readSetting(env, 'LIVEKIT_KEYS')
   if (keysText !== undefined) {
-    if (apiSecret !== undefined) throw new ConfigError('LIVEKIT_KEYS and LIVEKIT_API_SECRET cannot both be set: list every key and its secret in LIVEKIT_KEYS')
+    const both = 'LIVEKIT_KEYS and LIVEKIT_API_SECRET cannot both be set'
+    if (apiSecret !== undefined) throw new ConfigError(`${both}: list every key and its secret in LIVEKIT_KEYS`)
     const keys = parseKeys(keysText)
-    if (apiKey === undefined && keys.size > 1) throw new ConfigError('LIVEKIT_API_KEY must name the key that signs tokens when LIVEKIT_KEYS lists several')
-    const signingKey = apiKey ?? [...keys.keys()][0]!
-    if (!keys.has(signingKey)) throw new ConfigError(`LIVEKIT_API_KEY "${signingKey}" is not one of the keys in LIVEKIT_KEYS`)
-    return { apiKey: signingKey, apiSecret: keys.get(signingKey)!, keys }
+    if (apiKey === undefined && keys.size > 1) {
+      throw new ConfigError('LIVEKIT_API_KEY must name the key that signs tokens when LIVEKIT_KEYS lists several')
+    }
+    const key = apiKey ?? [...keys.keys()][0]!
+    if (!keys.has(key)) throw new ConfigError(`LIVEKIT_API_KEY "${key}" is not one of the keys in LIVEKIT_KEYS`)
+    return { apiKey: key, apiSecret: keys.get(key)!, keys }
   }
-  if (apiKey !== undefined && apiSecret === undefined) throw new ConfigError('LIVEKIT_API_SECRET is required when LIVEKIT_API_KEY is set')
-  if (apiSecret !== undefined && apiKey === undefined) throw new ConfigError('LIVEKIT_API_KEY is required when LIVEKIT_API_SECRET is set')
+  const required = (name: string, when: string) => new ConfigError(`${name} is required when ${when} is set`)
+  if (apiKey !== undefined && apiSecret === undefined) throw required('LIVEKIT_API_SECRET', 'LIVEKIT_API_KEY')
+  if (apiSecret !== undefined && apiKey === undefined) throw required('LIVEKIT_API_KEY', 'LIVEKIT_API_SECRET')
   const credentials = apiKey !== undefined && apiSecret !== undefined ? { apiKey, apiSecret } : devCredentials
   return { ...credentials, keys: new Map([[credentials.apiKey, credentials.apiSecret]]) }
 }
@@ -431,8 +374,7 @@ function readSetting(env: Env, name: string): string | undefined {
 }
 
 // ==== Token requests ===============================================================================================
-// Two contracts on one route, told apart by their fields. First the bodies, then the route: admission
-// (authentication, rate limit) before the body is read, then the decision.
+// Two contracts on one route, told apart by their fields: first the bodies, then the route (admission, then the body).
 
 const maxNameLength = 256
 const maxMetadataBytes = 64 * 1024
@@ -440,68 +382,48 @@ const maxAttributes = 64
 const maxAttributesBytes = 64 * 1024
 const maxAgents = 8
 const maxAgentMetadataBytes = 64 * 1024
-// The largest request those bounds allow (three 64 KiB fields), with room for JSON escaping.
-const tokenBodyLimit = 256 * 1024
+const tokenBodyLimit = 256 * 1024 // the most those bounds allow (three 64 KiB fields), with room for JSON escaping
 
-// Control characters, line separators and bidirectional overrides and isolates: they make display names and
-// log lines say something else than they hold.
+// Control characters, line separators, bidirectional overrides and isolates: they make names and log lines lie.
 const unsafeCharacters = /[\p{Cc}\u2028\u2029\u202A-\u202E\u2066-\u2069]/u
-
 /** Text fit for an identity, a name or a room name: none of the characters above, no lone surrogate. */
 const isPlainText = (text: string) => text.isWellFormed() && !unsafeCharacters.test(text)
-
 const nameField = (field: string) =>
   t.String({ maxLength: maxNameLength, error: `${field} must be a string of at most ${maxNameLength} characters` })
 
 /** OpenVidu's tutorial clients: {"roomName", "participantName"} → {"token"}. */
-const OpenViduTokenRequest = t.Object(
-  {
-    roomName: t.String({ minLength: 1, maxLength: maxNameLength }),
-    participantName: t.String({ minLength: 1, maxLength: maxNameLength }),
-  },
-  { additionalProperties: true },
-)
+const openViduName = t.String({ minLength: 1, maxLength: maxNameLength })
+const othersAllowed = { additionalProperties: true }
+const OpenViduTokenRequest = t.Object({ roomName: openViduName, participantName: openViduName }, othersAllowed)
 
 /** LiveKit's standard token endpoint (livekit-client's TokenSource.endpoint): every field optional. */
-const StandardTokenRequest = t.Object(
-  {
-    // Their absence tells this contract from OpenVidu's.
-    roomName: t.Optional(t.Never()),
-    participantName: t.Optional(t.Never()),
-    room_name: t.Optional(nameField('room_name')),
-    participant_identity: t.Optional(nameField('participant_identity')),
-    participant_name: t.Optional(nameField('participant_name')),
-    participant_metadata: t.Optional(t.String({ error: 'participant_metadata must be a string' })),
-    participant_attributes: t.Optional(
-      t.Record(t.String(), t.String({ error: 'participant_attributes values must be strings' }), {
-        maxProperties: maxAttributes,
-        error: `participant_attributes must be an object of at most ${maxAttributes} string values`,
-      }),
-    ),
-    room_config: t.Optional(
-      t.Record(t.String(), t.Unknown(), { error: 'room_config must be a RoomConfiguration object' }),
-    ),
-  },
-  { additionalProperties: true },
-)
-
+const attributeValue = t.String({ error: 'participant_attributes values must be strings' })
+const StandardTokenRequest = t.Object({
+  roomName: t.Optional(t.Never()), participantName: t.Optional(t.Never()), // absent: this contract, not OpenVidu's
+  room_name: t.Optional(nameField('room_name')),
+  participant_identity: t.Optional(nameField('participant_identity')),
+  participant_name: t.Optional(nameField('participant_name')),
+  participant_metadata: t.Optional(t.String({ error: 'participant_metadata must be a string' })),
+  participant_attributes: t.Optional(t.Record(t.String(), attributeValue, {
+    maxProperties: maxAttributes,
+    error: `participant_attributes must be an object of at most ${maxAttributes} string values`,
+  })),
+  room_config: t.Optional(
+    t.Record(t.String(), t.Unknown(), { error: 'room_config must be a RoomConfiguration object' })),
+}, othersAllowed)
 type OpenViduTokenRequest = typeof OpenViduTokenRequest.static
 type StandardTokenRequest = typeof StandardTokenRequest.static
-
 const TokenRequest = t.Union([OpenViduTokenRequest, StandardTokenRequest])
-
-const openViduRequestError = 'roomName and participantName are required'
 const tokenRequestValidator = getSchemaValidator(TokenRequest)
 const standardRequestValidator = getSchemaValidator(StandardTokenRequest)
-
 const isOpenViduRequest = (body: object): body is OpenViduTokenRequest =>
   'roomName' in body || 'participantName' in body
 
 /** The union's own error says only "Expected union value"; name the field that is wrong instead. */
 function describeTokenRequestError(body: Record<string, unknown>): string {
   if (isOpenViduRequest(body)) {
-    const tooLong = [body.roomName, body.participantName].some((value) => typeof value === 'string' && value.length > maxNameLength)
-    return tooLong ? `roomName and participantName must be at most ${maxNameLength} characters` : openViduRequestError
+    const tooLong = [body.roomName, body.participantName].some((v) => typeof v === 'string' && v.length > maxNameLength)
+    return `roomName and participantName ${tooLong ? `must be at most ${maxNameLength} characters` : 'are required'}`
   }
   const first = standardRequestValidator.Errors(body).First()
   if (!first) return 'Invalid token request'
@@ -511,55 +433,45 @@ function describeTokenRequestError(body: Record<string, unknown>): string {
 
 /** Identities, names and room names are plain text (isPlainText), in either contract. */
 function requirePlainNames(body: Record<string, unknown>): void {
-  const fields = isOpenViduRequest(body) ? ['roomName', 'participantName'] : ['room_name', 'participant_identity', 'participant_name']
-  for (const field of fields) {
-    const value = body[field]
-    if (typeof value === 'string' && !isPlainText(value)) {
-      throw new HttpError(400, `${field} must not hold control characters, bidirectional overrides or lone surrogates`)
-    }
+  const fields = isOpenViduRequest(body)
+    ? ['roomName', 'participantName']
+    : ['room_name', 'participant_identity', 'participant_name']
+  const field = fields.find((field) => typeof body[field] === 'string' && !isPlainText(body[field]))
+  if (field) {
+    throw new HttpError(400, `${field} must not hold control characters, bidirectional overrides or lone surrogates`)
   }
 }
 
 interface Participant {
-  identity: string
-  name?: string
-  metadata?: string
-  attributes?: Record<string, string>
-  room: string
-  roomConfig?: RoomConfiguration
+  identity: string; name?: string; metadata?: string; attributes?: Record<string, string>
+  room: string; roomConfig?: RoomConfiguration
 }
-
 const randomSuffix = () => crypto.randomUUID().slice(0, 13).replace('-', '')
-
 /** Turns a standard request into the participant it asks for, refusing what a client may not set. */
 function standardParticipant(body: StandardTokenRequest): Omit<Participant, 'room'> {
   const metadata = body.participant_metadata
-  if (metadata !== undefined && Buffer.byteLength(metadata) > maxMetadataBytes) {
-    throw new HttpError(400, `participant_metadata must be at most ${maxMetadataBytes} bytes`)
-  }
+  if (metadata) requireBytes('participant_metadata', Buffer.byteLength(metadata), maxMetadataBytes)
   const attributes = body.participant_attributes
   if (attributes) {
     requireOwnAttributes(attributes, 'participant_attributes')
-    if (attributesBytes(attributes) > maxAttributesBytes) {
-      throw new HttpError(400, `participant_attributes must be at most ${maxAttributesBytes} bytes in all`)
-    }
+    requireBytes('participant_attributes', attributesBytes(attributes), maxAttributesBytes, ' in all')
   }
   return {
-    identity: body.participant_identity || `participant-${randomSuffix()}`,
-    name: body.participant_name || undefined,
-    metadata: metadata || undefined,
+    identity: body.participant_identity || `participant-${randomSuffix()}`, name: body.participant_name || undefined,
+    metadata: metadata || undefined, roomConfig: body.room_config && parseRoomConfig(body.room_config),
     attributes: attributes && Object.keys(attributes).length > 0 ? attributes : undefined,
-    roomConfig: body.room_config && parseRoomConfig(body.room_config),
   }
 }
 
+function requireBytes(field: string, bytes: number, max: number, inAll = ''): void {
+  if (bytes > max) throw new HttpError(400, `${field} must be at most ${max} bytes${inAll}`)
+}
 const attributesBytes = (attributes: Record<string, string>) =>
   Object.entries(attributes).reduce((sum, [key, value]) => sum + Buffer.byteLength(key) + Buffer.byteLength(value), 0)
-
 /** Attributes under "lk." are LiveKit's and its agents' (lk.agent.state, lk.publish_on_behalf): never a client's. */
 function requireOwnAttributes(attributes: Record<string, string>, field: string): void {
   const reserved = Object.keys(attributes).find((key) => key.startsWith('lk.'))
-  if (reserved !== undefined) throw new HttpError(403, `${field} may not set "${reserved}": attributes under lk. are LiveKit's`)
+  if (reserved) throw new HttpError(403, `${field} may not set "${reserved}": attributes under lk. are LiveKit's`)
 }
 
 // The JSON names (and .proto names) of a message's fields: anything else in a client's room_config is refused
@@ -567,14 +479,14 @@ function requireOwnAttributes(attributes: Record<string, string>, field: string)
 const fieldNamesOf = (type: typeof RoomConfiguration | typeof RoomAgentDispatch) =>
   new Set(type.fields.list().flatMap((field) => [field.name, field.jsonName]))
 const roomConfigFields = fieldNamesOf(RoomConfiguration)
-type ProtoJson = Parameters<typeof RoomConfiguration.fromJson>[0]
 const agentDispatchFields = fieldNamesOf(RoomAgentDispatch)
 // What a client may say of an agent it dispatches; its restart policy stays the server's call.
 const clientAgentFields = new Set(['agent_name', 'agentName', 'metadata', 'deployment', 'attributes'])
+const keyOutside = (json: object, fields: Set<string>) => Object.keys(json).find((key) => !fields.has(key))
 
 /** A client may ask for agents to be dispatched; recording, limits and timeouts stay the server's call. */
 function parseRoomConfig(json: Record<string, unknown>): RoomConfiguration {
-  const unknown = Object.keys(json).find((field) => !roomConfigFields.has(field))
+  const unknown = keyOutside(json, roomConfigFields)
   if (unknown !== undefined) throw new HttpError(400, `room_config.${unknown} is not a RoomConfiguration field`)
   const requested = Object.keys(json).filter((field) => field !== 'agents')
   if (requested.length > 0) throw new HttpError(403, `room_config may only request agents, not ${requested.join(', ')}`)
@@ -583,14 +495,14 @@ function parseRoomConfig(json: Record<string, unknown>): RoomConfiguration {
   if (agents.length > maxAgents) throw new HttpError(400, `room_config may request at most ${maxAgents} agents`)
   for (const agent of agents) {
     if (!isJsonObject(agent)) throw new HttpError(400, 'room_config.agents must be a list of agent dispatches')
-    const unknownField = Object.keys(agent).find((field) => !agentDispatchFields.has(field))
-    if (unknownField !== undefined) throw new HttpError(400, `room_config.agents.${unknownField} is not a RoomAgentDispatch field`)
-    const serverField = Object.keys(agent).find((field) => !clientAgentFields.has(field))
-    if (serverField !== undefined) throw new HttpError(403, `room_config.agents may not set ${serverField}: it is the server's call`)
+    const field = keyOutside(agent, agentDispatchFields)
+    if (field !== undefined) throw new HttpError(400, `room_config.agents.${field} is not a RoomAgentDispatch field`)
+    const its = keyOutside(agent, clientAgentFields)
+    if (its !== undefined) throw new HttpError(403, `room_config.agents may not set ${its}: it is the server's call`)
   }
   let roomConfig: RoomConfiguration
   try {
-    roomConfig = RoomConfiguration.fromJson(json as ProtoJson)
+    roomConfig = RoomConfiguration.fromJson(json as Parameters<typeof RoomConfiguration.fromJson>[0])
   } catch (error) {
     throw new HttpError(400, `room_config is not a valid RoomConfiguration: ${(error as Error).message}`)
   }
@@ -608,11 +520,8 @@ function checkAgentDispatch(agents: RoomAgentDispatch[]): void {
     }
     requireOwnAttributes(attributes, 'room_config agent attributes')
   }
-  if (agentPayloadBytes(agents) > maxAgentMetadataBytes) {
-    throw new HttpError(400, `room_config agent metadata and attributes must be at most ${maxAgentMetadataBytes} bytes in all`)
-  }
+  requireBytes('room_config agent metadata and attributes', agentPayloadBytes(agents), maxAgentMetadataBytes, ' in all')
 }
-
 /** What the agents' dispatches carry to them: metadata and attributes, counted against one bound. */
 const agentPayloadBytes = (agents: RoomAgentDispatch[]) =>
   agents.reduce((sum, agent) => sum + Buffer.byteLength(agent.metadata) + attributesBytes(agent.attributes), 0)
@@ -621,21 +530,23 @@ const agentPayloadBytes = (agents: RoomAgentDispatch[]) =>
 // Admitted (authenticated, rate-limited) before the body is read, then checked, decided and signed.
 
 type ReadBody = ReturnType<typeof createBodyReader>
-
-function createTokenRoute(config: Config, decide: TokenDecider, state: SharedState, readBody: ReadBody, metrics: Metrics) {
+function createTokenRoute(
+  config: Config, decide: TokenDecider, state: SharedState, readBody: ReadBody, metrics: Metrics,
+) {
   const mintToken = createTokenMinter(config)
   const authenticate = config.auth && createCallerAuthenticator(config.auth)
   const { tokenRateLimit, trustedProxies } = config
   const maxTokenBodyBytes = Math.min(config.maxBodyBytes, tokenBodyLimit)
-  // Who asked for each token request, once admitted.
-  const callers = new WeakMap<Request, Caller>()
+  const callers = new WeakMap<Request, Caller>() // who asked for each token request, once admitted
+  const standardAnswer = (token: string) => ({ server_url: config.livekitUrl, participant_token: token })
 
   async function admitTokenRequest(request: Request, server: BunServer): Promise<void> {
     const caller = authenticate && (await authenticate(request))
     if (caller) callers.set(request, caller)
     if (!tokenRateLimit) return
-    const waitSeconds = await state.take(caller?.identity ?? `address:${addressKey(clientAddress(request, server, trustedProxies))}`, tokenRateLimit)
-    if (waitSeconds) throw new HttpError(429, `Too many token requests, retry in ${waitSeconds} s`, { 'retry-after': String(waitSeconds) })
+    const key = caller?.identity ?? `address:${addressKey(clientAddress(request, server, trustedProxies))}`
+    const wait = await state.take(key, tokenRateLimit)
+    if (wait) throw new HttpError(429, `Too many token requests, retry in ${wait} s`, { 'retry-after': String(wait) })
   }
 
   // The route's own parser, so that no spelling of the path (`/token/`, `/token?x`) skips admission.
@@ -645,7 +556,6 @@ function createTokenRoute(config: Config, decide: TokenDecider, state: SharedSta
     if (authenticate || tokenRateLimit) return admitTokenRequest(request, server).then(() => readJsonObject(request))
     return readJsonObject(request)
   }
-
   async function readJsonObject(request: Request): Promise<Record<string, unknown>> {
     requireJsonContentType(request)
     const body = parseJsonObject(await readBody(request, maxTokenBodyBytes, 'token', 'text'))
@@ -655,41 +565,39 @@ function createTokenRoute(config: Config, decide: TokenDecider, state: SharedSta
     requirePlainNames(body)
     return body
   }
-
   /** The identity and name a token gets: the authenticated caller's when there is one. */
-  function participantFor(request: Request, asked: { identity?: string; name?: string }): { identity?: string; name?: string } {
+  function participantFor(request: Request, identity: string | undefined, name: string | undefined) {
     const caller = callers.get(request)
-    if (!caller) return asked
-    if (asked.identity && asked.identity !== caller.identity) throw new HttpError(403, 'participant_identity must be the authenticated caller')
-    return { identity: caller.identity, name: caller.name ?? asked.name }
+    if (!caller) return { identity: identity || undefined, name }
+    if (identity && identity !== caller.identity) {
+      throw new HttpError(403, 'participant_identity must be the authenticated caller')
+    }
+    return { identity: caller.identity, name: caller.name ?? name }
   }
-
   function answerTokenRequest(body: OpenViduTokenRequest | StandardTokenRequest, request: Request) {
     if (isOpenViduRequest(body)) {
-      const { roomName, participantName } = body
-      const { identity, name } = participantFor(request, { name: participantName })
-      const participant = { identity: identity ?? participantName, name }
-      return whenSettled(decidedToken(request, participant, { contract: 'openvidu', room: roomName, identity: participant.identity }), (token) => ({ token }))
+      const { identity = body.participantName, name } = participantFor(request, undefined, body.participantName)
+      const asked: TokenAsk = { contract: 'openvidu', room: body.roomName, identity }
+      return whenSettled(decidedToken(request, { identity, name }, asked), (token) => ({ token }))
     }
-    const requested = standardParticipant(body)
-    const { identity, name } = participantFor(request, { identity: body.participant_identity || undefined, name: requested.name })
-    const participant = { ...requested, identity: identity ?? requested.identity, name }
-    const asked: TokenAsk = { contract: 'standard', room: body.room_name || undefined, identity: participant.identity, roomConfig: requested.roomConfig }
-    return whenSettled(decidedToken(request, participant, asked), (participantToken) => ({ server_url: config.livekitUrl, participant_token: participantToken }))
+    const sent = standardParticipant(body)
+    const { identity = sent.identity, name } = participantFor(request, body.participant_identity, sent.name)
+    const room = body.room_name || undefined
+    const asked: TokenAsk = { contract: 'standard', room, identity, roomConfig: sent.roomConfig }
+    return whenSettled(decidedToken(request, { ...sent, identity, name }, asked), standardAnswer)
   }
-
   /** The token the decision grants the participant; a refusal answers 403 with its message. */
-  function decidedToken(request: Request, participant: Omit<Participant, 'room'>, asked: TokenAsk): string | Promise<string> {
+  function decidedToken(request: Request, participant: Omit<Participant, 'room'>, asked: TokenAsk) {
     return whenSettled(decide(callers.get(request), asked, config), (decision) => {
       if ('refused' in decision) {
         const by = decision.policy ? 'TOKEN_POLICY' : "the app's TokenDecider"
-        log('info', 'token refused', { by, identity: participant.identity, reason: decision.refused, ...decision.policy })
+        log('info', 'token refused', { by, identity: asked.identity, reason: decision.refused, ...decision.policy })
         throw new HttpError(403, decision.refused)
       }
-      return mintToken({ ...participant, room: decision.room, roomConfig: decision.roomConfig }, decision.grant, decision.ttlSeconds)
+      const { room, roomConfig, grant, ttlSeconds } = decision
+      return mintToken({ ...participant, room, roomConfig }, grant, ttlSeconds)
     })
   }
-
   return { read: readTokenRequest, answer: answerTokenRequest }
 }
 

@@ -91,7 +91,7 @@ export const costs: Record<CostKey, Cost> = {
     routes: ['health', 'openvidu', 'webhook'],
     edits: [
       ['response: { 200: HealthAnswer },', ''],
-      ['response: { 200: t.Union([OpenViduTokenAnswer, StandardTokenAnswer]), ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },', ''],
+      ['response: { 200: TokenAnswer, ...errorAnswers(400, 401, 403, 408, 413, 429, 503) },', ''],
       ['response: { 200: WebhookAnswer, ...errorAnswers(400, 401, 408, 413, 500, 503) },', ''],
     ],
   },
@@ -115,20 +115,20 @@ export const costs: Record<CostKey, Cost> = {
       ],
       ['  function answerTokenRequest(', '  async function answerTokenRequest('],
       [
-        "return whenSettled(decidedToken(request, participant, { contract: 'openvidu', room: roomName, identity: participant.identity }), (token) => ({ token }))",
-        "return { token: await decidedToken(request, participant, { contract: 'openvidu', room: roomName, identity: participant.identity }) }",
+        'return whenSettled(decidedToken(request, { identity, name }, asked), (token) => ({ token }))',
+        'return { token: await decidedToken(request, { identity, name }, asked) }',
       ],
       [
-        'return whenSettled(decidedToken(request, participant, asked), (participantToken) => ({ server_url: config.livekitUrl, participant_token: participantToken }))',
-        'return { server_url: config.livekitUrl, participant_token: await decidedToken(request, participant, asked) }',
+        'return whenSettled(decidedToken(request, { ...sent, identity, name }, asked), standardAnswer)',
+        'return standardAnswer(await decidedToken(request, { ...sent, identity, name }, asked))',
       ],
       [
-        "  function decidedToken(request: Request, participant: Omit<Participant, 'room'>, asked: TokenAsk): string | Promise<string> {\n" +
+        "  function decidedToken(request: Request, participant: Omit<Participant, 'room'>, asked: TokenAsk) {\n" +
           '    return whenSettled(decide(callers.get(request), asked, config), (decision) => {\n',
-        "  async function decidedToken(request: Request, participant: Omit<Participant, 'room'>, asked: TokenAsk): Promise<string> {\n" +
+        "  async function decidedToken(request: Request, participant: Omit<Participant, 'room'>, asked: TokenAsk) {\n" +
           '    const decision = await decide(callers.get(request), asked, config)\n    {\n',
       ],
-      ['decision.grant, decision.ttlSeconds)\n    })\n  }', 'decision.grant, decision.ttlSeconds)\n    }\n  }'],
+      ['grant, ttlSeconds)\n    })\n  }', 'grant, ttlSeconds)\n    }\n  }'],
       [
         '  private use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): MaybePromise<T> {',
         '  private async use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {',

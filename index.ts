@@ -42,17 +42,31 @@ export type WebhookHandler = (event: WebhookEvent) => void | Promise<void>
 type Handlers = Record<string, WebhookHandler>
 
 export const webhookHandlers: Record<WebhookEventName, WebhookHandler> = {
-  room_started: logEvent, room_finished: logEvent,
-  participant_joined: logEvent, participant_left: logEvent, participant_connection_aborted: logEvent,
-  track_published: logEvent, track_unpublished: logEvent,
-  egress_started: logEvent, egress_updated: logEvent, egress_ended: logEvent,
-  ingress_started: logEvent, ingress_ended: logEvent,
+  room_started: logEvent,
+  room_finished: logEvent,
+  participant_joined: logEvent,
+  participant_left: logEvent,
+  participant_connection_aborted: logEvent,
+  track_published: logEvent,
+  track_unpublished: logEvent,
+  egress_started: logEvent,
+  egress_updated: logEvent,
+  egress_ended: logEvent,
+  ingress_started: logEvent,
+  ingress_ended: logEvent,
   // An agent's job in a room: `event.job` (its id, agentName, state; the room on the first).
-  agent_job_started: logEvent, agent_job_ended: logEvent,
+  agent_job_started: logEvent,
+  agent_job_ended: logEvent,
 }
 
-function logEvent(event: EventView) { log('info', 'webhook', describeEvent(event)) }
-function logUnknownEvent(event: EventView) { log('info', 'webhook with unknown event name', describeEvent(event)) }
+function logEvent(event: EventView): void {
+  log('info', 'webhook', describeEvent(event))
+}
+
+function logUnknownEvent(event: EventView): void {
+  log('info', 'webhook with unknown event name', describeEvent(event))
+}
+
 /** What the log line of an event names: the room, and whoever or whatever it is about. */
 function describeEvent(event: EventView): Record<string, string | undefined> {
   const { room, participant, track, egressInfo, ingressInfo, job } = event
@@ -64,6 +78,7 @@ function describeEvent(event: EventView): Record<string, string | undefined> {
     job: shortText(job?.id), agent: shortText(job?.agentName),
   }
 }
+
 /** A signed event's field as logged or streamed: at most 256 characters, none when empty. */
 const shortText = (text?: string) => (text ? (text.length > 256 ? `${text.slice(0, 256)}…` : text) : undefined)
 

@@ -2004,10 +2004,8 @@ function writeLogLine(level: Level, msg: string, fields: Record<string, unknown>
 }
 
 // ==== Metrics ======================================================================================================
-// With PROMETHEUS_PORT, GET /metrics on a listener of its own, never the public port. prom-client through its
-// package root: each app's series in a registry of its own (apps made in one process never collide), read at each
-// scrape with prom-client's default `register`, which holds the standard process series and whatever the app
-// registers there itself (a plain `new Counter(…)`). Without PROMETHEUS_PORT, prom-client is never loaded.
+// With PROMETHEUS_PORT, GET /metrics on a listener of its own: each app's series (a registry of its own) and
+// prom-client's default `register` (the process series, and an app's own `new Counter(…)`). docs/operations.md
 
 type PromClient = typeof import('prom-client')
 type PromRegistry = import('prom-client').Registry
@@ -2093,40 +2091,30 @@ function createAppSeries({ Registry, Counter, Gauge, Histogram }: PromClient) {
   return {
     registry: registers[0]!,
     tokens: new Counter({
-      name: `${metricPrefix}token_requests_total`,
+      name: `${metricPrefix}token_requests_total`, labelNames: ['contract', 'status'] as const, registers,
       help: 'Token requests answered, by contract (none: refused before the body was read) and status',
-      labelNames: ['contract', 'status'] as const,
-      registers,
     }),
     webhooks: new Counter({
-      name: `${metricPrefix}webhooks_total`,
+      name: `${metricPrefix}webhooks_total`, labelNames: ['event', 'outcome'] as const, registers,
       help: 'Webhooks answered, by event and outcome (handled, duplicate, refused, failed, busy)',
-      labelNames: ['event', 'outcome'] as const,
-      registers,
     }),
     durations: new Histogram({
-      name: `${metricPrefix}http_request_duration_seconds`,
+      name: `${metricPrefix}http_request_duration_seconds`, labelNames: ['route', 'status'] as const, registers,
       help: 'Time from a request reaching the app to its answer, by route and status',
-      labelNames: ['route', 'status'] as const,
       buckets: durationBuckets,
-      registers,
     }),
     watch({ redisStatus, pendingBodyBytes }: MetricSources) {
       if (redisStatus) {
         const up: PromGauge = new Gauge({
-          name: `${metricPrefix}shared_state_up`,
+          name: `${metricPrefix}shared_state_up`, aggregator: 'min', registers,
           help: '1 while Redis holds the shared state, 0 while this process runs on its own memory',
-          aggregator: 'min',
-          registers,
           collect: async () => up.set((await redisStatus()) === 'ok' ? 1 : 0),
         })
       }
       if (pendingBodyBytes) {
         const pending: PromGauge<'route'> = new Gauge({
-          name: `${metricPrefix}request_body_bytes_pending`,
+          name: `${metricPrefix}request_body_bytes_pending`, labelNames: ['route'] as const, registers,
           help: 'Bytes of request bodies being read, by route',
-          labelNames: ['route'] as const,
-          registers,
           collect() {
             pending.set({ route: '/token' }, pendingBodyBytes.token)
             pending.set({ route: '/livekit/webhook' }, pendingBodyBytes.webhook)
@@ -2145,8 +2133,7 @@ async function loadPromClient(): Promise<PromClient> {
   return prom
 }
 
-// prom-client's process series that read /proc/self at each scrape: Deno 2.9 lets only --allow-all read
-// there (they would read 0), and in a terminal it stops the whole server to ask at the first scrape.
+// prom-client's series that read /proc/self at each scrape: on Deno, only --allow-all may (docs/operations.md).
 const procSeries = [
   'process_resident_memory_bytes', 'process_virtual_memory_bytes', 'process_heap_bytes', 'process_open_fds',
 ]
@@ -2593,9 +2580,8 @@ function answerServeError(error: unknown): Response {
 }
 
 // ==== Workers ======================================================================================================
-// WORKERS=N serves the port from N processes (Bun, each `bun run index.ts` again) or N threads (Deno's web workers),
-// the kernel spreading connections among them. The first process only supervises: it says when all listen, forwards
-// SIGTERM/SIGINT, and restarts a worker that dies.
+// WORKERS=N serves the port from N processes (Bun) or threads (Deno), the kernel spreading connections among them;
+// the first process supervises: it says when all listen, forwards SIGTERM/SIGINT, restarts a worker that dies.
 
 /** A worker, for the first process: `stop` asks it to finish its requests in flight and stop, `kill` stops it now. */
 type WorkerHandle = { send(message: unknown): void; stop(): void; kill(): void; exited: Promise<string> }
@@ -2603,8 +2589,7 @@ type WorkerHandle = { send(message: unknown): void; stop(): void; kill(): void; 
 type WorkerMessage = { listening: number } | MetricsReply | 'stopped'
 
 // ---- Metrics across workers ---------------------------------------------------------------------------------------
-// Each scrape asks every worker for its figures (prom-client's registry as JSON, over the channel it supervises them
-// by), summed with its own.
+// Each scrape asks every worker for its figures (prom-client's registry as JSON), summed with the first process's.
 
 /** In the first process: asks the workers for their figures; `replied` hands each to the scrape waiting for it. */
 function createFiguresAsker(workers: () => WorkerHandle[]) {
@@ -2637,8 +2622,7 @@ function answerMetricsRequests(worker: WorkerChannel, figures: () => Promise<Met
 }
 
 // ---- Supervising --------------------------------------------------------------------------------------------------
-// A worker that keeps crashing is restarted later each time; workers crashing more often than this stop the server,
-// so that whatever runs it sees a failed service rather than a spinning one.
+// A crashing worker restarts later each time; crashing more often than this stops the server (a failed service).
 const maxCrashesPerMinute = 3
 const firstRestartDelayMs = 1000
 const longestRestartDelayMs = 30_000

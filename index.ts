@@ -1092,20 +1092,23 @@ function addressKey(address: string): string {
 
 // LiveKit's event ids are some 20 characters ("EV_…"), its names fewer than 32.
 const maxEventIdLength = 256
+const isEventId = (text: string) => text.length <= maxEventIdLength && isPlainText(text)
 
-function createWebhookRoute(config: Config, handlers: Record<string, WebhookHandler>, state: SharedState, events: EventStream | undefined, readBody: ReadBody, metrics: Metrics) {
+function createWebhookRoute(
+  config: Config, handlers: Record<string, WebhookHandler>, state: SharedState, events: EventStream | undefined,
+  readBody: ReadBody, metrics: Metrics,
+) {
   const verifyWebhookSigner = createWebhookSignerVerifier(config)
   // Own entries only: an event named "__proto__" or "valueOf" must not find Object.prototype's.
   const handlerFor = (name: string) => (Object.hasOwn(handlers, name) ? handlers[name]! : logUnknownEvent)
   return async function receiveWebhook(request: Request) {
     requireHostName(request)
-    let event: EventView
-    let handle: () => void | Promise<void>
-    let body: Uint8Array
+    let event: EventView, handle: () => void | Promise<void>, body: Uint8Array
     try {
       const claims = verifyWebhookSigner(request.headers.get('authorization'))
       // The signature covers the exact bytes, so read them raw whatever the Content-Type says.
-      const json = verifiedJson((body = await readBody(request, config.maxBodyBytes, 'webhook', 'bytes')), claims)
+      body = await readBody(request, config.maxBodyBytes, 'webhook', 'bytes')
+      const json = verifiedJson(body, claims)
       // Speed (the event view): a built-in handler logs the JSON as it is; an app's own gets the decoded event.
       const view = plainEventView(json)
       const logs = view && logsAView(handlerFor(view.event))
@@ -1119,10 +1122,12 @@ function createWebhookRoute(config: Config, handlers: Record<string, WebhookHand
       log('warn', 'webhook refused', { reason: (error as Error).message })
       return status(401, errorBody('Webhook signature is missing or invalid'))
     }
-    // Names and ids are remembered (in memory, Redis, the stream) and logged: a signed body does not make any text one.
-    if (![event.event, event.id].every((text) => text.length <= maxEventIdLength && isPlainText(text))) {
-      log('warn', 'webhook refused: its event name or id is no name or id', { eventLength: event.event.length, idLength: event.id.length })
-      return status(400, errorBody(`Webhook event names and ids must be plain text of at most ${maxEventIdLength} characters`))
+    // Names and ids are remembered (in memory, Redis, the stream) and logged: being signed makes no text plain.
+    if (!isEventId(event.event) || !isEventId(event.id)) {
+      const lengths = { eventLength: event.event.length, idLength: event.id.length }
+      log('warn', 'webhook refused: its event name or id is no name or id', lengths)
+      const message = `Webhook event names and ids must be plain text of at most ${maxEventIdLength} characters`
+      return status(400, errorBody(message))
     }
     // An event waiting in the outbox is handled: its redelivery must not run the handlers again.
     const claim = event.id ? (events?.holds(event.id) ? 'handled' : await state.claim(event.id)) : 'new'
@@ -1151,19 +1156,15 @@ function createWebhookRoute(config: Config, handlers: Record<string, WebhookHand
 }
 
 // ---- Webhooks, verified -------------------------------------------------------------------------------------------
-// LiveKit's signature checked by hand (tests/fast-path.test.ts holds it to the SDK's), the event read from the
-// body.
+// LiveKit's signature checked by hand (tests/fast-path.test.ts holds it to the SDK's), the event read from the body.
 
 /** Verifies a webhook as the SDK's WebhookReceiver does, synchronously and for HS256 (what LiveKit signs with) only. */
 export function createWebhookVerifier(config: Config) {
   const verifySigner = createWebhookSignerVerifier(config)
-  return (body: Uint8Array, authorization: string | null): WebhookEvent => decodeEvent(verifiedJson(body, verifySigner(authorization)))
+  return (body: Uint8Array, auth: string | null) => decodeEvent(verifiedJson(body, verifySigner(auth)))
 }
 
-/**
- * The Authorization header's claims, checked before the body is read: only whoever holds an API secret
- * makes the server read one. Checked as jose checks it for the SDK, by one HMAC with a key prepared once.
- */
+// The Authorization header's claims, checked as jose does, before the body: only an API secret's holder gets it read.
 export function createWebhookSignerVerifier(config: Config) {
   // The JWT's issuer (its API key) picks the secret, as LiveKit's own server does.
   const signers = new Map([...config.keys].map(([apiKey, apiSecret]) => [apiKey, runtime.hmacSha256(apiSecret)]))
@@ -1184,98 +1185,76 @@ export function createWebhookSignerVerifier(config: Config) {
     const sign = typeof payload.iss === 'string' ? signers.get(payload.iss) : undefined
     if (!sign) throw new Error('JWT iss must be a known API key')
     const expected = sign(`${header}.${claims}`).digest()
-    const signed = Buffer.from(signature, 'base64url')
-    if (signed.length !== expected.length || !timingSafeEqual(signed, expected)) throw new Error('JWT signature does not verify')
+    if (!sameBytes(Buffer.from(signature, 'base64url'), expected)) throw new Error('JWT signature does not verify')
     requireCurrent(payload)
     return payload
   }
 }
 
 const clockToleranceSeconds = 10
+const isOptionalNumber = (claim: unknown) => claim === undefined || typeof claim === 'number'
 // Base64url as LiveKit writes it: no padding, no whitespace, no standard-base64 characters.
 const isBase64url = (segment: string) => /^[\w-]+$/.test(segment)
+const sameBytes = (a: Buffer, b: Buffer) => a.length === b.length && timingSafeEqual(a, b) // in constant time
 
 function jsonObjectFrom(segment: string, what: string): Record<string, unknown> {
-  let value: unknown
-  try {
-    value = JSON.parse(Buffer.from(segment, 'base64url').toString())
-  } catch {
-    throw new Error(`JWT ${what} is not JSON`)
-  }
-  if (!isJsonObject(value)) throw new Error(`JWT ${what} is not a JSON object`)
-  return value
+  const refusal = (isJson: boolean) => new Error(`JWT ${what} is not ${isJson ? 'a JSON object' : 'JSON'}`)
+  return jsonObjectIn(Buffer.from(segment, 'base64url').toString(), refusal)
 }
 
 /** exp required, and with nbf and iat numbers of seconds; exp and nbf checked with 10 s to spare, as jose does. */
 function requireCurrent({ exp, nbf, iat }: Record<string, unknown>): void {
   const now = Math.floor(Date.now() / 1000)
-  if (typeof exp !== 'number' || (nbf !== undefined && typeof nbf !== 'number') || (iat !== undefined && typeof iat !== 'number')) {
+  if (typeof exp !== 'number' || !isOptionalNumber(nbf) || !isOptionalNumber(iat)) {
     throw new Error('JWT exp must be a number, and nbf and iat numbers when present')
   }
   if (exp <= now - clockToleranceSeconds) throw new Error('JWT has expired')
-  if (nbf !== undefined && nbf > now + clockToleranceSeconds) throw new Error('JWT is not valid yet')
+  if (typeof nbf === 'number' && nbf > now + clockToleranceSeconds) throw new Error('JWT is not valid yet')
 }
 
 type WebhookClaims = { sha256?: unknown }
-
 /** The JSON of a webhook body, once its SHA-256 matches the one the signed claims carry. */
 function verifiedJson(body: Uint8Array, claims: WebhookClaims): unknown {
   const expected = Buffer.from(createHash('sha256').update(body).digest('base64'))
   const signed = Buffer.from(typeof claims.sha256 === 'string' ? claims.sha256 : '')
-  if (signed.length !== expected.length || !timingSafeEqual(signed, expected)) throw new Error('sha256 checksum of body does not match')
+  if (!sameBytes(signed, expected)) throw new Error('sha256 checksum of body does not match')
   return JSON.parse(utf8.decode(body))
 }
 
 const decodeEvent = (json: unknown) => WebhookEvent.fromJson(json as never, { ignoreUnknownFields: true })
-
 /** The built-in handler, when it is one: they read no more than an EventView. */
 const logsAView = (handler: WebhookHandler) =>
   handler === logEvent ? logEvent : handler === logUnknownEvent ? logUnknownEvent : undefined
 
-/**
- * An event as the server itself reads it (ids, the log line, metrics, the stream), in WebhookEvent's
- * own field names, so that a decoded WebhookEvent is one too.
- */
+/** An event as the server itself reads it (ids, log line, metrics, stream), in WebhookEvent's field names. */
 export type EventView = Pick<WebhookEvent, 'event' | 'id'> & {
-  createdAt?: unknown
-  room?: { name?: string }
-  participant?: { identity?: string }
-  track?: { sid?: string }
-  egressInfo?: { roomName?: string; egressId?: string }
-  ingressInfo?: { roomName?: string; ingressId?: string }
+  createdAt?: unknown; room?: { name?: string }; participant?: { identity?: string }; track?: { sid?: string }
+  egressInfo?: { roomName?: string; egressId?: string }; ingressInfo?: { roomName?: string; ingressId?: string }
   job?: { id?: string; agentName?: string; room?: { name?: string } }
 }
 
-// The parts an EventView reads, each with its string fields and their other spellings in proto3
-// JSON (the names in the .proto), which only a whole decoding reads right; and the event's own.
+// The parts an EventView reads, each with its string fields and their other spellings in proto3 JSON, which only
+// a whole decoding reads right (docs/design.md); then the event's own, and `job`: an agent event is decoded whole.
 const viewedParts: [part: string, fields: string[], otherSpellings: string[]][] = [
-  ['room', ['name'], []],
-  ['participant', ['identity'], []],
-  ['track', ['sid'], []],
+  ['room', ['name'], []], ['participant', ['identity'], []], ['track', ['sid'], []],
   ['egressInfo', ['roomName', 'egressId'], ['room_name', 'egress_id']],
   ['ingressInfo', ['roomName', 'ingressId'], ['room_name', 'ingress_id']],
 ]
-// An agent event's job (nested, and rare) is always decoded whole.
 const otherEventSpellings = ['created_at', 'egress_info', 'ingress_info', 'job']
-// The largest createdAt an int64 holds: past it, a whole decoding refuses the event, and so must the view.
-const maxInt64 = 9223372036854775807n
+// A decimal createdAt that an int64 holds: past it, a whole decoding refuses the event, and so must the view.
+const isInt64Text = (text: unknown) =>
+  typeof text === 'string' && /^(0|[1-9]\d{0,18})$/.test(text) && BigInt(text) <= 9223372036854775807n
 
-/**
- * The JSON itself as an EventView when it plainly is one, as LiveKit writes it (strings where read,
- * a decimal createdAt, camelCase names); else undefined, and it is decoded whole.
- */
+/** The JSON itself as an EventView when it plainly is one, as LiveKit writes it; else undefined (decoded whole). */
 function plainEventView(json: unknown): EventView | undefined {
   if (!isJsonObject(json) || typeof json.event !== 'string' || typeof json.id !== 'string') return undefined
-  const { createdAt } = json
-  if (createdAt !== undefined && !(typeof createdAt === 'string' && /^(0|[1-9]\d{0,18})$/.test(createdAt) && BigInt(createdAt) <= maxInt64)) {
-    return undefined
-  }
+  if (json.createdAt !== undefined && !isInt64Text(json.createdAt)) return undefined
   if (otherEventSpellings.some((name) => Object.hasOwn(json, name))) return undefined
   for (const [part, fields, otherSpellings] of viewedParts) {
     const value = json[part]
     if (value === undefined) continue
-    if (!isJsonObject(value) || fields.some((field) => value[field] !== undefined && typeof value[field] !== 'string')) return undefined
-    if (otherSpellings.some((name) => Object.hasOwn(value, name))) return undefined
+    if (!isJsonObject(value) || otherSpellings.some((name) => Object.hasOwn(value, name))) return undefined
+    if (fields.some((field) => value[field] !== undefined && typeof value[field] !== 'string')) return undefined
   }
   return json as EventView
 }
@@ -1284,31 +1263,22 @@ function plainEventView(json: unknown): EventView | undefined {
 // In this process's memory: what the shared state falls back to, and all it uses without Redis.
 
 type MaybePromise<T> = T | Promise<T>
-
 /** What claiming an event id finds: a new event, one handled already, or one being handled now. */
 export type Claim = 'new' | 'handled' | 'being handled'
-
-// How long a claim holds while its handler runs: past that, its process is taken for dead.
-const claimTtlMs = 30_000
+const claimTtlMs = 30_000 // how long a claim holds while its handler runs: past that, its process is taken for dead
 const handledTtlMs = 10 * 60_000
 
 /** Event ids being handled or handled, the newest 10,000 for 10 minutes: LiveKit redelivers, and can repeat. */
 export class RecentIds {
-  // A ring of slots, each new id taking the oldest one's (a Map's front deleted is slow to walk
-  // again); a slot holds an id, when it was last claimed or handled, and which.
+  // A ring of slots (docs/design.md), each holding an id, when it was last claimed or handled, and which.
   private readonly slotOf = new Map<string, number>()
   private readonly ids: (string | undefined)[]
   private readonly times: Float64Array
   private readonly handled: Uint8Array
   private nextSlot = 0
 
-  constructor(
-    capacity = 10_000,
-    private readonly ttlMs = handledTtlMs,
-  ) {
-    this.ids = new Array(capacity)
-    this.times = new Float64Array(capacity)
-    this.handled = new Uint8Array(capacity)
+  constructor(capacity = 10_000, private readonly ttlMs = handledTtlMs) {
+    ;[this.ids, this.times, this.handled] = [new Array(capacity), new Float64Array(capacity), new Uint8Array(capacity)]
   }
 
   /** Claims the id for handling, unless it is handled already or claimed and not yet expired. */
@@ -1323,19 +1293,9 @@ export class RecentIds {
     return 'new'
   }
 
-  /** Remembers the id as handled. */
-  complete(id: string, now = Date.now()): void {
-    this.remember(id, now, true)
-  }
-
-  /** Forgets the id, so that its redelivery is handled. */
-  release(id: string): void {
-    this.slotOf.delete(id)
-  }
-
-  get size(): number {
-    return this.slotOf.size
-  }
+  complete(id: string, now = Date.now()): void { this.remember(id, now, true) } // remembered as handled
+  release(id: string): void { this.slotOf.delete(id) } // forgotten, so that its redelivery is handled
+  get size(): number { return this.slotOf.size }
 
   private remember(id: string, now: number, handled: boolean): void {
     let slot = this.slotOf.get(id)
@@ -1357,28 +1317,27 @@ export class RecentIds {
 // With REDIS_URL, the handled ids and the callers' allowances live in Redis, so that every process sharing it
 // keeps the same promises; whenever Redis does not answer in time, each process falls back to its own memory.
 
-
 // A token bucket, as RateLimiter keeps it, on Redis's clock so that the machines' clocks don't matter.
-const takeTokenScript = `
+const takeScript = `
 local perMinute = tonumber(ARGV[1])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local bucket = redis.call('HMGET', KEYS[1], 'allowance', 'at')
-local allowance = perMinute
-if bucket[1] then allowance = math.min(perMinute, tonumber(bucket[1]) + (now - tonumber(bucket[2])) * perMinute / 60000) end
+local left, at = unpack(redis.call('HMGET', KEYS[1], 'allowance', 'at'))
+local allowance = left and math.min(perMinute, tonumber(left) + (now - tonumber(at)) * perMinute / 60000) or perMinute
 if allowance < 1 then return math.ceil((1 - allowance) * 60 / perMinute) end
 redis.call('HSET', KEYS[1], 'allowance', tostring(allowance - 1), 'at', now)
 redis.call('PEXPIRE', KEYS[1], 60000)
 return 0`
-// Claims an id unless it is claimed or handled already; returns what it found (nil: claimed now).
-// A script rather than SET NX GET, which Redis before 7.0 refuses.
+// Claims an id unless it is claimed or handled already (a script: docs/design.md); a Claim, what it found.
 const claimScript = `local found = redis.call('GET', KEYS[1])
-if found then return found end
+if found == 'handled' then return found end
+if found then return 'being handled' end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false`
+return 'new'`
 // Releases a claim only if it is still this one's (it may have expired and been taken since).
 const releaseScript = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`
 
+type Memory = { ids: RecentIds; limiter?: RateLimiter }
 /** Handled ids and allowances: in Redis while it answers in time, else in this process's memory. */
 export class SharedState {
   // This state's claims carry its own mark, so that it only ever releases its own.
@@ -1388,12 +1347,8 @@ export class SharedState {
   /** Settles once the first attempt to reach Redis has ended, either way; startServer waits for it. */
   readonly connected: Promise<void>
 
-  constructor(
-    private readonly memory: { ids: RecentIds; limiter?: RateLimiter },
-    private readonly redisUrl?: string,
-    /** Keys start with it, so that deployments sharing one Redis do not see each other's. */
-    private readonly keyPrefix = '',
-  ) {
+  // keyPrefix starts every key, so that deployments sharing one Redis do not see each other's.
+  constructor(private readonly memory: Memory, private readonly redisUrl?: string, private readonly keyPrefix = '') {
     this.redisState = redisUrl ? 'connecting' : 'not configured'
     this.connected = redisUrl ? this.connect(redisUrl) : Promise.resolve()
   }
@@ -1406,31 +1361,33 @@ export class SharedState {
 
   claim(id: string): MaybePromise<Claim> {
     return this.use(
-      async (redis) => {
-        const previous = await runScript(redis, claimScript, 1, `${this.keyPrefix}webhook:${id}`, this.claimMark, String(claimTtlMs))
-        if (previous === null) return 'new'
-        return previous === 'handled' ? 'handled' : 'being handled'
-      },
+      (redis) => runScript(redis, claimScript, 1, this.idKey(id), this.claimMark, String(claimTtlMs)) as Promise<Claim>,
       () => this.memory.ids.claim(id),
     )
   }
 
   complete(id: string): MaybePromise<void> {
     this.memory.ids.complete(id)
-    return this.use(async (redis) => void (await redis.send('SET', [`${this.keyPrefix}webhook:${id}`, 'handled', 'PX', String(handledTtlMs)])), () => {})
+    return this.alsoOnRedis((redis) => redis.send('SET', [this.idKey(id), 'handled', 'PX', String(handledTtlMs)]))
   }
 
   release(id: string): MaybePromise<void> {
     this.memory.ids.release(id)
-    return this.use(async (redis) => void (await runScript(redis, releaseScript, 1, `${this.keyPrefix}webhook:${id}`, this.claimMark)), () => {})
+    return this.alsoOnRedis((redis) => runScript(redis, releaseScript, 1, this.idKey(id), this.claimMark))
   }
 
   /** Takes one token request from the caller's allowance; 0, or the seconds to wait for one. */
   take(caller: string, perMinute: number): MaybePromise<number> {
     return this.use(
-      async (redis) => Number(await runScript(redis, takeTokenScript, 1, `${this.keyPrefix}rate:${caller}`, String(perMinute))),
+      (redis) => runScript(redis, takeScript, 1, `${this.keyPrefix}rate:${caller}`, String(perMinute)).then(Number),
       () => this.memory.limiter!.take(caller),
     )
+  }
+
+  private idKey = (id: string) => `${this.keyPrefix}webhook:${id}`
+  /** What memory holds already, written to Redis too while it is in use. */
+  private alsoOnRedis(onRedis: (redis: RedisConnection) => Promise<unknown>): MaybePromise<void> {
+    return this.use(async (redis) => void (await onRedis(redis)), () => {})
   }
 
   /** Speed (the sync/async split): without REDIS_URL, on memory at once, no promise per webhook. */
@@ -1453,12 +1410,12 @@ export class SharedState {
   private async connect(url: string): Promise<void> {
     try {
       this.redis = await runtime.openRedis(url)
-      await withTimeout(this.redis.connect(), 1000)
-      await withTimeout(this.redis.send('PING', []), 1000)
+      await reachRedis(this.redis, 1000)
       this.redisState = 'ok'
     } catch (error) {
       this.redisState = 'unavailable'
-      log('error', "redis unavailable at start: using this process's memory until it answers", { redis: redactedUrl(url), error: redacted(error, url) })
+      const fields = { redis: redactedUrl(url), error: redacted(error, url) }
+      log('error', "redis unavailable at start: using this process's memory until it answers", fields)
       if (this.redis) this.watchForRecovery()
     }
   }
@@ -1466,7 +1423,8 @@ export class SharedState {
   private degrade(error: unknown): void {
     if (this.redisState !== 'ok') return
     this.redisState = 'unavailable'
-    log('warn', "redis unavailable: using this process's memory until it answers", { error: redacted(error, this.redisUrl!) })
+    const reason = redacted(error, this.redisUrl!)
+    log('warn', "redis unavailable: using this process's memory until it answers", { error: reason })
     this.watchForRecovery()
   }
 
@@ -1476,56 +1434,44 @@ export class SharedState {
     const timer = setInterval(async () => {
       if (asking) return
       asking = true
-      try {
-        await withTimeout(this.redis!.connect(), 1000)
-        await withTimeout(this.redis!.send('PING', []), 500)
-      } catch {
-        return
-      } finally {
-        asking = false
-      }
+      const answered = await reachRedis(this.redis!).then(() => true, () => false)
+      asking = false
+      if (!answered) return
       clearInterval(timer)
       this.redisState = 'ok'
       announce('redis available again: sharing state through it')
     }, 1000)
-    ;(timer as { unref?: () => void }).unref?.()
+    timer.unref?.()
   }
-
-
 }
 
 // ---- Redis --------------------------------------------------------------------------------------------------------
 // Scripts, time limits, URLs kept out of log lines: for the shared state and the stream.
 
 const scriptHashes = new Map<string, string>()
-
-/** EVALSHA, loading the script (EVAL) the first time or when Redis has forgotten it; the first `keyCount` arguments are keys. */
-async function runScript(redis: RedisConnection, script: string, keyCount: number, ...args: string[]): Promise<unknown> {
+/** EVALSHA, loading the script (EVAL) the first time or when Redis has forgotten it; the first `keys` args are keys. */
+async function runScript(redis: RedisConnection, script: string, keys: number, ...args: string[]): Promise<unknown> {
   let hash = scriptHashes.get(script)
   if (hash === undefined) scriptHashes.set(script, (hash = createHash('sha1').update(script).digest('hex')))
   try {
-    return await redis.send('EVALSHA', [hash, String(keyCount), ...args])
+    return await redis.send('EVALSHA', [hash, String(keys), ...args])
   } catch (error) {
     if (!String(error).includes('NOSCRIPT')) throw error
-    return redis.send('EVAL', [script, String(keyCount), ...args])
+    return redis.send('EVAL', [script, String(keys), ...args])
   }
+}
+
+/** Connects (again, if it was lost) and asks for a PONG, each within its time. */
+async function reachRedis(redis: RedisConnection, pingMs = 500): Promise<void> {
+  await withTimeout(redis.connect(), 1000)
+  await withTimeout(redis.send('PING', []), pingMs)
 }
 
 /** The promise's outcome, or an error ("no answer within …") once `ms` have passed. */
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)
-    const settle = () => clearTimeout(timer)
-    promise.then(
-      (value) => {
-        settle()
-        resolve(value)
-      },
-      (error) => {
-        settle()
-        reject(error)
-      },
-    )
+    promise.then(resolve, reject).finally(() => clearTimeout(timer))
   })
 }
 
@@ -1543,67 +1489,45 @@ function redacted(error: unknown, url: string): string {
 }
 
 // ==== Events onward ================================================================================================
-// With EVENTS_STREAM, each event whose handlers succeeded is appended to a Redis Stream, once: appending and
-// marking the id handled are one script. While Redis does not answer, events wait in a bounded outbox, in
-// order; a 200 means in the stream or in the outbox.
+// With EVENTS_STREAM, each event whose handlers succeeded goes to a Redis Stream once (one script appends it and
+// marks its id handled), or while Redis does not answer to a bounded outbox, in order: a 200 means one or the other.
 
-
-// KEYS: the event's dedupe key (SharedState's for its id; one of its own for an event without one), the
-// stream. ARGV: MAXLEN, how long the key stays (ms), then the entry's fields. XADD
-// first: a script that fails midway keeps what it wrote, and a key marked handled without its entry would be lost.
-// An append that timed out may still land: its retry then finds the key, so the event is appended once.
+// KEYS: the event's dedupe key (SharedState's for its id, else one of its own), the stream; ARGV: MAXLEN, the key's
+// time to live (ms), the entry's fields. XADD first, and a key already handled skips it (docs/design.md).
 const appendEventScript = `if redis.call('GET', KEYS[1]) == 'handled' then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
 redis.call('SET', KEYS[1], 'handled', 'PX', ARGV[2])
 return 1`
 
-// The bytes the outbox holds at most (bodies, ids, fields), whatever EVENTS_OUTBOX says.
-const maxOutboxBytes = 64 * 1024 * 1024
-// How long the last appends may take when the server stops.
-const flushTimeoutMs = 5000
-
-interface HeldEvent {
-  id: string
-  /** The script's keys and arguments. */
-  args: (string | Buffer)[]
-  bytes: number
-}
+const maxOutboxBytes = 64 * 1024 * 1024 // the outbox's most (bodies, ids, fields), whatever EVENTS_OUTBOX says
+const flushTimeoutMs = 5000 // how long the last appends may take when the server stops
+type HeldEvent = { id: string; args: (string | Buffer)[]; bytes: number } // args: the script's keys and arguments
 
 /** The stream of one app; the outbox lives in this process's memory. */
 export class EventStream {
   private readonly outbox: HeldEvent[] = []
   private outboxBytes = 0
-  /** The ids in the outbox. */
-  private readonly held = new Set<string>()
+  private readonly held = new Set<string>() // the ids in the outbox
   private readonly redis: Promise<RedisConnection>
-  /** Settles once the first attempt to reach Redis has ended, either way; startServer waits for it. */
-  readonly connected: Promise<unknown>
+  readonly connected: Promise<unknown> // as SharedState's
   private connecting = true
-  /** Set once an append failed, until the outbox is appended: one warn line an outage. */
-  private away = false
+  private away = false // from a failed append until the outbox is appended: one warn line an outage
   private draining?: Promise<void>
-  /** When the drainer gives up (the server is stopping); until then it keeps trying. */
-  private drainDeadline = Infinity
+  private drainDeadline = Infinity // when the drainer gives up (the server is stopping); until then it keeps trying
 
   constructor(
-    private readonly config: EventStreamConfig,
-    private readonly redisUrl: string,
-    private readonly keyPrefix: string,
-    private readonly ids: RecentIds,
-    private readonly state: SharedState,
+    private readonly config: EventStreamConfig, private readonly redisUrl: string, private readonly keyPrefix: string,
+    private readonly ids: RecentIds, private readonly state: SharedState,
   ) {
-    this.redis = runtime.openRedis(redisUrl).then(async (redis) => {
+    this.connected = this.redis = runtime.openRedis(redisUrl).then(async (redis) => {
       await withTimeout(redis.connect(), 1000).catch(() => {}) // the first append says whether it worked
       this.connecting = false
       return redis
     })
-    this.connected = this.redis
   }
 
   /** Whether the event with this id waits in the outbox. */
-  holds(id: string): boolean {
-    return this.held.has(id)
-  }
+  holds(id: string): boolean { return this.held.has(id) }
 
   /** Appends the event, or holds it in the outbox; a 503 to retry when the outbox is full. */
   async append(event: EventView, body: Uint8Array): Promise<{ received: true }> {
@@ -1615,15 +1539,18 @@ export class EventStream {
         await withTimeout(this.run(entry), 250)
         return { received: true }
       } catch (error) {
-        if (!this.away) log('warn', 'redis stream unavailable: holding events in the outbox until it answers', { stream: this.config.key, error: redacted(error, this.redisUrl) })
+        const fields = { stream: this.config.key, error: redacted(error, this.redisUrl) }
+        if (!this.away) log('warn', 'redis stream unavailable: holding events in the outbox until it answers', fields)
         this.away = true
       }
     }
     if (this.outbox.length >= this.config.outboxEvents || this.outboxBytes + entry.bytes > maxOutboxBytes) {
       // Its redelivery runs the handlers again, as after any 5xx.
       if (event.id) await this.state.release(event.id)
-      log('warn', 'webhook refused: the event outbox is full', { ...describeEvent(event), stream: this.config.key, held: this.outbox.length })
-      throw new HttpError(503, 'The event stream is unavailable and the outbox is full, retry later', { 'retry-after': '5' })
+      const fields = { ...describeEvent(event), stream: this.config.key, held: this.outbox.length }
+      log('warn', 'webhook refused: the event outbox is full', fields)
+      const message = 'The event stream is unavailable and the outbox is full, retry later'
+      throw new HttpError(503, message, { 'retry-after': '5' })
     }
     this.outbox.push(entry)
     this.outboxBytes += entry.bytes
@@ -1641,17 +1568,16 @@ export class EventStream {
     this.drainDeadline = Date.now() + flushTimeoutMs
     this.drainSoon()
     await this.draining
-    if (this.outbox.length === 0) return
-    log('error', `${this.outbox.length} events were not appended to the stream: Redis did not answer, and they are lost with this process`, {
-      stream: this.config.key,
-      notAppended: this.outbox.length,
-    })
+    const notAppended = this.outbox.length
+    if (notAppended === 0) return
+    const lost = 'were not appended to the stream: Redis did not answer, and they are lost with this process'
+    log('error', `${notAppended} events ${lost}`, { stream: this.config.key, notAppended })
   }
 
   private entryFor(event: EventView, body: Uint8Array): HeldEvent {
     const { room = '', participant = '', job = '', agent = '' } = describeEvent(event)
-    const fields = ['id', event.id, 'event', event.event, 'room', room, 'participant', participant, 'job', job, 'agent', agent]
-    fields.push('created_at', String(event.createdAt ?? 0))
+    const fields = ['id', event.id, 'event', event.event, 'room', room, 'participant', participant, 'job', job]
+    fields.push('agent', agent, 'created_at', String(event.createdAt ?? 0))
     // The exact bytes LiveKit signed, as bytes: both clients send a Buffer as it is.
     const bytes = Buffer.from(body.buffer, body.byteOffset, body.byteLength)
     const key = `${this.keyPrefix}${event.id ? `webhook:${event.id}` : `append:${crypto.randomUUID()}`}`
@@ -1667,24 +1593,16 @@ export class EventStream {
     if (entry.id) this.ids.complete(entry.id)
   }
 
-  private drainSoon(): void {
-    this.draining ??= this.drain().finally(() => (this.draining = undefined))
-  }
-
+  private drainSoon(): void { this.draining ??= this.drain().finally(() => (this.draining = undefined)) }
   /** Appends the outbox in order, from its oldest event, waiting for Redis whenever it does not answer. */
   private async drain(): Promise<void> {
     let appended = 0
-    // It starts after a failed append, and after any failure asks with a PING first: the attempts
-    // sent to a frozen Redis would each keep a body in memory until it answers.
+    // A PING answered first after a failure (it starts after one): a frozen Redis would keep each body sent it.
     let failed = true
     while (this.outbox.length > 0 && Date.now() < this.drainDeadline) {
       const entry = this.outbox[0]!
       try {
-        const redis = await this.redis
-        if (failed) {
-          await withTimeout(redis.connect(), 1000)
-          await withTimeout(redis.send('PING', []), 500)
-        }
+        if (failed) await reachRedis(await this.redis)
         await withTimeout(this.run(entry), 1000)
       } catch {
         failed = true
@@ -1698,7 +1616,8 @@ export class EventStream {
       appended += 1
     }
     if (this.outbox.length === 0) this.away = false
-    if (appended > 0) announce('redis stream available again: held events appended', { stream: this.config.key, appended, held: this.outbox.length })
+    const counts = { stream: this.config.key, appended, held: this.outbox.length }
+    if (appended > 0) announce('redis stream available again: held events appended', counts)
   }
 }
 
@@ -1706,48 +1625,41 @@ export class EventStream {
 // Bounded reading, costly JSON refused; every error answers the OpenVidu clients' shape, { "errorMessage": … }.
 
 class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly headers: Record<string, string> = {},
-  ) {
+  constructor(readonly status: number, message: string, readonly headers: Record<string, string> = {}) {
     super(message)
   }
 }
 
 const errorBody = (errorMessage: string) => ({ errorMessage })
-
 const utf8 = new TextDecoder()
 
-/**
- * Reads bodies up to their route's limit, within a budget per route of bytes being read at once
- * (each body at its declared length, or the limit when chunked): a body that does not fit is refused
- * before it is read, and one not arrived within 10 s given up. A crowd on /token cannot starve webhooks.
- */
+// Bodies read up to their route's limit, within a budget of bytes being read at once per route (docs/design.md).
 function createBodyReader(maxPendingBytes: number, metrics: Metrics) {
   const pendingBytes = { token: 0, webhook: 0 }
   metrics.watch({ pendingBodyBytes: pendingBytes })
   const withinBodyTime = createBodyTimeouts()
-  return function readBody<As extends 'text' | 'bytes'>(request: Request, maxBytes: number, route: keyof typeof pendingBytes, as: As): Promise<As extends 'text' ? string : Uint8Array> {
+  return function readBody<As extends 'text' | 'bytes'>(request: Request, maxBytes: number, route: BodyRoute, as: As) {
     const contentLength = request.headers.get('content-length')
     const reservedBytes = contentLength === null ? maxBytes : Number(contentLength)
     if (!(reservedBytes <= maxBytes)) throw tooLarge(maxBytes)
     if (pendingBytes[route] + reservedBytes > maxPendingBytes) {
       // Closing the connection stops the upload rather than draining it.
-      throw new HttpError(503, 'The server is busy receiving other requests, retry shortly', { 'retry-after': '1', connection: 'close' })
+      const headers = { 'retry-after': '1', connection: 'close' }
+      throw new HttpError(503, 'The server is busy receiving other requests, retry shortly', headers)
     }
     pendingBytes[route] += reservedBytes
-    // A declared length bounds the body (the HTTP server enforces it), so the runtime reads it in
-    // one go, decoding it too when text is wanted.
-    const reading = contentLength === null && request.body ? readChunkedBody(request.body, maxBytes, as) : as === 'text' ? request.text() : request.bytes()
-    return withinBodyTime(reading, () => (pendingBytes[route] -= reservedBytes)) as Promise<As extends 'text' ? string : Uint8Array>
+    // A declared length bounds the body (the HTTP server enforces it): the runtime reads (and decodes) it in one go.
+    const stream = contentLength === null ? request.body : null
+    const reading = stream ? readChunkedBody(stream, maxBytes, as) : as === 'text' ? request.text() : request.bytes()
+    return withinBodyTime(reading, () => (pendingBytes[route] -= reservedBytes)) as Promise<BodyAs<As>>
   }
 }
 
+type BodyRoute = 'token' | 'webhook'
+type BodyAs<As> = As extends 'text' ? string : Uint8Array
 const bodyTimeoutMs = 10_000
 const tooLarge = (maxBytes: number) => new HttpError(413, `Request body must be at most ${maxBytes} bytes`)
 
-/** Why a body could not be read, as the answer says it. */
 function bodyReadError(error: unknown): HttpError {
   if (error instanceof HttpError) return error
   // The upload broke off: nothing of ours failed, and no one is left to read the answer.
@@ -1755,16 +1667,14 @@ function bodyReadError(error: unknown): HttpError {
   return new HttpError(400, 'Request body could not be read')
 }
 
-/**
- * A body read as one promise, failed with a 408 once it has run 10 s (at most 11); `release` is called once,
- * when it ends either way. Speed (the body timer): one timer a second checks every read, as Node's server does.
- */
+// A body read as one promise, failed with a 408 once it has run 10 s (at most 11); `release` is called once, when
+// it ends either way. Speed (the body timer): one timer a second checks every read, as Node's server does.
 function createBodyTimeouts() {
-  // The reads running, each as the function that fails it, and when; oldest first, as each gets the
-  // same time on a clock that never goes back.
+  // The reads running, each as the function that fails it, and when: oldest first (one clock, one time for all).
   const deadlines = new Map<(reason: unknown) => void, number>()
   let checking = false
-  const timedOut = new HttpError(408, `Request body must arrive within ${bodyTimeoutMs / 1000} s`, { connection: 'close' })
+  const message = `Request body must arrive within ${bodyTimeoutMs / 1000} s`
+  const timedOut = new HttpError(408, message, { connection: 'close' })
   const failOverdue = () => {
     const now = performance.now()
     for (const [fail, deadline] of deadlines) {
@@ -1776,8 +1686,7 @@ function createBodyTimeouts() {
     new Promise((resolve, reject) => {
       if (!checking) {
         checking = true
-        const timer = setInterval(failOverdue, 1000)
-        ;(timer as { unref?: () => void }).unref?.()
+        setInterval(failOverdue, 1000).unref?.()
       }
       // The first to come, the body or its deadline, settles the read; the other finds it settled.
       const settle = (): boolean => {
@@ -1785,18 +1694,14 @@ function createBodyTimeouts() {
         release()
         return true
       }
-      const fail = (error: unknown) => {
-        if (settle()) reject(bodyReadError(error))
-      }
+      const fail = (error: unknown) => settle() && reject(bodyReadError(error))
       deadlines.set(fail, performance.now() + bodyTimeoutMs)
-      reading.then((value) => {
-        if (settle()) resolve(value)
-      }, fail)
+      reading.then((value) => settle() && resolve(value), fail)
     })
 }
 
 /** A chunked body has no declared length: count while reading, stop at the limit. */
-async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: number, as: 'text' | 'bytes'): Promise<string | Uint8Array> {
+async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: number, as: 'text' | 'bytes') {
   const chunks: Uint8Array[] = []
   let size = 0
   for await (const chunk of stream) {
@@ -1804,12 +1709,7 @@ async function readChunkedBody(stream: ReadableStream<Uint8Array>, maxBytes: num
     if (size > maxBytes) throw tooLarge(maxBytes) // leaving the loop cancels the stream
     chunks.push(chunk)
   }
-  const body = new Uint8Array(size)
-  let offset = 0
-  for (const chunk of chunks) {
-    body.set(chunk, offset)
-    offset += chunk.byteLength
-  }
+  const body: Uint8Array = Buffer.concat(chunks, size)
   return as === 'text' ? utf8.decode(body) : body
 }
 
@@ -1818,38 +1718,44 @@ function requireHostName(request: Request): void {
   if (request.url.startsWith('/')) throw new HttpError(400, 'Invalid Host header')
 }
 
+const jsonContentType = /^application\/([\w.+-]+\+)?json\s*(;|$)/i
 function requireJsonContentType(request: Request): void {
   const contentType = request.headers.get('content-type') ?? ''
-  if (!/^application\/([\w.+-]+\+)?json\s*(;|$)/i.test(contentType)) throw new HttpError(400, 'Content-Type must be application/json')
+  if (!jsonContentType.test(contentType)) throw new HttpError(400, 'Content-Type must be application/json')
 }
 
 function parseJsonObject(text: string): Record<string, unknown> {
   refuseCostlyJson(text)
+  return jsonObjectIn(text, bodyRefusal)
+}
+const bodyRefusal = (isJson: boolean) =>
+  new HttpError(400, isJson ? 'Request body must be a JSON object' : 'Request body must be valid JSON')
+
+/** The JSON object the text holds; else `refusal` says it is no JSON, or JSON but no object. */
+function jsonObjectIn(text: string, refusal: (isJson: boolean) => Error): Record<string, unknown> {
   let value: unknown
   try {
     value = JSON.parse(text)
   } catch {
-    throw new HttpError(400, 'Request body must be valid JSON')
+    throw refusal(false)
   }
-  if (!isJsonObject(value)) throw new HttpError(400, 'Request body must be a JSON object')
+  if (!isJsonObject(value)) throw refusal(true)
   return value
 }
 
 /** Whether parsed JSON is an object: not null, not an array. */
-const isJsonObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
+const isJsonObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value)
 
-// Parsing costs per value, and every step after it per level: 256 KiB of tiny nested arrays cost ten
-// times 256 KiB of long strings. The largest token request the field bounds allow holds some 200 values.
+// Parsing costs per value and per level (docs/design.md); a token request the field bounds allow holds ~200 values.
 const maxJsonDepth = 32
 const maxJsonValues = 1000
-// The characters that matter: " \ { } [ ] ,
-const [quote, backslash, openBrace, closeBrace, openBracket, closeBracket, comma] = [0x22, 0x5c, 0x7b, 0x7d, 0x5b, 0x5d, 0x2c]
+const [quote, backslash, openBrace, closeBrace] = [0x22, 0x5c, 0x7b, 0x7d] // the characters that matter: " \ { }
+const [openBracket, closeBracket, comma] = [0x5b, 0x5d, 0x2c] // [ ] ,
 
 /** Refuses JSON deeper than maxJsonDepth or of more than maxJsonValues values, in one pass before parsing. */
 function refuseCostlyJson(json: string): void {
-  let depth = 0
-  let values = 0
-  let inString = false
+  let depth = 0, values = 0, inString = false
   for (let i = 0; i < json.length; i++) {
     const code = json.charCodeAt(i)
     if (inString) {
@@ -1857,28 +1763,24 @@ function refuseCostlyJson(json: string): void {
       else if (code === quote) inString = false
     } else if (code === quote) inString = true
     else if (code === openBrace || code === openBracket) {
-      if (++depth > maxJsonDepth) throw new HttpError(400, `Request body must be nested at most ${maxJsonDepth} levels deep`)
-      if (++values > maxJsonValues) break
+      if (++depth > maxJsonDepth || ++values > maxJsonValues) break
     } else if (code === closeBrace || code === closeBracket) depth--
     else if (code === comma && ++values > maxJsonValues) break
   }
+  if (depth > maxJsonDepth) throw new HttpError(400, `Request body must be nested at most ${maxJsonDepth} levels deep`)
   if (values > maxJsonValues) throw new HttpError(400, `Request body must hold at most ${maxJsonValues} JSON values`)
 }
 
 // ==== CORS and the API described ===================================================================================
 
-/**
- * CORS open to any origin, without credentials, through @elysiajs/cors as its documentation has it; a 429's
- * Retry-After is readable by a page on another origin. Preflights are answerPreflight's.
- */
+/** CORS open to any origin, without credentials, through @elysiajs/cors; preflights are answerPreflight's. */
 export function corsPlugin() {
-  return cors({ origin: '*', credentials: false, methods: ['GET', 'POST'], allowedHeaders: true, exposeHeaders: 'Retry-After', preflight: false })
+  const methods = ['GET', 'POST']
+  const exposeHeaders = 'Retry-After' // a 429's, readable by a page on another origin
+  return cors({ origin: '*', credentials: false, methods, allowedHeaders: true, exposeHeaders, preflight: false })
 }
 
-/**
- * A CORS preflight: whatever headers the browser asks for ("*" would not cover Authorization), none when it asks
- * for none (the plugin's own preflight then writes "undefined").
- */
+/** A CORS preflight: the headers the browser asks for, none when it asks for none (docs/design.md). */
 function answerPreflight({ request, set }: { request: Request; set: { headers: Record<string, unknown> } }) {
   const requested = request.headers.get('access-control-request-headers')
   if (requested) set.headers['access-control-allow-headers'] = requested
@@ -1887,57 +1789,40 @@ function answerPreflight({ request, set }: { request: Request; set: { headers: R
   return new Response(null, { status: 204 })
 }
 
-/**
- * `Cache-Control: no-store` on /token's every answer: a token must not be cached (RFC 6749 §5.1), nor a refusal
- * (§5.2). As the route's mapResponse hook, which Elysia runs on its errors too.
- */
+// No caching of /token's answers, tokens (RFC 6749 §5.1) or refusals (§5.2): a mapResponse hook, run on errors too.
 function noStore({ set }: { set: { headers: Record<string, unknown> } }): void {
   set.headers['cache-control'] = 'no-store'
 }
 
 // ---- OpenAPI ------------------------------------------------------------------------------------------------------
-// GET /openapi.json from the routes' own schemas, and a docs page at GET /openapi whose Swagger UI files are served
-// from the package (embedded in the binary), never from a CDN.
+// GET /openapi.json from the routes' schemas; GET /openapi, a page whose Swagger UI files are the package's, no CDN.
+
+const apiInfo = {
+  title: 'LiveKit / OpenVidu application server', version: '0.1.0',
+  description: 'Access tokens for LiveKit rooms, and the webhooks LiveKit posts. Errors answer {"errorMessage": …}.',
+}
 
 function apiDocumentation() {
   return new Elysia({ name: 'api-documentation' })
-    .use(
-      openapi({
-        path: '/openapi',
-        specPath: '/openapi.json',
-        provider: 'swagger-ui',
-        swagger: { cdn: '/openapi/swagger-ui-bundle.js', theme: '/openapi/swagger-ui.css', autoDarkMode: false },
-        exclude: { paths: ['/openapi/swagger-ui-bundle.js', '/openapi/swagger-ui.css'] },
-        documentation: {
-          info: {
-            title: 'LiveKit / OpenVidu application server',
-            version: '0.1.0',
-            description: 'Access tokens for LiveKit rooms, and the webhooks a LiveKit server posts. Every error answers {"errorMessage": …}.',
-          },
-        },
-      }),
-    )
+    .use(openapi({
+      path: '/openapi', specPath: '/openapi.json', provider: 'swagger-ui',
+      swagger: { cdn: '/openapi/swagger-ui-bundle.js', theme: '/openapi/swagger-ui.css', autoDarkMode: false },
+      exclude: { paths: ['/openapi/swagger-ui-bundle.js', '/openapi/swagger-ui.css'] },
+      documentation: { info: apiInfo },
+    }))
     .get('/openapi/swagger-ui-bundle.js', () => docsFile('swagger-ui-bundle.js', 'text/javascript'))
     .get('/openapi/swagger-ui.css', () => docsFile('swagger-ui.css', 'text/css'))
 }
 
-const docsFiles = new Map<string, Promise<string>>()
-
-/** One of Swagger UI's files, read once. */
+/** One of Swagger UI's files, imported as text (once: the runtime keeps a module) and embedded by `bun build`. */
 async function docsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css', contentType: string): Promise<Response> {
-  if (!docsFiles.has(name)) docsFiles.set(name, loadDocsFile(name))
-  return new Response(await docsFiles.get(name), { headers: { 'content-type': contentType, 'cache-control': 'public, max-age=86400' } })
-}
-
-/** Imported as text: `bun build --compile` embeds them, and Deno needs no --allow-read. No types describe it. */
-async function loadDocsFile(name: 'swagger-ui-bundle.js' | 'swagger-ui.css'): Promise<string> {
   const { default: text }: { default: string } =
     name === 'swagger-ui.css'
-      ? // @ts-ignore
+      ? // @ts-ignore: no types describe a text import
         await import('swagger-ui-dist/swagger-ui.css', { with: { type: 'text' } })
       : // @ts-ignore
         await import('swagger-ui-dist/swagger-ui-bundle.js', { with: { type: 'text' } })
-  return text
+  return new Response(text, { headers: { 'content-type': contentType, 'cache-control': 'public, max-age=86400' } })
 }
 
 /** Every error as { "errorMessage": … }, never a stack; a status() answer, so typed clients see an error. */

@@ -624,25 +624,13 @@ function whenSettled<T, U>(value: T | Promise<T>, next: (value: T) => U): U | Pr
 // ==== Token policy =================================================================================================
 // Applying a parsed TOKEN_POLICY to a request; reading it follows.
 
-interface PolicyRole {
-  name: string
-  rooms: RoomPattern[]
-  grant: TokenGrant
-  agents: Set<string> | 'any'
-  ttlSeconds: number
-  /** The top-level roomConfig with the role's own over it; with the metadata bytes of its agents. */
-  roomConfig?: RoomConfiguration
-  hasOwnRoomConfig: boolean
-  agentMetadataBytes: number
+/** A role, ready: its roomConfig is the top-level one with the role's own over it, its agents' bytes counted. */
+type PolicyRole = {
+  name: string; rooms: RoomPattern[]; grant: TokenGrant; agents: Set<string> | 'any'; ttlSeconds: number
+  roomConfig?: RoomConfiguration; hasOwnRoomConfig: boolean; agentMetadataBytes: number
 }
-
 /** A parsed TOKEN_POLICY, ready for requests: the roles claim by its full name and as a dotted path; roles in order. */
-export interface TokenPolicy {
-  rolesClaim: string
-  rolesPath: string[]
-  roles: PolicyRole[]
-  defaultRole?: PolicyRole
-}
+export type TokenPolicy = { rolesClaim: string; rolesPath: string[]; roles: PolicyRole[]; defaultRole?: PolicyRole }
 
 /** Speed (the glob matcher): a room pattern as the runs of text between its `*`s, matched without a RegExp. */
 type RoomPattern = { runs: (string | RunPiece[])[] }
@@ -653,16 +641,13 @@ const roomPiece = /^[\w.@|:+=-]{1,128}$/
 
 function applyTokenPolicy(policy: TokenPolicy, claims: Claims, asked: TokenAsk): TokenDecision {
   const roles = callerRoles(policy, claims)
-  const deny = (message: string, missing?: string): TokenDecision => ({
-    refused: message,
-    policy: { roles: roles.map((role) => role.name), missing },
-  })
+  const deny = (refused: string, missing?: string): TokenDecision =>
+    ({ refused, policy: { roles: roles.map((role) => role.name), missing } })
   const lacking = () => missingClaims(roles, claims)
   if (!roles.length) return deny('The token policy gives this caller no role', `a role in claim ${policy.rolesClaim}`)
   const room = asked.room ?? roomToMake(roles, claims)
-  if (room === undefined) {
-    return deny('room_name is required: the token policy makes no room for this caller', lacking())
-  }
+  const noRoom = 'room_name is required: the token policy makes no room for this caller'
+  if (room === undefined) return deny(noRoom, lacking())
   const allowing = roles.filter((role) => role.rooms.some((pattern) => roomMatches(room, pattern, claims)))
   if (allowing.length === 0) return deny(`Room "${room}" is not one this caller may join`, lacking())
   for (const agent of asked.roomConfig?.agents ?? []) {
@@ -1095,7 +1080,7 @@ const maxEventIdLength = 256
 const isEventId = (text: string) => text.length <= maxEventIdLength && isPlainText(text)
 
 function createWebhookRoute(
-  config: Config, handlers: Record<string, WebhookHandler>, state: SharedState, events: EventStream | undefined,
+  config: Config, handlers: Handlers, state: SharedState, events: EventStream | undefined,
   readBody: ReadBody, metrics: Metrics,
 ) {
   const verifyWebhookSigner = createWebhookSignerVerifier(config)
@@ -1314,8 +1299,7 @@ export class RecentIds {
 }
 
 // ==== Shared state =================================================================================================
-// With REDIS_URL, the handled ids and the callers' allowances live in Redis, so that every process sharing it
-// keeps the same promises; whenever Redis does not answer in time, each process falls back to its own memory.
+// With REDIS_URL, handled ids and callers' allowances live in Redis, shared by every process; memory when it fails.
 
 // A token bucket, as RateLimiter keeps it, on Redis's clock so that the machines' clocks don't matter.
 const takeScript = `
@@ -1359,25 +1343,25 @@ export class SharedState {
     return this.redisState === 'ok' ? 'ok' : 'unavailable'
   }
 
-  claim(id: string): MaybePromise<Claim> {
+  claim(id: string): Promise<Claim> {
     return this.use(
       (redis) => runScript(redis, claimScript, 1, this.idKey(id), this.claimMark, String(claimTtlMs)) as Promise<Claim>,
       () => this.memory.ids.claim(id),
     )
   }
 
-  complete(id: string): MaybePromise<void> {
+  complete(id: string): Promise<void> {
     this.memory.ids.complete(id)
     return this.alsoOnRedis((redis) => redis.send('SET', [this.idKey(id), 'handled', 'PX', String(handledTtlMs)]))
   }
 
-  release(id: string): MaybePromise<void> {
+  release(id: string): Promise<void> {
     this.memory.ids.release(id)
     return this.alsoOnRedis((redis) => runScript(redis, releaseScript, 1, this.idKey(id), this.claimMark))
   }
 
   /** Takes one token request from the caller's allowance; 0, or the seconds to wait for one. */
-  take(caller: string, perMinute: number): MaybePromise<number> {
+  take(caller: string, perMinute: number): Promise<number> {
     return this.use(
       (redis) => runScript(redis, takeScript, 1, `${this.keyPrefix}rate:${caller}`, String(perMinute)).then(Number),
       () => this.memory.limiter!.take(caller),
@@ -1386,17 +1370,12 @@ export class SharedState {
 
   private idKey = (id: string) => `${this.keyPrefix}webhook:${id}`
   /** What memory holds already, written to Redis too while it is in use. */
-  private alsoOnRedis(onRedis: (redis: RedisConnection) => Promise<unknown>): MaybePromise<void> {
+  private alsoOnRedis(onRedis: (redis: RedisConnection) => Promise<unknown>): Promise<void> {
     return this.use(async (redis) => void (await onRedis(redis)), () => {})
   }
 
-  /** Speed (the sync/async split): without REDIS_URL, on memory at once, no promise per webhook. */
-  private use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): MaybePromise<T> {
-    return this.redisUrl ? this.useRedis(onRedis, inMemory) : inMemory()
-  }
-
   /** On Redis if it is in use and answers within 250 ms, else on memory. */
-  private async useRedis<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {
+  private async use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {
     if (this.redisState === 'connecting') await this.connected
     if (this.redisState !== 'ok' || !this.redis) return inMemory()
     try {
@@ -1870,10 +1849,8 @@ function announce(msg: string, fields: Record<string, unknown> = {}): void {
   writeLogLine('info', msg, fields)
 }
 
-/**
- * One write a line, info to stdout and the rest to stderr: whole even where workers share the pipe (a line under
- * 4 KiB), and none left in a buffer when the process ends. `fields` are never named time, level, msg or worker.
- */
+// One write a line (whole where workers share the pipe, none left in a buffer at exit): info to stdout, the rest to
+// stderr. `fields` are never named time, level, msg or worker.
 function writeLogLine(level: Level, msg: string, fields: Record<string, unknown>): void {
   const worker = runtime.worker ? `,"worker":${runtime.worker.number}` : ''
   const head = `{"time":"${new Date().toISOString()}","level":"${level}","msg":${JSON.stringify(msg)}${worker}`
@@ -1905,10 +1882,7 @@ interface Metrics {
   watch(sources: MetricSources): void // gauges read at each scrape
 }
 
-type MetricSources = {
-  redisStatus?: () => Promise<'ok' | 'unavailable'>
-  pendingBodyBytes?: Record<'token' | 'webhook', number>
-}
+type MetricSources = { redisStatus?: () => Promise<'ok' | 'unavailable'>; pendingBodyBytes?: Record<BodyRoute, number> }
 
 /** Without PROMETHEUS_PORT: nothing counted, nothing loaded. */
 const noMetrics: Metrics = { tokenBodyRead() {}, webhookClaimed() {}, watch() {} }
@@ -2053,10 +2027,8 @@ async function serveAppMetrics(metrics: AppMetrics): Promise<() => Promise<void>
   return serveMetrics(metrics.port, async () => (await metrics.registry()).metrics(), prometheusContentType)
 }
 
-/**
- * With WORKERS, the first process's GET /metrics: its own process series and every worker's figures, summed.
- * prom-client leaves the start time out of a sum (each process has its own): the first process's is given instead.
- */
+// With WORKERS, the first process's GET /metrics: its own process series and every worker's figures, summed; the
+// start time, which prom-client leaves out of a sum (each process has its own), is the first process's.
 async function serveWorkersMetrics(port: number, askWorkers: () => Promise<MetricsJson[]>): Promise<void> {
   const { AggregatorRegistry, Registry, register, prometheusContentType } = await loadPromClient()
   const started = new Registry()

@@ -105,8 +105,8 @@ export const costs: Record<CostKey, Cost> = {
     ],
   },
   syncAsync: {
-    label: 'trick: the sync/async split (whenSettled, MaybePromise) for async and await throughout',
-    routes: ['openvidu', 'standard', 'webhook'],
+    label: 'trick: the sync/async split (whenSettled) for async and await throughout',
+    routes: ['openvidu', 'standard'],
     edits: [
       ['  function readTokenRequest({ request, server }', '  async function readTokenRequest({ request, server }'],
       [
@@ -129,10 +129,6 @@ export const costs: Record<CostKey, Cost> = {
           '    const decision = await decide(callers.get(request), asked, config)\n    {\n',
       ],
       ['grant, ttlSeconds)\n    })\n  }', 'grant, ttlSeconds)\n    }\n  }'],
-      [
-        '  private use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): MaybePromise<T> {',
-        '  private async use<T>(onRedis: (redis: RedisConnection) => Promise<T>, inMemory: () => T): Promise<T> {',
-      ],
     ],
   },
   roomGlob: {

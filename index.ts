@@ -1461,10 +1461,14 @@ function redactedUrl(url: string): string {
   return parsed.href
 }
 
-/** An error's text with the URL's password masked, should a client have put it there. */
+/** An error's text with the URL's password masked, as written and decoded, should a client have put it there. */
 function redacted(error: unknown, url: string): string {
-  const password = URL.canParse(url) ? decodeURIComponent(new URL(url).password) : ''
-  return password ? String(error).replaceAll(password, '***') : String(error)
+  const password = URL.parse(url)?.password ?? ''
+  let decoded = password
+  try {
+    decoded = decodeURIComponent(password)
+  } catch {} // a "%" that escapes nothing: masked as written
+  return [password, decoded].reduce((text, secret) => (secret ? text.replaceAll(secret, '***') : text), String(error))
 }
 
 // ==== Events onward ================================================================================================
@@ -2568,9 +2572,7 @@ const isPortInUse = (error: unknown) =>
 
 /** A port other than SERVER_PORT found taken; `what` names it (e.g. "PROMETHEUS_PORT 6090"). */
 class PortInUse extends Error {
-  constructor(readonly what: string) {
-    super(`${what} is already in use`)
-  }
+  constructor(readonly what: string) { super(`${what} is already in use`) }
 }
 
 /** Whether nothing listens on the port, shared or not: bound for a moment, without sharing it. */

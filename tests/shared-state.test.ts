@@ -538,6 +538,8 @@ for (const runtime of runtimeNames) {
     const refusals: [string, (redis: RedisServer) => string][] = [
       ['a wrong password', (redis) => `redis://:${randomPassword()}@127.0.0.1:${redis.port}`],
       ['rediss:// (TLS) to a Redis without TLS', (redis) => `rediss://:${redis.password}@127.0.0.1:${redis.port}`],
+      // A "%" that escapes nothing: the URL is valid, and the password must still be masked, not crash the masking.
+      ['a wrong password holding a stray %', (redis) => `redis://:${randomPassword()}%zz@127.0.0.1:${redis.port}`],
     ]
     for (const [what, urlFor] of refusals) {
       test(`${what}: starts anyway, logs one error line about redis, /health says "unavailable", and no password shows`, async () => {

@@ -225,19 +225,19 @@ export const settings = {
     'where clients connect, returned to standard-contract clients as server_url'),
   TOKEN_TTL: duration('6h', 'how long a token lasts'),
   MAX_BODY_BYTES: integer(1024 * 1024, 1, 64 * 1024 * 1024, 'the largest webhook body (token requests: lower)'),
-  MAX_PENDING_BODY_BYTES: integer(16 * 1024 * 1024, 1, 1024 * 1024 * 1024, 'bytes of bodies read at once, per route'),
+  MAX_PENDING_BODY_BYTES: integer(16 * 1024 * 1024, 1, 1024 * 1024 * 1024, 'bytes read at once per route; beyond: 503'),
   LOG_LEVEL: choice(['info', 'warn', 'error'], 'the least severe lines logged'),
   OPENAPI: choice(['1', '0'], 'whether GET /openapi.json and the docs page at GET /openapi are served'),
-  AUTH_JWKS_URL: url(undefined, /^https?:$/, 'an http:// or https:// URL', 'key set: /token then needs an ID token'),
+  AUTH_JWKS_URL: url(undefined, /^https?:$/, 'an http:// or https:// URL', 'the IdP key set: /token needs an ID token'),
   AUTH_ISSUER: textSetting("the iss callers' ID tokens must carry (required with AUTH_JWKS_URL)"),
-  AUTH_AUDIENCE: textSetting("the aud they must carry, the app's client ID (required with AUTH_JWKS_URL)"),
+  AUTH_AUDIENCE: textSetting("the aud ID tokens must carry: the app's client ID (required with AUTH_JWKS_URL)"),
   AUTH_IDENTITY_CLAIM: textSetting('the ID-token claim that becomes the LiveKit identity', 'sub'),
   TOKEN_RATE_LIMIT: integer(undefined, 1, 1_000_000, 'token requests per caller per minute; no limit when unset'),
-  TRUST_PROXY: { read: readProxyCount, meaning: 'how many reverse proxies in a row append to X-Forwarded-For' },
+  TRUST_PROXY: { read: readProxyCount, meaning: 'proxies in a row appending to X-Forwarded-For (0: trust none of it)' },
   REDIS_URL: { read: readRedisUrl, meaning: 'where handled webhook ids and allowances are shared; memory when unset' },
   REDIS_KEY_PREFIX: textSetting('what Redis keys start with (by default per API key), so that deployments do not meet'),
   WORKERS: { read: readWorkers, meaning: 'how many processes (Bun) or threads (Deno) serve the port' },
-  EVENTS_STREAM: { read: readStreamKey, meaning: 'the Redis Stream each verified event is appended to, as given' },
+  EVENTS_STREAM: { read: readStreamKey, meaning: 'the Redis Stream each verified event goes to (not prefixed)' },
   EVENTS_STREAM_MAXLEN: integer(100_000, 1, 1_000_000_000, 'the stream is trimmed to about this many entries'),
   EVENTS_OUTBOX: integer(10_000, 1, 1_000_000, 'the most events held while Redis does not answer (and at most 64 MiB)'),
   PROMETHEUS_PORT: integer(undefined, 1, 65535, 'where GET /metrics is served, a listener of its own; none when unset'),
@@ -266,6 +266,7 @@ export function loadConfig(env: Env) {
     if (env[name]?.trim() && !env[needed]?.trim()) throw new ConfigError(`${name} has no effect without ${needed}`)
   }
   const { apiKey, apiSecret, keys } = parseCredentials(env)
+  setting('LOG_LEVEL') // checked here, read once at load: the process's (Logging)
   const tokenTtlSeconds = setting('TOKEN_TTL')
   const [redisUrl, jwksUrl, streamKey] = [setting('REDIS_URL'), setting('AUTH_JWKS_URL'), setting('EVENTS_STREAM')]
   if (streamKey && !redisUrl) throw new ConfigError('EVENTS_STREAM needs REDIS_URL: the stream is kept in Redis')
@@ -281,17 +282,15 @@ export function loadConfig(env: Env) {
     usesDevCredentials: apiKey === devCredentials.apiKey && apiSecret === devCredentials.apiSecret,
     // Secrets too short for HS256, to warn about at start.
     weakKeys: [...keys.keys()].filter((key) => key !== devCredentials.apiKey && keys.get(key)!.length < 32),
-    logLevel: setting('LOG_LEVEL'), openapi: setting('OPENAPI') === '1',
     auth: jwksUrl && issuer && audience
       ? { jwksUrl: new URL(jwksUrl), issuer, audience, identityClaim: setting('AUTH_IDENTITY_CLAIM')! }
       : undefined,
     tokenRateLimit: setting('TOKEN_RATE_LIMIT'), trustedProxies: setting('TRUST_PROXY'),
     redisUrl, redisKeyPrefix: setting('REDIS_KEY_PREFIX') ?? `livekit-server:${apiKey}:`,
-    workers: setting('WORKERS'),
+    workers: setting('WORKERS'), prometheusPort: setting('PROMETHEUS_PORT'), openapi: setting('OPENAPI') === '1',
     eventStream: streamKey
       ? { key: streamKey, maxLength: setting('EVENTS_STREAM_MAXLEN'), outboxEvents: setting('EVENTS_OUTBOX') }
       : undefined,
-    prometheusPort: setting('PROMETHEUS_PORT'),
     tokenPolicy: parseTokenPolicy(readSetting(env, 'TOKEN_POLICY'), tokenTtlSeconds),
   }
   const unshared = 'without it the workers would not share handled webhook ids and rate limits'
@@ -637,7 +636,10 @@ type RoomPattern = { runs: (string | RunPiece[])[] }
 type RunPiece = string | { claim: string; path: string[] }
 type Claims = Record<string, unknown> | undefined
 // A claim used in a room name: the characters of ids, emails, Auth0's "auth0|…" subjects; any other delimits one.
-const roomPiece = /^[\w.@|:+=-]{1,128}$/
+const claimCharacter = '[\\w.@|:+=-]'
+const roomPiece = new RegExp(`^${claimCharacter}{1,128}$`)
+// With each {claim} written "{}": one next to a `*` or another {claim}, only claim characters between (not delimited).
+const undelimitedClaim = new RegExp(`\\{\\}${claimCharacter}*[{*]|\\*${claimCharacter}*\\{`)
 
 function applyTokenPolicy(policy: TokenPolicy, claims: Claims, asked: TokenAsk): TokenDecision {
   const roles = callerRoles(policy, claims)
@@ -879,8 +881,7 @@ function parseRoomPattern(pattern: string, at: string): RoomPattern {
     if (/\{\s*\}/.test(run)) throw fault('has an empty {}')
     if (/[{}]/.test(run.replace(/\{[^{}]*\}/g, ''))) throw fault('has a { or } that opens or closes no {claim}')
   }
-  // With each {claim} as "{}": a {claim} next to a `*` or another {claim}, no delimiter between (docs/token-policy.md).
-  if (/\{\}[\w.@|:+=-]*[{*]|\*[\w.@|:+=-]*\{/.test(pattern.replace(/\{[^{}]*\}/g, '{}'))) {
+  if (undelimitedClaim.test(pattern.replace(/\{[^{}]*\}/g, '{}'))) { // docs/token-policy.md
     throw fault(
       `lets one claim's rooms be another's: a {claim} next to a * or another {claim} needs a character no claim ` +
         `holds between them, such as "/" ("team-{org}/*" rather than "team-{org}-*"); see docs/token-policy.md`,
@@ -2446,7 +2447,6 @@ function answerServeError(error: unknown): Response {
 
 /** A worker, for the first process: `stop` asks it to finish its requests in flight and stop, `kill` stops it now. */
 type WorkerHandle = { send(message: unknown): void; stop(): void; kill(): void; exited: Promise<string> }
-
 type WorkerMessage = { listening: number } | MetricsReply | 'stopped'
 
 // ---- Metrics across workers ---------------------------------------------------------------------------------------

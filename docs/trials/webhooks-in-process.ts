@@ -14,7 +14,7 @@ const apps = await Promise.all(
   files.map(async (file) => {
     const server = await import(new URL(`../../${file}`, import.meta.url).href)
     const config = server.loadConfig(env)
-    server.setLogLevel?.(config.logLevel)
+    server.setLogLevel?.(config.logLevel ?? level)
     return server.createApp(config)
   }),
 )

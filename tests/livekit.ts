@@ -57,6 +57,24 @@ export function verifyAccessToken(token: string, { apiKey, apiSecret }: Credenti
   return claims
 }
 
+/** LiveKit's webhook event names as of 2026-08 (livekit_webhook.proto), written out here, not read from the server. */
+export const livekitEventNames = [
+  'room_started',
+  'room_finished',
+  'participant_joined',
+  'participant_left',
+  'participant_connection_aborted',
+  'track_published',
+  'track_unpublished',
+  'egress_started',
+  'egress_updated',
+  'egress_ended',
+  'ingress_started',
+  'ingress_ended',
+  'agent_job_started',
+  'agent_job_ended',
+]
+
 let eventCount = 0
 
 /** A WebhookEvent as a LiveKit server serialises it: proto3 JSON, camelCase, int64 as strings. */

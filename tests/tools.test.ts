@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { WebhookEvent } from 'livekit-server-sdk'
-import { verifyAccessToken, type Credentials } from './livekit'
+import { livekitEventNames, verifyAccessToken, type Credentials } from './livekit'
 import {
   assertNoLeaks,
   freePort,
@@ -137,22 +137,7 @@ describe('bun run webhook: what it sends, for every event', () => {
   })
   afterAll(() => recorder.stop(true))
 
-  const events = [
-    'room_started',
-    'room_finished',
-    'participant_joined',
-    'participant_left',
-    'participant_connection_aborted',
-    'track_published',
-    'track_unpublished',
-    'egress_started',
-    'egress_updated',
-    'egress_ended',
-    'ingress_started',
-    'ingress_ended',
-    'agent_job_started',
-    'agent_job_ended',
-  ]
+  const events = livekitEventNames
 
   test.each(events)(
     '%s: a bare HS256 JWT over the exact body, and the event as proto3 JSON with the parts it concerns',
